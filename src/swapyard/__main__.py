@@ -1,0 +1,3 @@
+from swapyard.cli.main import main
+
+main()

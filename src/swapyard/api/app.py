@@ -1,0 +1,105 @@
+"""Build the aiohttp application and run it; the lifespan owns every component.
+
+Shutdown (house style 9), under one deadline of ``server.shutdown_timeout``:
+stop accepting connections → let in-flight requests finish (half the deadline) →
+reject what is still queued and stop every engine (SIGTERM → grace → SIGKILL) →
+at the deadline, SIGKILL whatever process group is left.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+from aiohttp import web
+
+from swapyard.api import admin, openai
+from swapyard.api.state import CONFIG, STATE, AppState
+from swapyard.config import Config
+from swapyard.errors import NotFound, RequestError, SwapyardError
+from swapyard.events import EventBus
+from swapyard.proxy import error_response, new_upstream_session
+from swapyard.router import Router
+
+log = logging.getLogger("swapyard")
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@web.middleware
+async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except SwapyardError as err:
+        return error_response(err)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        cls = NotFound if exc.status == 404 else RequestError
+        out = error_response(cls(f"{request.method} {request.path}: {exc.reason}"))
+        out.set_status(exc.status)
+        return out
+
+
+async def _lifespan(app: web.Application) -> AsyncIterator[None]:
+    config = app[CONFIG]
+    bus = EventBus()
+    http = new_upstream_session()
+    router = Router(config, bus, http)
+    router.run()
+    state = AppState(config=config, bus=bus, http=http, router=router)
+    app[STATE] = state
+    try:
+        yield
+    finally:
+        deadline = state.shutdown_deadline or (time.monotonic() + config.server.shutdown_timeout)
+        await router.shutdown(deadline)
+        await http.close()
+
+
+def build_app(config: Config) -> web.Application:
+    app = web.Application(
+        middlewares=[errors_middleware], client_max_size=config.server.max_body_bytes
+    )
+    app[CONFIG] = config
+    app.cleanup_ctx.append(_lifespan)
+    openai.add_routes(app)
+    admin.add_routes(app)
+    return app
+
+
+async def start_server(config: Config, host: str, port: int) -> web.AppRunner:
+    """Start serving on ``host:port``; the caller must ``cleanup()`` the runner."""
+    app = build_app(config)
+    runner = web.AppRunner(
+        app,
+        handler_cancellation=True,
+        access_log=None,
+        shutdown_timeout=config.server.shutdown_timeout / 2,
+    )
+    await runner.setup()
+    site = web.TCPSite(runner, host, port)
+    try:
+        await site.start()
+    except OSError as exc:
+        await runner.cleanup()
+        raise SwapyardError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
+    return runner
+
+
+async def serve(config: Config, host: str, port: int) -> None:
+    """Run until SIGINT/SIGTERM, then shut down in order."""
+    runner = await start_server(config, host, port)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    names = ", ".join(config.models)
+    print(f"swapyard listening on http://{host}:{port}/v1 — models: {names}", file=sys.stderr)
+    await stop.wait()
+    print("swapyard: shutting down, stopping engines", file=sys.stderr)
+    runner.app[STATE].shutdown_deadline = time.monotonic() + config.server.shutdown_timeout
+    await runner.cleanup()

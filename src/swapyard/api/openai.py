@@ -1,0 +1,122 @@
+"""OpenAI-compatible routes: ``/v1/models`` and every ``POST /v1/*`` that names a model."""
+
+from __future__ import annotations
+
+import json
+from email import policy
+from email.parser import BytesParser
+from typing import Any
+
+from aiohttp import web
+
+from swapyard.api.loading import stream_with_loading_status
+from swapyard.api.state import STATE, AppState
+from swapyard.config import Config
+from swapyard.errors import BodyTooLarge, InvalidJSON, MissingModel, UnknownModel
+from swapyard.proxy import open_upstream, pipe_response
+
+
+def parse_model(content_type: str, body: bytes) -> tuple[str, dict[str, Any] | None]:
+    """The ``model`` the request names, and the JSON body when it is JSON.
+
+    Multipart forms (audio transcription, image edits) carry ``model`` as a form
+    field; anything else must be a JSON object.
+    """
+    if content_type.startswith("multipart/form-data"):
+        msg = BytesParser(policy=policy.HTTP).parsebytes(
+            b"Content-Type: " + content_type.encode("latin-1") + b"\r\n\r\n" + body
+        )
+        for part in msg.iter_parts():
+            if part.get_param("name", header="content-disposition") == "model":
+                value = part.get_payload(decode=True)
+                name = value.decode("utf-8", "replace").strip() if isinstance(value, bytes) else ""
+                if name:
+                    return name, None
+        raise MissingModel("the multipart form has no `model` field")
+    try:
+        doc = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InvalidJSON(f"the request body is not valid JSON: {exc}") from exc
+    if not isinstance(doc, dict):
+        raise InvalidJSON("the request body must be a JSON object")
+    model = doc.get("model")
+    if not isinstance(model, str) or not model:
+        raise MissingModel()
+    return model, doc
+
+
+def resolve(config: Config, name: str) -> str:
+    model = config.resolve(name)
+    if model is None:
+        listed = [m.id for m in config.models.values() if not m.unlisted]
+        raise UnknownModel(name, listed)
+    return model
+
+
+async def proxy_post(request: web.Request) -> web.StreamResponse:
+    state: AppState = request.app[STATE]
+    try:
+        body = await request.read()
+    except web.HTTPRequestEntityTooLarge as exc:
+        raise BodyTooLarge(state.config.server.max_body_bytes) from exc
+    name, doc = parse_model(request.headers.get("Content-Type", ""), body)
+    model = resolve(state.config, name)
+    router = state.router
+    if (
+        doc is not None
+        and doc.get("stream") is True
+        and request.path.endswith("/chat/completions")
+        and state.config.server.loading_status != "off"
+        and not router.ready_now(model)
+    ):
+        return await stream_with_loading_status(request, state, model, body)
+    lease = await router.acquire(model)
+    try:
+        resp = await open_upstream(
+            state.http,
+            model,
+            request.method,
+            lease.upstream + request.path_qs,
+            request.headers,
+            body,
+        )
+        return await pipe_response(request, resp, model)
+    finally:
+        router.release(lease)
+
+
+async def list_models(request: web.Request) -> web.Response:
+    state: AppState = request.app[STATE]
+    cfg = state.config
+    created = int(state.started_at)
+    data: list[dict[str, Any]] = []
+    for m in cfg.models.values():
+        if m.unlisted:
+            continue
+        engine_state = str(state.router.engines[m.id].state)
+        entry = {"id": m.id, "object": "model", "created": created, "owned_by": "swapyard"}
+        data.append({**entry, "name": m.name or m.id, "state": engine_state})
+        if cfg.server.list_aliases:
+            for alias in m.aliases:
+                data.append({**entry, "id": alias, "alias_of": m.id, "state": engine_state})
+    return web.json_response({"object": "list", "data": data})
+
+
+async def get_model(request: web.Request) -> web.Response:
+    state: AppState = request.app[STATE]
+    model = resolve(state.config, request.match_info["model"])
+    return web.json_response(
+        {
+            "id": model,
+            "object": "model",
+            "created": int(state.started_at),
+            "owned_by": "swapyard",
+            "state": str(state.router.engines[model].state),
+        }
+    )
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_get("/v1/models", list_models)
+    app.router.add_get("/v1/models/{model:.+}", get_model)
+    app.router.add_post("/v1/{tail:.+}", proxy_post)

@@ -1,0 +1,1 @@
+"""Thin commands: ``serve`` runs the server; the rest will be admin-API clients."""

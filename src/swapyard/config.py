@@ -1,0 +1,343 @@
+"""Load and validate the YAML config into frozen value objects.
+
+``load_config(text)`` is the core: it never touches the disk, so tests pass text.
+Pydantic checks the shape at the boundary (unknown keys are errors); everything
+inside swapyard sees the frozen dataclasses below. Macros are expanded here,
+except the ones only known when an engine starts (``${PORT}``, ``${PID}``).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+
+from swapyard.errors import ConfigError
+
+LoadingStatus = Literal["reasoning", "content", "off"]
+
+_MACRO = re.compile(r"\$\{([^}]*)\}")
+_MACRO_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")
+_MODEL_ID = re.compile(r"^[^\s/][^\s]*$")
+# Macros only known when the engine is started (or stopped), per field.
+_RUNTIME_MACROS = {"cmd": {"PORT"}, "proxy": {"PORT"}, "cmd_stop": {"PORT", "PID"}}
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B|B)?\s*$", re.IGNORECASE)
+_SIZE_UNITS = {
+    "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
+    "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40,
+}  # fmt: skip
+
+
+def parse_duration(value: Any) -> float:
+    """Seconds from ``30``, ``2.5``, ``"500ms"``, ``"30s"``, ``"5m"`` or ``"1h"``."""
+    if isinstance(value, bool):
+        raise ValueError(f"expected a duration like 30, '30s' or '5m', got {value!r}")
+    if isinstance(value, int | float):
+        if value < 0:
+            raise ValueError(f"expected a duration of 0 or more, got {value!r}")
+        return float(value)
+    m = _DURATION.match(str(value))
+    if not m:
+        raise ValueError(f"expected a duration like 30, '30s' or '5m', got {value!r}")
+    scale = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}[m.group(2) or "s"]
+    return float(m.group(1)) * scale
+
+
+def parse_size(value: Any) -> int:
+    """Bytes from ``1048576``, ``"32MiB"``, ``"1GB"``."""
+    if isinstance(value, bool):
+        raise ValueError(f"expected a size like 1048576 or '32MiB', got {value!r}")
+    if isinstance(value, int):
+        if value <= 0:
+            raise ValueError(f"expected a size above 0, got {value!r}")
+        return value
+    m = _SIZE.match(str(value))
+    if not m:
+        raise ValueError(f"expected a size like 1048576 or '32MiB', got {value!r}")
+    return int(float(m.group(1)) * _SIZE_UNITS[(m.group(2) or "b").lower()])
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+Size = Annotated[int, BeforeValidator(parse_size)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class _ServerIn(_Strict):
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=1, le=65535)
+    max_body_bytes: Size = 64 * 2**20
+    loading_status: LoadingStatus = "reasoning"
+    list_aliases: bool = False
+    shutdown_timeout: Duration = 30.0
+
+
+class _ModelIn(_Strict):
+    cmd: str | list[str]
+    env: dict[str, str] = {}
+    proxy: str = "http://127.0.0.1:${PORT}"
+    check_endpoint: str = "/health"
+    aliases: list[str] = []
+    ttl: Duration = 0.0
+    start_timeout: Duration = 120.0
+    stop_timeout: Duration = 10.0
+    cmd_stop: str | list[str] | None = None
+    unlisted: bool = False
+    name: str | None = None
+
+
+class _ConfigIn(_Strict):
+    server: _ServerIn = Field(default_factory=lambda: _ServerIn.model_validate({}))
+    macros: dict[str, str | int | float] = {}
+    models: dict[str, _ModelIn]
+
+
+@dataclass(frozen=True, slots=True)
+class ServerSpec:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    max_body_bytes: int = 64 * 2**20
+    loading_status: LoadingStatus = "reasoning"
+    list_aliases: bool = False
+    shutdown_timeout: float = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class ModelSpec:
+    """One model's engine. ``cmd``/``proxy``/``cmd_stop`` may still hold ``${PORT}``
+    (and ``${PID}`` in ``cmd_stop``); ``render`` fills them in at start time."""
+
+    id: str
+    cmd: tuple[str, ...]
+    env: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    proxy: str = "http://127.0.0.1:${PORT}"
+    check_endpoint: str = "/health"
+    aliases: tuple[str, ...] = ()
+    ttl: float = 0.0
+    start_timeout: float = 120.0
+    stop_timeout: float = 10.0
+    cmd_stop: tuple[str, ...] | None = None
+    unlisted: bool = False
+    name: str | None = None
+
+    @property
+    def needs_port(self) -> bool:
+        """Whether a free port must be allocated for each start."""
+        return "${PORT}" in self.proxy or any("${PORT}" in a for a in self.cmd)
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    models: Mapping[str, ModelSpec]
+    server: ServerSpec = ServerSpec()
+    source: str = "<text>"
+
+    @property
+    def aliases(self) -> Mapping[str, str]:
+        """alias → model id."""
+        return {a: m.id for m in self.models.values() for a in m.aliases}
+
+    def resolve(self, name: str) -> str | None:
+        """The model id that ``name`` (an id or an alias) refers to, or None."""
+        if name in self.models:
+            return name
+        return self.aliases.get(name)
+
+
+def render(template: str, values: Mapping[str, str]) -> str:
+    """Fill runtime macros (``${PORT}``, ``${PID}``) into a template."""
+    return _MACRO.sub(lambda m: values.get(m.group(1), m.group(0)), template)
+
+
+def load_config_file(path: str | Path) -> Config:
+    """Read and validate a config file; errors name the file."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{p}: cannot read config file: {exc.strerror}") from exc
+    return load_config(text, source=str(p))
+
+
+def load_config(
+    text: str, *, source: str = "<text>", environ: Mapping[str, str] | None = None
+) -> Config:
+    """Validate ``text`` (YAML) and return the frozen config. Raises ``ConfigError``."""
+    env = os.environ if environ is None else environ
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{source}: not valid YAML: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: expected a mapping with a `models:` key at the top level")
+    try:
+        parsed = _ConfigIn.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(_explain(source, exc)) from exc
+    macros = _expand_user_macros(source, parsed.macros, env)
+    models: dict[str, ModelSpec] = {}
+    for model_id, m in parsed.models.items():
+        models[model_id] = _build_model(source, model_id, m, macros, env)
+    _check_aliases(source, models)
+    s = parsed.server
+    server = ServerSpec(
+        host=s.host,
+        port=s.port,
+        max_body_bytes=s.max_body_bytes,
+        loading_status=s.loading_status,
+        list_aliases=s.list_aliases,
+        shutdown_timeout=s.shutdown_timeout,
+    )
+    return Config(models=MappingProxyType(models), server=server, source=source)
+
+
+def config_json_schema() -> dict[str, Any]:
+    """JSON schema of the config file, for editors and docs."""
+    return _ConfigIn.model_json_schema()
+
+
+def _explain(source: str, exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors():
+        loc = [str(p) for p in err["loc"]]
+        where = ".".join(loc) or "(top level)"
+        model = f" of model {loc[1]!r}" if len(loc) > 2 and loc[0] == "models" else ""
+        if err["type"] == "extra_forbidden":
+            lines.append(f"{source}: {where}: unknown key {loc[-1]!r}{model}")
+        elif err["type"] == "missing":
+            lines.append(f"{source}: {where}: required key {loc[-1]!r} is missing{model}")
+        else:
+            msg = err["msg"].removeprefix("Value error, ")
+            lines.append(f"{source}: {where}: {msg}{model} (got {err.get('input')!r})")
+    return "\n".join(lines)
+
+
+def _expand_user_macros(
+    source: str, raw: Mapping[str, str | int | float], env: Mapping[str, str]
+) -> dict[str, str]:
+    done: dict[str, str] = {}
+    for name, value in raw.items():
+        where = f"{source}: macros.{name}"
+        if not _MACRO_NAME.match(name) or name in {"PORT", "PID", "MODEL_ID"}:
+            raise ConfigError(f"{where}: invalid or reserved macro name {name!r}")
+        done[name] = _expand(str(value), done, env, where, allowed_runtime={"PORT", "PID"})
+    return done
+
+
+def _expand(
+    text: str,
+    macros: Mapping[str, str],
+    env: Mapping[str, str],
+    where: str,
+    allowed_runtime: set[str],
+) -> str:
+    def sub(m: re.Match[str]) -> str:
+        name = m.group(1)
+        if name in allowed_runtime:
+            return m.group(0)
+        if name.startswith("env."):
+            var = name[4:]
+            if var not in env:
+                raise ConfigError(f"{where}: environment variable {var!r} is not set")
+            return env[var]
+        if name in macros:
+            return macros[name]
+        if name in {"PORT", "PID"}:
+            raise ConfigError(f"{where}: ${{{name}}} cannot be used here")
+        raise ConfigError(f"{where}: unknown macro ${{{name}}}")
+
+    out = _MACRO.sub(sub, text)
+    for m in _MACRO.finditer(out):  # runtime macros brought in by a user macro
+        if m.group(1) not in allowed_runtime:
+            raise ConfigError(f"{where}: ${{{m.group(1)}}} cannot be used here")
+    return out
+
+
+def _argv(
+    source: str,
+    model_id: str,
+    key: str,
+    value: str | list[str],
+    macros: Mapping[str, str],
+    env: Mapping[str, str],
+) -> tuple[str, ...]:
+    where = f"{source}: models.{model_id}.{key}"
+    allowed = _RUNTIME_MACROS[key]
+    if isinstance(value, str):
+        # Expand first, then split, so a macro may hold several arguments (quote a
+        # value that must stay one argument).
+        text = _expand(value, macros, env, where, allowed)
+        try:
+            parts = shlex.split(text, comments=True)
+        except ValueError as exc:
+            raise ConfigError(f"{where}: cannot split into arguments: {exc}") from exc
+    else:
+        parts = [_expand(p, macros, env, where, allowed) for p in value]
+    if not parts:
+        raise ConfigError(f"{where}: expected a command, got an empty one")
+    return tuple(parts)
+
+
+def _build_model(
+    source: str, model_id: str, m: _ModelIn, user: Mapping[str, str], env: Mapping[str, str]
+) -> ModelSpec:
+    if not _MODEL_ID.match(model_id):
+        raise ConfigError(f"{source}: models.{model_id}: a model id cannot contain spaces")
+    macros = {**user, "MODEL_ID": model_id}
+    cmd = _argv(source, model_id, "cmd", m.cmd, macros, env)
+    cmd_stop = (
+        None if m.cmd_stop is None else _argv(source, model_id, "cmd_stop", m.cmd_stop, macros, env)
+    )
+    where = f"{source}: models.{model_id}"
+    proxy = _expand(m.proxy, macros, env, f"{where}.proxy", _RUNTIME_MACROS["proxy"])
+    if not proxy.startswith(("http://", "https://")):
+        raise ConfigError(f"{where}.proxy: expected an http:// or https:// URL, got {proxy!r}")
+    if "${PORT}" in proxy and not any("${PORT}" in a for a in cmd):
+        raise ConfigError(
+            f"{where}.cmd: the proxy URL uses ${{PORT}} but cmd never passes ${{PORT}} to the "
+            "engine; add it to cmd or give `proxy` a fixed port"
+        )
+    if not m.check_endpoint.startswith("/"):
+        raise ConfigError(f"{where}.check_endpoint: expected a path starting with '/'")
+    env_vars = {k: _expand(v, macros, env, f"{where}.env.{k}", set()) for k, v in m.env.items()}
+    return ModelSpec(
+        id=model_id,
+        cmd=cmd,
+        env=MappingProxyType(env_vars),
+        proxy=proxy.rstrip("/"),
+        check_endpoint=m.check_endpoint,
+        aliases=tuple(m.aliases),
+        ttl=m.ttl,
+        start_timeout=m.start_timeout,
+        stop_timeout=m.stop_timeout,
+        cmd_stop=cmd_stop,
+        unlisted=m.unlisted,
+        name=m.name,
+    )
+
+
+def _check_aliases(source: str, models: Mapping[str, ModelSpec]) -> None:
+    seen: dict[str, str] = {}
+    for m in models.values():
+        for alias in m.aliases:
+            if alias in models:
+                raise ConfigError(
+                    f"{source}: models.{m.id}.aliases: {alias!r} is already a model id"
+                )
+            if alias in seen:
+                raise ConfigError(
+                    f"{source}: models.{m.id}.aliases: {alias!r} is also an alias of "
+                    f"{seen[alias]!r}"
+                )
+            seen[alias] = m.id

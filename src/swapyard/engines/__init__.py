@@ -1,0 +1,1 @@
+"""Per-engine knowledge: launchers and (later) launch args, readiness and quirks."""

@@ -1,0 +1,174 @@
+"""One exception tree for swapyard, rendered as OpenAI-shaped errors at the boundary.
+
+::
+
+    SwapyardError                      (500, produced by swapyard unless said otherwise)
+    ├── ConfigError                    bad config: file, key and why
+    ├── RequestError                   (4xx) the client's request is wrong; nothing changes
+    │   ├── InvalidJSON                400 malformed JSON body
+    │   ├── MissingModel               400 no `model` in the body / form
+    │   ├── UnknownModel               404 names the models that exist
+    │   ├── BodyTooLarge               413 body over `server.max_body_bytes`
+    │   └── NotFound                   404 no such route
+    ├── EngineError                    (5xx) the engine could not serve the request
+    │   ├── EngineStartError           503 never became ready; carries its last log lines
+    │   │   ├── EngineExitedEarly      the process exited before its health check passed
+    │   │   ├── EngineStartTimeout     health never passed within `start_timeout`
+    │   │   └── PortInUse              the engine's fixed port is held by another process
+    │   ├── EngineStopped              503 the engine was stopped while the request waited
+    │   ├── UpstreamUnavailable        502 connecting to the engine failed (source: engine)
+    │   ├── UpstreamDied               502 the engine dropped the response mid-way (source: engine)
+    │   └── UpstreamError              502 the engine answered an error after a stream began
+    └── ShuttingDown                   503 swapyard is stopping
+
+Client and OS exceptions (aiohttp, OSError) are caught where they happen, in the
+process actor and the proxy, and re-raised as one of these with ``from exc``.
+``to_openai()`` renders the ``{"error": {...}}`` envelope, with ``source`` saying
+whether swapyard or the engine produced it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, ClassVar, Literal
+
+Source = Literal["swapyard", "engine"]
+
+
+class SwapyardError(Exception):
+    """Base of every error swapyard raises on purpose."""
+
+    status: ClassVar[int] = 500
+    type: ClassVar[str] = "server_error"
+    code: ClassVar[str] = "internal_error"
+    source: ClassVar[Source] = "swapyard"
+
+    def __init__(self, message: str, *, param: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+
+    def to_openai(self) -> dict[str, Any]:
+        """The OpenAI error envelope for this error."""
+        return {
+            "error": {
+                "message": self.message,
+                "type": self.type,
+                "param": self.param,
+                "code": self.code,
+                "source": self.source,
+            }
+        }
+
+
+class ConfigError(SwapyardError):
+    """The config file is invalid; the message names the file, the key and why."""
+
+    code = "invalid_config"
+
+
+class RequestError(SwapyardError):
+    status = 400
+    type = "invalid_request_error"
+    code = "invalid_request"
+
+
+class InvalidJSON(RequestError):
+    code = "invalid_json"
+
+
+class MissingModel(RequestError):
+    code = "missing_model"
+
+    def __init__(self, message: str = "the request has no `model` field") -> None:
+        super().__init__(message, param="model")
+
+
+class UnknownModel(RequestError):
+    status = 404
+    code = "model_not_found"
+
+    def __init__(self, model: str, available: Sequence[str]) -> None:
+        names = ", ".join(sorted(available)) or "(none configured)"
+        super().__init__(
+            f"model {model!r} does not exist; available models: {names}", param="model"
+        )
+        self.model = model
+        self.available = tuple(available)
+
+
+class BodyTooLarge(RequestError):
+    status = 413
+    code = "request_too_large"
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"request body is larger than the limit of {limit} bytes")
+        self.limit = limit
+
+
+class NotFound(RequestError):
+    status = 404
+    code = "not_found"
+
+
+class EngineError(SwapyardError):
+    status = 503
+    type = "engine_error"
+    code = "engine_unavailable"
+
+    def __init__(self, model: str, message: str) -> None:
+        super().__init__(message)
+        self.model = model
+
+
+class EngineStartError(EngineError):
+    """The engine never became ready; ``log_tail`` holds its last output lines."""
+
+    code = "engine_start_failed"
+
+    def __init__(self, model: str, reason: str, log_tail: Sequence[str] = ()) -> None:
+        self.reason = reason
+        self.log_tail = tuple(log_tail)
+        tail = "\n".join(self.log_tail) if self.log_tail else "(no output)"
+        super().__init__(
+            model, f"model {model!r} failed to start: {reason}\nlast log lines:\n{tail}"
+        )
+
+
+class EngineExitedEarly(EngineStartError):
+    code = "engine_exited"
+
+
+class EngineStartTimeout(EngineStartError):
+    code = "engine_start_timeout"
+
+
+class PortInUse(EngineStartError):
+    code = "port_in_use"
+
+
+class EngineStopped(EngineError):
+    code = "engine_stopped"
+
+
+class UpstreamUnavailable(EngineError):
+    status = 502
+    code = "upstream_unavailable"
+    source = "engine"
+
+
+class UpstreamDied(EngineError):
+    status = 502
+    code = "upstream_died"
+    source = "engine"
+
+
+class ShuttingDown(SwapyardError):
+    status = 503
+    code = "shutting_down"
+
+
+class UpstreamError(EngineError):
+    status = 502
+    code = "upstream_error"
+    source = "engine"

@@ -1,0 +1,439 @@
+"""The actor that owns one engine's child process.
+
+Only ``_run`` touches the child, the state and the waiters (house style 3). Callers
+send commands through the inbox and await a future; helper tasks (pipe reader,
+exit watcher, health poller, kill timer) only post messages back. Every message
+about a child carries the spawn generation, so news about an old child never
+moves the state of a new one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import time
+from collections.abc import Awaitable
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+from yarl import URL
+
+from swapyard.config import ModelSpec, render
+from swapyard.errors import (
+    EngineExitedEarly,
+    EngineStartError,
+    EngineStartTimeout,
+    EngineStopped,
+    PortInUse,
+    SwapyardError,
+)
+from swapyard.events import EngineStateChanged, EventBus
+from swapyard.ports import PortAllocator, port_is_free
+from swapyard.process.logring import LogRing
+from swapyard.process.state import EngineState, check_transition
+
+S = EngineState
+LOG_TAIL_IN_ERRORS = 20
+_PIPE_DRAIN_BOUND = 2.0
+
+
+def health_poll_interval(elapsed: float) -> float:
+    """Fast polls while a quick engine is likely to come up, slower later (≤ 100 ms)."""
+    if elapsed < 1.0:
+        return 0.01
+    if elapsed < 5.0:
+        return 0.025
+    return 0.1
+
+
+@dataclass(frozen=True, slots=True)
+class _Start:
+    reply: asyncio.Future[None]
+
+
+@dataclass(frozen=True, slots=True)
+class _Stop:
+    reply: asyncio.Future[None]
+
+
+@dataclass(frozen=True, slots=True)
+class _Healthy:
+    gen: int
+
+
+@dataclass(frozen=True, slots=True)
+class _StartTimedOut:
+    gen: int
+
+
+@dataclass(frozen=True, slots=True)
+class _Exited:
+    gen: int
+    returncode: int
+
+
+@dataclass(frozen=True, slots=True)
+class _KillNow:
+    gen: int
+
+
+_Msg = _Start | _Stop | _Healthy | _StartTimedOut | _Exited | _KillNow
+
+
+class EngineProcess:
+    """One model's engine: start it, know when it is ready, stop it, and say so.
+
+    ``start()`` returns once the engine is ready, or raises ``EngineStartError``
+    (with the last log lines) or ``EngineStopped``. ``stop()`` returns once the
+    whole process group is gone. Both are safe to call in any state and from many
+    tasks at once; they are answered in the order they arrive.
+    """
+
+    def __init__(
+        self,
+        spec: ModelSpec,
+        bus: EventBus,
+        ports: PortAllocator,
+        http: aiohttp.ClientSession,
+    ) -> None:
+        self.spec = spec
+        self.logs = LogRing()
+        self._bus = bus
+        self._ports = ports
+        self._http = http
+        self._inbox: asyncio.Queue[_Msg] = asyncio.Queue()
+        self._state = S.STOPPED
+        self._gen = 0
+        self._proc: asyncio.subprocess.Process | None = None
+        self._port: str = ""
+        self._start_waiters: list[asyncio.Future[None]] = []
+        self._stop_waiters: list[asyncio.Future[None]] = []
+        self._restart_after_stop: list[asyncio.Future[None]] = []
+        self._failure: SwapyardError | None = None
+        self._pending_failure: SwapyardError | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._actor: asyncio.Task[None] | None = None
+        self.state_since = time.monotonic()
+        self.started_at: float | None = None
+
+    # -- the public, read-only view ------------------------------------------------
+    @property
+    def state(self) -> EngineState:
+        return self._state
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc else None
+
+    @property
+    def upstream(self) -> str:
+        """Base URL of the engine (valid while starting or ready)."""
+        return render(self.spec.proxy, {"PORT": self._port})
+
+    @property
+    def last_error(self) -> SwapyardError | None:
+        return self._failure
+
+    def snapshot(self) -> dict[str, Any]:
+        """A JSON-ready snapshot of this engine's state."""
+        return {
+            "state": str(self._state),
+            "pid": self.pid,
+            "upstream": self.upstream if self._state in (S.STARTING, S.READY) else None,
+            "state_for_s": round(time.monotonic() - self.state_since, 3),
+            "last_error": self._failure.message if self._failure else None,
+        }
+
+    # -- commands ------------------------------------------------------------------
+    def run(self) -> None:
+        """Start the actor task (once)."""
+        if self._actor is None:
+            self._actor = asyncio.create_task(self._run(), name=f"engine:{self.spec.id}")
+
+    async def start(self) -> None:
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._inbox.put_nowait(_Start(fut))
+        await fut
+
+    async def stop(self) -> None:
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._inbox.put_nowait(_Stop(fut))
+        await fut
+
+    async def close(self) -> None:
+        """Stop the engine, then end the actor and its helper tasks."""
+        if self._actor is None:
+            return
+        with contextlib.suppress(SwapyardError):
+            await self.stop()
+        self._actor.cancel()
+        for t in (self._actor, *self._tasks):
+            t.cancel()
+        await asyncio.gather(self._actor, *self._tasks, return_exceptions=True)
+        self._actor = None
+
+    def kill_now(self) -> None:
+        """Shutdown backstop: SIGKILL the group without waiting for the actor."""
+        if self._proc is not None and self._proc.returncode is None:
+            _killpg(self._proc.pid, signal.SIGKILL)
+
+    # -- the actor -----------------------------------------------------------------
+    async def _run(self) -> None:
+        while True:
+            msg = await self._inbox.get()
+            match msg:
+                case _Start(reply):
+                    await self._on_start(reply)
+                case _Stop(reply):
+                    self._on_stop(reply)
+                case _Healthy(gen) if gen == self._gen and self._state is S.STARTING:
+                    self._set_state(S.READY)
+                    _resolve_all(self._start_waiters)
+                case _StartTimedOut(gen) if gen == self._gen and self._state is S.STARTING:
+                    err = EngineStartTimeout(
+                        self.spec.id,
+                        f"health check {self.spec.check_endpoint} did not answer 200 within "
+                        f"{self.spec.start_timeout:g} s",
+                        self.logs.tail(LOG_TAIL_IN_ERRORS),
+                    )
+                    self._pending_failure = err
+                    _fail_all(self._start_waiters, err)
+                    self._begin_stop()
+                case _Exited(gen, rc) if gen == self._gen:
+                    self._on_exited(rc)
+                case _KillNow(gen) if gen == self._gen and self._state is S.STOPPING:
+                    self.logs.append(
+                        f"[swapyard] still running {self.spec.stop_timeout:g} s after stop; "
+                        "sending SIGKILL to the process group"
+                    )
+                    if self._proc is not None:
+                        _killpg(self._proc.pid, signal.SIGKILL)
+                case _:
+                    pass  # stale news about an earlier child
+
+    async def _on_start(self, reply: asyncio.Future[None]) -> None:
+        if self._state is S.READY:
+            _resolve(reply)
+        elif self._state is S.STARTING:
+            self._start_waiters.append(reply)
+        elif self._state is S.STOPPING:
+            self._restart_after_stop.append(reply)
+        else:
+            self._start_waiters.append(reply)
+            await self._spawn()
+
+    def _on_stop(self, reply: asyncio.Future[None]) -> None:
+        if self._state in (S.STOPPED, S.FAILED):
+            _resolve(reply)
+            return
+        self._stop_waiters.append(reply)
+        _fail_all(self._restart_after_stop, EngineStopped(self.spec.id, "engine was stopped"))
+        if self._state is not S.STOPPING:
+            _fail_all(
+                self._start_waiters,
+                EngineStopped(self.spec.id, f"model {self.spec.id!r} was stopped while starting"),
+            )
+            self._begin_stop()
+
+    async def _spawn(self) -> None:
+        self._gen += 1
+        gen = self._gen
+        self._failure = None
+        self._pending_failure = None
+        self._set_state(S.STARTING)
+        self.started_at = time.monotonic()
+        spec = self.spec
+        if spec.needs_port:
+            self._port = str(self._ports.allocate())
+        else:
+            self._port = ""
+            host, port = _host_port(self.upstream)
+            if host in ("127.0.0.1", "localhost", "::1") and not port_is_free(host, port):
+                self._fail_start(
+                    PortInUse(
+                        spec.id,
+                        f"port {port} of {self.upstream} is already in use by another process",
+                    )
+                )
+                return
+        argv = [render(a, {"PORT": self._port}) for a in spec.cmd]
+        self.logs.append(f"[swapyard] starting: {' '.join(argv)}")
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *argv,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.STDOUT,
+                start_new_session=True,
+                env={**os.environ, **spec.env},
+            )
+        except OSError as exc:
+            self._fail_start(
+                EngineExitedEarly(
+                    spec.id, f"cannot execute {argv[0]!r}: {exc.strerror or exc}", self.logs.tail()
+                )
+            )
+            return
+        self._proc = proc
+        self._spawn_task(self._read_output(proc))
+        self._spawn_task(self._watch_exit(proc, gen))
+        self._spawn_task(self._poll_health(gen))
+
+    def _fail_start(self, err: EngineStartError) -> None:
+        self._failure = err
+        self._set_state(S.FAILED, err)
+        _fail_all(self._start_waiters, err)
+
+    def _begin_stop(self) -> None:
+        proc = self._proc
+        self._set_state(S.STOPPING)
+        if proc is None:  # pragma: no cover - STARTING/READY always has a child
+            return
+        gen = self._gen
+        if self.spec.cmd_stop:
+            argv = [
+                render(a, {"PORT": self._port, "PID": str(proc.pid)}) for a in self.spec.cmd_stop
+            ]
+            self._spawn_task(self._run_stop_command(argv))
+        else:
+            _killpg(proc.pid, signal.SIGTERM)
+        loop = asyncio.get_running_loop()
+        loop.call_later(self.spec.stop_timeout, self._inbox.put_nowait, _KillNow(gen))
+
+    def _on_exited(self, rc: int) -> None:
+        proc = self._proc
+        if proc is not None:
+            # The leader is gone; anything left in its group is an orphan (house style 5).
+            _killpg(proc.pid, signal.SIGKILL)
+        if self._state is S.STARTING:
+            self._fail_start(
+                EngineExitedEarly(
+                    self.spec.id,
+                    f"the process exited with code {rc} before it became ready",
+                    self.logs.tail(LOG_TAIL_IN_ERRORS),
+                )
+            )
+        elif self._state is S.READY:
+            err = EngineExitedEarly(
+                self.spec.id,
+                f"the process exited with code {rc} while serving",
+                self.logs.tail(LOG_TAIL_IN_ERRORS),
+            )
+            self._failure = err
+            self._set_state(S.FAILED, err)
+        elif self._state is S.STOPPING:
+            if self._pending_failure is not None:
+                self._failure = self._pending_failure
+                self._set_state(S.FAILED, self._pending_failure)
+            else:
+                self._set_state(S.STOPPED)
+            _resolve_all(self._stop_waiters)
+            if self._restart_after_stop:
+                waiters, self._restart_after_stop = self._restart_after_stop, []
+                for w in waiters:
+                    self._inbox.put_nowait(_Start(w))
+
+    def _set_state(self, new: EngineState, error: SwapyardError | None = None) -> None:
+        old = self._state
+        check_transition(old, new)
+        self._state = new
+        self.state_since = time.monotonic()
+        self.logs.append(f"[swapyard] {old} -> {new}")
+        self._bus.publish(EngineStateChanged(self.spec.id, old, new, error, self.pid))
+
+    # -- helper tasks: they only post messages ----------------------------------------
+    def _spawn_task(self, coro: Awaitable[Any]) -> None:
+        task: asyncio.Task[Any] = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _watch_exit(self, proc: asyncio.subprocess.Process, gen: int) -> None:
+        rc = await proc.wait()
+        self._inbox.put_nowait(_Exited(gen, rc))
+
+    async def _read_output(self, proc: asyncio.subprocess.Process) -> None:
+        assert proc.stdout is not None
+        buf = b""
+        while True:
+            try:
+                chunk = await proc.stdout.read(65536)
+            except (OSError, ValueError):  # pragma: no cover - pipe torn down
+                break
+            if not chunk:
+                break
+            buf += chunk
+            *lines, buf = buf.split(b"\n")
+            for raw in lines:
+                self.logs.append(raw.decode("utf-8", "replace").rstrip("\r"))
+            if len(buf) > 65536:
+                self.logs.append(buf.decode("utf-8", "replace"))
+                buf = b""
+        if buf:
+            self.logs.append(buf.decode("utf-8", "replace"))
+
+    async def _poll_health(self, gen: int) -> None:
+        url = self.upstream + self.spec.check_endpoint
+        t0 = time.monotonic()
+        timeout = aiohttp.ClientTimeout(total=2.0)
+        while self._gen == gen and self._state is S.STARTING:
+            elapsed = time.monotonic() - t0
+            if elapsed > self.spec.start_timeout:
+                self._inbox.put_nowait(_StartTimedOut(gen))
+                return
+            try:
+                async with self._http.get(url, timeout=timeout) as resp:
+                    await resp.read()
+                    if resp.status == 200:
+                        self._inbox.put_nowait(_Healthy(gen))
+                        return
+            except (aiohttp.ClientError, TimeoutError, OSError):
+                pass
+            await asyncio.sleep(health_poll_interval(elapsed))
+
+    async def _run_stop_command(self, argv: list[str]) -> None:
+        self.logs.append(f"[swapyard] stopping with: {' '.join(argv)}")
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *argv,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.STDOUT,
+                env={**os.environ, **self.spec.env},
+            )
+            out, _ = await asyncio.wait_for(proc.communicate(), self.spec.stop_timeout)
+        except (OSError, TimeoutError) as exc:
+            self.logs.append(f"[swapyard] cmd_stop failed: {exc}; the kill timer still applies")
+            return
+        for line in out.decode("utf-8", "replace").splitlines():
+            self.logs.append(f"[cmd_stop] {line}")
+
+
+def _killpg(pgid: int, sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, sig)
+
+
+def _host_port(url: str) -> tuple[str, int]:
+    u = URL(url)
+    return (u.host or "127.0.0.1", u.port or 80)
+
+
+def _resolve(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
+
+
+def _resolve_all(futs: list[asyncio.Future[None]]) -> None:
+    for f in futs:
+        _resolve(f)
+    futs.clear()
+
+
+def _fail_all(futs: list[asyncio.Future[None]], err: BaseException) -> None:
+    for f in futs:
+        if not f.done():
+            f.set_exception(err)
+    futs.clear()

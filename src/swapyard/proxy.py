@@ -1,0 +1,136 @@
+"""The data path: forward a request to an engine and pipe its answer back, bytes as-is.
+
+Nothing here parses or re-serialises a response body (house style 6). The client
+session keeps bodies compressed as the engine sent them (``auto_decompress`` off)
+and has no total timeout, so long generations are never cut; connecting has its
+own timeout. When the client goes away the handler is cancelled, and the upstream
+connection is closed, not returned to the pool, so the engine stops generating.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+from multidict import CIMultiDict, CIMultiDictProxy
+
+from swapyard.errors import SwapyardError, UpstreamDied, UpstreamUnavailable
+
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "trailers",
+        "transfer-encoding",
+        "upgrade",
+    }
+)
+_REQUEST_DROP = HOP_BY_HOP | {"host", "content-length"}
+_RESPONSE_DROP = HOP_BY_HOP | {"content-length"}
+CONNECT_TIMEOUT = 10.0
+
+SSE_HEADERS = {
+    "Content-Type": "text/event-stream; charset=utf-8",
+    "Cache-Control": "no-cache",
+    "X-Accel-Buffering": "no",
+}
+
+
+def new_upstream_session() -> aiohttp.ClientSession:
+    """The one client session for all engine traffic."""
+    return aiohttp.ClientSession(
+        auto_decompress=False,
+        timeout=aiohttp.ClientTimeout(total=None, sock_connect=CONNECT_TIMEOUT),
+        connector=aiohttp.TCPConnector(limit=0, force_close=False, enable_cleanup_closed=False),
+        skip_auto_headers=("User-Agent", "Accept-Encoding", "Content-Type"),
+    )
+
+
+def request_headers(headers: Mapping[str, str]) -> CIMultiDict[str]:
+    return CIMultiDict((k, v) for k, v in headers.items() if k.lower() not in _REQUEST_DROP)
+
+
+def response_headers(headers: CIMultiDictProxy[str]) -> CIMultiDict[str]:
+    return CIMultiDict((k, v) for k, v in headers.items() if k.lower() not in _RESPONSE_DROP)
+
+
+def is_streaming(resp: aiohttp.ClientResponse) -> bool:
+    ctype = resp.headers.get("Content-Type", "")
+    return ctype.startswith("text/event-stream") or "Content-Length" not in resp.headers
+
+
+def sse_error(err: SwapyardError) -> bytes:
+    """An SSE event carrying an OpenAI error envelope."""
+    return b"data: " + json.dumps(err.to_openai()).encode() + b"\n\n"
+
+
+async def open_upstream(
+    session: aiohttp.ClientSession,
+    model: str,
+    method: str,
+    url: str,
+    headers: Mapping[str, str],
+    body: bytes,
+) -> aiohttp.ClientResponse:
+    """Send the request; the caller owns the response (``close`` it on abort)."""
+    try:
+        return await session.request(
+            method, url, data=body, headers=request_headers(headers), allow_redirects=False
+        )
+    except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+        raise UpstreamUnavailable(model, f"cannot reach the engine of {model!r}: {exc}") from exc
+
+
+async def pipe_response(
+    request: web.Request, resp: aiohttp.ClientResponse, model: str
+) -> web.StreamResponse:
+    """Send the engine's answer to the client: status, headers and body as they come."""
+    try:
+        if not is_streaming(resp):
+            try:
+                body = await resp.read()
+            except (aiohttp.ClientError, OSError) as exc:
+                raise UpstreamDied(model, f"the engine of {model!r} dropped the response") from exc
+            out = web.Response(
+                status=resp.status, headers=response_headers(resp.headers), body=body
+            )
+            resp.release()
+            return out
+        sresp = web.StreamResponse(status=resp.status, headers=response_headers(resp.headers))
+        await sresp.prepare(request)
+        await stream_body(sresp, resp, model, sse=is_sse(resp))
+        await sresp.write_eof()
+        return sresp
+    finally:
+        resp.close()
+
+
+def is_sse(resp: aiohttp.ClientResponse) -> bool:
+    return resp.headers.get("Content-Type", "").startswith("text/event-stream")
+
+
+async def stream_body(
+    out: web.StreamResponse, resp: aiohttp.ClientResponse, model: str, *, sse: bool
+) -> None:
+    """Copy the body chunk by chunk as it arrives. If the engine dies mid-way, an SSE
+    stream ends with an error event (never a hang); other bodies just end."""
+    try:
+        async for chunk in resp.content.iter_any():
+            await out.write(chunk)
+    except (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError):
+        if sse:
+            err = UpstreamDied(
+                model, f"the engine of {model!r} stopped in the middle of the answer"
+            )
+            await out.write(sse_error(err))
+
+
+def error_response(err: SwapyardError, headers: Mapping[str, Any] | None = None) -> web.Response:
+    return web.json_response(err.to_openai(), status=err.status, headers=headers)

@@ -1,0 +1,227 @@
+"""The run loop: requests and engine events in, scheduler decisions out.
+
+One task owns the scheduler. API handlers call ``acquire``/``release``, which post
+messages to the inbox; process actors publish state changes on the bus, which a
+listener also posts to the inbox. The loop feeds each message to the scheduler,
+whose ``Effects`` are implemented here by talking to the process actors.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+
+from swapyard.config import Config
+from swapyard.errors import ShuttingDown, SwapyardError
+from swapyard.events import (
+    EngineStateChanged,
+    Event,
+    EventBus,
+    RequestAdmitted,
+    RequestFinished,
+    SwapStarted,
+)
+from swapyard.ports import PortAllocator
+from swapyard.process.actor import EngineProcess
+from swapyard.process.state import EngineState
+from swapyard.scheduler.core import Scheduler
+
+log = logging.getLogger("swapyard.router")
+
+
+@dataclass(frozen=True, slots=True)
+class Lease:
+    """Permission to send one request to ``model``'s engine at ``upstream``."""
+
+    request_id: int
+    model: str
+    upstream: str
+    waited: float
+
+
+@dataclass(frozen=True, slots=True)
+class _Arrive:
+    request_id: int
+    model: str
+
+
+@dataclass(frozen=True, slots=True)
+class _Done:
+    request_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class _Idle:
+    model: str
+    token: int
+
+
+_Msg = _Arrive | _Done | _Idle | EngineStateChanged
+
+
+class Router:
+    """Owns the engines and the scheduler for one config."""
+
+    def __init__(self, config: Config, bus: EventBus, http: aiohttp.ClientSession) -> None:
+        self.config = config
+        self.bus = bus
+        ports = PortAllocator()
+        self.engines: Mapping[str, EngineProcess] = {
+            mid: EngineProcess(spec, bus, ports, http) for mid, spec in config.models.items()
+        }
+        self.scheduler = Scheduler(
+            {m.id: m.ttl for m in config.models.values()}, _RouterEffects(self)
+        )
+        self._inbox: asyncio.Queue[_Msg] = asyncio.Queue()
+        self._waiting: dict[int, tuple[asyncio.Future[str], float]] = {}
+        self._ids = itertools.count(1)
+        self._task: asyncio.Task[None] | None = None
+        self._closing = False
+        self._bg: set[asyncio.Task[Any]] = set()
+        self._timers: set[asyncio.TimerHandle] = set()
+        bus.add_listener(self._on_event)
+
+    # -- lifecycle ------------------------------------------------------------------
+    def run(self) -> None:
+        for engine in self.engines.values():
+            engine.run()
+        self._task = asyncio.create_task(self._run(), name="router")
+
+    async def shutdown(self, deadline: float) -> None:
+        """Reject queued requests, stop every engine, end the loop; by ``deadline``
+        (a ``time.monotonic()`` value) whatever is still alive gets SIGKILL."""
+        self._closing = True
+        self.scheduler.reject_all(ShuttingDown("swapyard is shutting down"))
+        for h in self._timers:
+            h.cancel()
+        closes = [asyncio.ensure_future(e.close()) for e in self.engines.values()]
+        _, pending = await asyncio.wait(closes, timeout=max(0.1, deadline - time.monotonic()))
+        if pending:
+            log.warning("engines still stopping at the shutdown deadline; sending SIGKILL")
+            for e in self.engines.values():
+                e.kill_now()
+            await asyncio.wait(pending, timeout=2.0)
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        for t in self._bg:
+            t.cancel()
+        await asyncio.gather(*self._bg, return_exceptions=True)
+
+    # -- the API handlers' side ---------------------------------------------------------
+    def new_request_id(self) -> int:
+        return next(self._ids)
+
+    async def acquire(self, model: str, request_id: int | None = None) -> Lease:
+        """Wait until ``model`` is ready and this request may run on it.
+
+        Raises the engine's ``SwapyardError`` if it cannot start. If the caller is
+        cancelled (client gone), the request leaves the queue.
+        """
+        if self._closing:
+            raise ShuttingDown("swapyard is shutting down")
+        rid = self.new_request_id() if request_id is None else request_id
+        fut: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        t0 = time.monotonic()
+        self._waiting[rid] = (fut, t0)
+        self._inbox.put_nowait(_Arrive(rid, model))
+        try:
+            await fut
+        except BaseException:
+            self._waiting.pop(rid, None)
+            if not (fut.done() and not fut.cancelled() and fut.exception() is not None):
+                self._inbox.put_nowait(_Done(rid))
+            raise
+        return Lease(rid, model, self.engines[model].upstream, time.monotonic() - t0)
+
+    def release(self, lease: Lease) -> None:
+        self._inbox.put_nowait(_Done(lease.request_id))
+        self.bus.publish(RequestFinished(lease.request_id, lease.model))
+
+    def ready_now(self, model: str) -> bool:
+        """Whether a request for ``model`` would be dispatched without waiting."""
+        return self.scheduler.state(model) is EngineState.READY and self.scheduler.queued() == 0
+
+    def position(self, request_id: int) -> int | None:
+        return self.scheduler.position(request_id)
+
+    # -- the loop ---------------------------------------------------------------------
+    def _on_event(self, event: Event) -> None:
+        if isinstance(event, EngineStateChanged):
+            self._inbox.put_nowait(event)
+
+    async def _run(self) -> None:
+        sched = self.scheduler
+        while True:
+            msg = await self._inbox.get()
+            try:
+                match msg:
+                    case _Arrive(rid, model):
+                        if rid in self._waiting:
+                            sched.request_arrived(rid, model)
+                    case _Done(rid):
+                        sched.request_done(rid)
+                    case _Idle(model, token):
+                        sched.idle_timeout(model, token)
+                    case EngineStateChanged(model=model, new=new, error=error):
+                        sched.engine_state(model, new, error)
+            except Exception:  # pragma: no cover - a scheduler bug must not kill the loop
+                log.exception("scheduler failed on %r", msg)
+
+    def _spawn(self, coro: Any) -> None:
+        task: asyncio.Task[Any] = asyncio.ensure_future(coro)
+        self._bg.add(task)
+        task.add_done_callback(self._bg.discard)
+
+
+class _RouterEffects:
+    def __init__(self, router: Router) -> None:
+        self._r = router
+
+    def start(self, model: str) -> None:
+        self._r._spawn(_quiet(self._r.engines[model].start()))
+
+    def stop(self, model: str, *, for_model: str | None) -> None:
+        if for_model is not None:
+            self._r.bus.publish(SwapStarted(new=for_model, old=model))
+        self._r._spawn(_quiet(self._r.engines[model].stop()))
+
+    def dispatch(self, request_id: int, model: str) -> None:
+        entry = self._r._waiting.pop(request_id, None)
+        if entry is None or entry[0].done():
+            self._r._inbox.put_nowait(_Done(request_id))
+            return
+        fut, t0 = entry
+        fut.set_result(model)
+        self._r.bus.publish(RequestAdmitted(request_id, model, time.monotonic() - t0))
+
+    def reject(self, request_id: int, error: SwapyardError) -> None:
+        entry = self._r._waiting.pop(request_id, None)
+        if entry is not None and not entry[0].done():
+            entry[0].set_exception(error)
+
+    def arm_idle_timer(self, model: str, ttl: float, token: int) -> None:
+        loop = asyncio.get_running_loop()
+        timers = self._r._timers
+
+        def fire() -> None:
+            timers.discard(handle)
+            self._r._inbox.put_nowait(_Idle(model, token))
+
+        handle = loop.call_later(ttl, fire)
+        timers.add(handle)
+
+
+async def _quiet(coro: Any) -> None:
+    # Outcomes reach the scheduler as state events; the direct reply is not needed.
+    with contextlib.suppress(SwapyardError):
+        await coro

@@ -1,0 +1,208 @@
+"""A runnable OpenAI-compatible fake engine for the cases a real one cannot produce on demand.
+
+    python -m swapyard.testing.fake_engine --port 8001 [flags]
+
+It serves ``/health`` (503 until loaded), ``/v1/models``, ``/v1/chat/completions``,
+``/v1/completions`` and ``/v1/embeddings``, streaming and not. Its answer is the
+words of ``--text`` (prefixed by the model id, so a test can tell engines apart),
+one token per word, at ``--tokens-per-second``. Every event a test may want to
+see (ready, each request, a client that went away) is printed to stdout, which
+swapyard keeps in the engine's log ring.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from typing import Any
+
+from aiohttp import web
+
+DEFAULT_TEXT = "The quick brown fox jumps over the lazy dog and runs far away"
+
+
+def say(*parts: object) -> None:
+    print("[fake-engine]", *parts, flush=True)
+
+
+class FakeEngine:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.started = time.monotonic()
+        self.tokens_sent = 0
+        self.words = args.text.split()
+
+    # -- helpers -------------------------------------------------------------------
+    def ready(self) -> bool:
+        return not self.args.never_healthy and (
+            time.monotonic() - self.started >= self.args.load_delay
+        )
+
+    def tokens(self, n: int) -> list[str]:
+        out = [f"{self.args.model_id}:"]
+        i = 0
+        while len(out) < n:
+            out.append(self.words[i % len(self.words)])
+            i += 1
+        return out[:n]
+
+    async def emit_token(self) -> None:
+        await asyncio.sleep(1.0 / self.args.tokens_per_second)
+        self.tokens_sent += 1
+        if self.args.crash_after_tokens and self.tokens_sent >= self.args.crash_after_tokens:
+            say(f"crashing after {self.tokens_sent} tokens")
+            os._exit(3)
+
+    # -- routes --------------------------------------------------------------------
+    async def health(self, request: web.Request) -> web.Response:
+        if not self.ready():
+            return web.json_response({"status": "loading model"}, status=503)
+        return web.json_response({"status": "ok", "memory_mib": self.args.memory_mib})
+
+    async def models(self, request: web.Request) -> web.Response:
+        return web.json_response(
+            {"object": "list", "data": [{"id": self.args.model_id, "object": "model"}]}
+        )
+
+    async def embeddings(self, request: web.Request) -> web.Response:
+        doc = await request.json()
+        inputs = doc.get("input", "")
+        items = inputs if isinstance(inputs, list) else [inputs]
+        data = [
+            {"object": "embedding", "index": i, "embedding": [float(len(str(x))), 0.5, -0.5]}
+            for i, x in enumerate(items)
+        ]
+        usage = {"prompt_tokens": len(items), "total_tokens": len(items)}
+        return web.json_response(
+            {"object": "list", "data": data, "model": self.args.model_id, "usage": usage}
+        )
+
+    async def completions(self, request: web.Request) -> web.StreamResponse:
+        chat = request.path.endswith("/chat/completions")
+        doc = await request.json()
+        n = int(doc.get("max_tokens") or doc.get("max_completion_tokens") or self.args.max_tokens)
+        say(f"request {request.path} stream={bool(doc.get('stream'))} max_tokens={n}")
+        toks = self.tokens(n)
+        kind = "chat.completion" if chat else "text_completion"
+        cid = f"fake-{int(time.time() * 1000)}"
+        usage = {"prompt_tokens": 5, "completion_tokens": len(toks), "total_tokens": 5 + len(toks)}
+        if not doc.get("stream"):
+            for _ in toks:
+                await self.emit_token()
+            text = " ".join(toks)
+            choice: dict[str, Any] = (
+                {"index": 0, "message": {"role": "assistant", "content": text}}
+                if chat
+                else {"index": 0, "text": text}
+            )
+            choice["finish_reason"] = "length"
+            return web.json_response(
+                {"id": cid, "object": kind, "created": int(time.time()),
+                 "model": self.args.model_id, "choices": [choice], "usage": usage}
+            )  # fmt: skip
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        sent = 0
+        so_far = ""
+        try:
+            for i, tok in enumerate(toks):
+                await self.emit_token()
+                piece = tok if i == 0 else " " + tok
+                so_far += piece
+                text = so_far if self.args.cumulative else piece
+                delta = {"content": text} if chat else None
+                ch: dict[str, Any] = (
+                    {"index": 0, "delta": delta, "finish_reason": None}
+                    if chat
+                    else {"index": 0, "text": text, "finish_reason": None}
+                )
+                await self._sse(resp, cid, kind + ("" if not chat else ".chunk"), [ch])
+                sent += 1
+            last: dict[str, Any] = (
+                {"index": 0, "delta": {}, "finish_reason": "length"}
+                if chat
+                else {"index": 0, "text": "", "finish_reason": "length"}
+            )
+            await self._sse(resp, cid, kind + (".chunk" if chat else ""), [last])
+            if (doc.get("stream_options") or {}).get("include_usage"):
+                await self._sse(resp, cid, kind + (".chunk" if chat else ""), [], usage)
+            await resp.write(b"data: [DONE]\n\n")
+        except (asyncio.CancelledError, ConnectionError):
+            say(f"client disconnected after {sent} tokens")
+            raise
+        say(f"finished stream of {sent} tokens")
+        return resp
+
+    async def _sse(
+        self,
+        resp: web.StreamResponse,
+        cid: str,
+        obj: str,
+        choices: list[dict[str, Any]],
+        usage: dict[str, int] | None = None,
+    ) -> None:
+        doc: dict[str, Any] = {
+            "id": cid, "object": obj, "created": int(time.time()),
+            "model": self.args.model_id, "choices": choices,
+        }  # fmt: skip
+        if usage is not None:
+            doc["usage"] = usage
+        await resp.write(b"data: " + json.dumps(doc).encode() + b"\n\n")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="swapyard-fake-engine", description=__doc__)
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--model-id", default="fake")
+    p.add_argument("--text", default=DEFAULT_TEXT)
+    p.add_argument("--max-tokens", type=int, default=16, help="default when a request says none")
+    p.add_argument("--load-delay", type=float, default=0.0, help="seconds until /health is 200")
+    p.add_argument("--tokens-per-second", type=float, default=1000.0)
+    p.add_argument("--memory-mib", type=int, default=0, help="memory this engine claims to use")
+    p.add_argument("--ignore-sigterm", action="store_true")
+    p.add_argument("--crash-after-tokens", type=int, default=0, help="exit(3) after N tokens")
+    p.add_argument("--never-healthy", action="store_true", help="/health never answers 200")
+    p.add_argument("--exit-on-start", type=int, default=None, help="print a log, exit with CODE")
+    p.add_argument("--cumulative", action="store_true", help="stream cumulative text, not deltas")
+    p.add_argument("--grandchild", action="store_true", help="spawn a child that ignores SIGTERM")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    say(f"pid {os.getpid()} pgid {os.getpgid(0)} model {args.model_id} port {args.port}")
+    if args.exit_on_start is not None:
+        say("error: cannot load model weights: file is corrupt (simulated)")
+        sys.exit(args.exit_on_start)
+    if args.ignore_sigterm:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        say("ignoring SIGTERM")
+    if args.grandchild:
+        child = subprocess.Popen(
+            [sys.executable, "-c",
+             "import signal,time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(3600)"],
+        )  # fmt: skip
+        say(f"grandchild pid {child.pid}")
+    engine = FakeEngine(args)
+    app = web.Application()
+    app.router.add_get("/health", engine.health)
+    app.router.add_get("/v1/models", engine.models)
+    app.router.add_post("/v1/chat/completions", engine.completions)
+    app.router.add_post("/v1/completions", engine.completions)
+    app.router.add_post("/v1/embeddings", engine.embeddings)
+    say("listening")
+    web.run_app(
+        app, host=args.host, port=args.port, print=None, access_log=None,
+        handler_cancellation=True, handle_signals=not args.ignore_sigterm,
+    )  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
