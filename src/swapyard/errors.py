@@ -16,6 +16,7 @@
     │   │   ├── EngineStartTimeout     health never passed within `start_timeout`
     │   │   └── PortInUse              the engine's fixed port is held by another process
     │   ├── EngineStopped              503 the engine was stopped while the request waited
+    │   ├── EngineCrashed              503 the engine exited while serving (carries its log)
     │   ├── UpstreamUnavailable        502 connecting to the engine failed (source: engine)
     │   ├── UpstreamDied               502 the engine dropped the response mid-way (source: engine)
     │   └── UpstreamError              502 the engine answered an error after a stream began
@@ -145,6 +146,15 @@ class EngineStartTimeout(EngineStartError):
 
 class PortInUse(EngineStartError):
     code = "port_in_use"
+
+
+class EngineCrashed(EngineError):
+    code = "engine_crashed"
+
+    def __init__(self, model: str, reason: str, log_tail: Sequence[str] = ()) -> None:
+        self.log_tail = tuple(log_tail)
+        tail = "\n".join(self.log_tail) if self.log_tail else "(no output)"
+        super().__init__(model, f"model {model!r} crashed: {reason}\nlast log lines:\n{tail}")
 
 
 class EngineStopped(EngineError):

@@ -23,6 +23,7 @@ from yarl import URL
 
 from swapyard.config import ModelSpec, render
 from swapyard.errors import (
+    EngineCrashed,
     EngineExitedEarly,
     EngineStartError,
     EngineStartTimeout,
@@ -226,7 +227,10 @@ class EngineProcess:
             await self._spawn()
 
     def _on_stop(self, reply: asyncio.Future[None]) -> None:
-        if self._state in (S.STOPPED, S.FAILED):
+        if self._state is S.FAILED:  # an explicit stop clears the failure
+            self._failure = None
+            self._set_state(S.STOPPED)
+        if self._state is S.STOPPED:
             _resolve(reply)
             return
         self._stop_waiters.append(reply)
@@ -317,7 +321,7 @@ class EngineProcess:
                 )
             )
         elif self._state is S.READY:
-            err = EngineExitedEarly(
+            err = EngineCrashed(
                 self.spec.id,
                 f"the process exited with code {rc} while serving",
                 self.logs.tail(LOG_TAIL_IN_ERRORS),

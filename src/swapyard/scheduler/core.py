@@ -14,7 +14,8 @@ first served.
 - Requests for a model that is starting join that one start.
 - A swap waits until the resident model has no request in flight; then it is
   stopped and the next model started. A running answer is never cut.
-- A start that fails rejects every request queued for that model with the error.
+- A start that fails rejects every request queued for that model with the error;
+  after a crash while serving, queued requests start it again.
 - A ready model with nothing in flight or queued arms its idle timer (``ttl``);
   the timer carries a token, so one armed before later activity is ignored.
 """
@@ -25,7 +26,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
-from swapyard.errors import SwapyardError
+from swapyard.errors import EngineStartError, SwapyardError
 from swapyard.process.state import EngineState
 
 S = EngineState
@@ -99,7 +100,9 @@ class Scheduler:
         self, model: str, state: EngineState, error: SwapyardError | None = None
     ) -> None:
         self._state[model] = state
-        if state is S.FAILED and error is not None:
+        if state is S.FAILED and isinstance(error, EngineStartError):
+            # A start that failed fails its waiters; a crash while serving does not:
+            # the requests queued for it start it again when their turn comes.
             self._reject_queued(model, error)
         self._step()
 

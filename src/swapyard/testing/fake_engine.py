@@ -80,8 +80,19 @@ class FakeEngine:
         ]
         usage = {"prompt_tokens": len(items), "total_tokens": len(items)}
         return web.json_response(
-            {"object": "list", "data": data, "model": self.args.model_id, "usage": usage}
+            {"object": "list", "data": data, "model": self.args.model_id, "usage": usage},
+            headers={"X-Fake-Engine": self.args.model_id},
         )
+
+    async def echo(self, request: web.Request) -> web.Response:
+        """Any other POST /v1/*: say which engine got it, what path and what type."""
+        body = await request.read()
+        say(f"request {request.path_qs} {len(body)} bytes")
+        return web.json_response(
+            {"engine": self.args.model_id, "path": request.path_qs,
+             "content_type": request.content_type, "bytes": len(body)},
+            headers={"X-Fake-Engine": self.args.model_id},
+        )  # fmt: skip
 
     async def completions(self, request: web.Request) -> web.StreamResponse:
         chat = request.path.endswith("/chat/completions")
@@ -104,9 +115,12 @@ class FakeEngine:
             choice["finish_reason"] = "length"
             return web.json_response(
                 {"id": cid, "object": kind, "created": int(time.time()),
-                 "model": self.args.model_id, "choices": [choice], "usage": usage}
+                 "model": self.args.model_id, "choices": [choice], "usage": usage},
+                headers={"X-Fake-Engine": self.args.model_id},
             )  # fmt: skip
-        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        resp = web.StreamResponse(
+            headers={"Content-Type": "text/event-stream", "X-Fake-Engine": self.args.model_id}
+        )
         await resp.prepare(request)
         sent = 0
         so_far = ""
@@ -197,6 +211,7 @@ def main(argv: list[str] | None = None) -> None:
     app.router.add_post("/v1/chat/completions", engine.completions)
     app.router.add_post("/v1/completions", engine.completions)
     app.router.add_post("/v1/embeddings", engine.embeddings)
+    app.router.add_post("/v1/{tail:.+}", engine.echo)
     say("listening")
     web.run_app(
         app, host=args.host, port=args.port, print=None, access_log=None,

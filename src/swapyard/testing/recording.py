@@ -1,0 +1,34 @@
+"""A recording ``Effects`` for synchronous scheduler tests (no loop, no processes)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from swapyard.errors import SwapyardError
+
+
+@dataclass
+class RecordingEffects:
+    """Records every decision in order as ``(verb, *args)`` tuples."""
+
+    calls: list[tuple[object, ...]] = field(default_factory=list)
+
+    def start(self, model: str) -> None:
+        self.calls.append(("start", model))
+
+    def stop(self, model: str, *, for_model: str | None) -> None:
+        self.calls.append(("stop", model, for_model))
+
+    def dispatch(self, request_id: int, model: str) -> None:
+        self.calls.append(("dispatch", request_id, model))
+
+    def reject(self, request_id: int, error: SwapyardError) -> None:
+        self.calls.append(("reject", request_id, type(error).__name__))
+
+    def arm_idle_timer(self, model: str, ttl: float, token: int) -> None:
+        self.calls.append(("arm", model, ttl, token))
+
+    def take(self) -> list[tuple[object, ...]]:
+        """The calls since the last ``take``."""
+        out, self.calls = self.calls, []
+        return out

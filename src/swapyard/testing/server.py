@@ -1,0 +1,46 @@
+"""Run swapyard on a real port on 127.0.0.1 for a test (no in-process transport:
+it would buffer bodies and hide streaming and disconnects)."""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from swapyard.api.app import start_server
+from swapyard.api.state import STATE
+from swapyard.config import Config
+from swapyard.ports import PortAllocator
+from swapyard.router import Router
+
+
+def fake_engine_cmd(model_id: str = "fake", **flags: object) -> str:
+    """A ``cmd`` line that runs the fake engine; ``flags`` map to its options
+    (``load_delay=0.5`` → ``--load-delay 0.5``; ``True`` → a bare flag)."""
+    argv = [sys.executable, "-m", "swapyard.testing.fake_engine", "--port", "${PORT}"]
+    argv += ["--model-id", model_id]
+    for key, value in flags.items():
+        if value is False or value is None:
+            continue
+        argv.append("--" + key.replace("_", "-"))
+        if value is not True:
+            argv.append(str(value))
+    return " ".join(a if a == "${PORT}" else shlex.quote(a) for a in argv)
+
+
+class RunningServer:
+    def __init__(self, url: str, router: Router) -> None:
+        self.url = url
+        self.router = router
+
+
+@asynccontextmanager
+async def running_server(config: Config) -> AsyncIterator[RunningServer]:
+    """Serve ``config`` on a free loopback port; stop everything on exit."""
+    port = PortAllocator().allocate()
+    runner = await start_server(config, "127.0.0.1", port)
+    try:
+        yield RunningServer(f"http://127.0.0.1:{port}", runner.app[STATE].router)
+    finally:
+        await runner.cleanup()

@@ -1,0 +1,51 @@
+"""Small helpers shared by the tests."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+from swapyard.config import Config, ModelSpec, load_config
+
+
+def config(models: dict[str, dict[str, Any]], **server: Any) -> Config:
+    """A config from plain dicts (JSON is YAML)."""
+    return load_config(json.dumps({"server": server, "models": models}))
+
+
+def spec(cmd: str | list[str], **fields: Any) -> ModelSpec:
+    return config({"m": {"cmd": cmd, **fields}}).models["m"]
+
+
+def group_members(pgid: int) -> list[int]:
+    """Live (non-zombie) processes in process group ``pgid``."""
+    out = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[1].split()
+        if fields[0] != "Z" and int(fields[2]) == pgid:
+            out.append(int(entry.name))
+    return out
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def grandchild_pid(lines: list[str]) -> int:
+    for line in lines:
+        m = re.search(r"grandchild pid (\d+)", line)
+        if m:
+            return int(m.group(1))
+    raise AssertionError(f"no grandchild pid in log: {lines}")

@@ -1,0 +1,159 @@
+"""Config loading and validation (house style 7): text in, frozen values or a clear error."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from swapyard.config import config_json_schema, load_config, load_config_file, parse_size, render
+from swapyard.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_example_config_loads() -> None:
+    """The annotated config.example.yaml shipped in the repo is valid."""
+    cfg = load_config_file(
+        ROOT / "config.example.yaml",
+    )
+    assert "smollm2" in cfg.models
+    assert cfg.resolve("default-chat") is not None
+
+
+def test_minimum_config_is_three_lines() -> None:
+    """A model needs nothing but a command; everything else has a default."""
+    text = "models:\n  m:\n    cmd: llama-server --port ${PORT} -m m.gguf\n"
+    assert len(text.splitlines()) == 3
+    m = load_config(text).models["m"]
+    assert m.cmd == ("llama-server", "--port", "${PORT}", "-m", "m.gguf")
+    assert m.proxy == "http://127.0.0.1:${PORT}"
+    assert m.check_endpoint == "/health"
+    assert m.needs_port
+
+
+def test_unknown_model_key_names_key_and_model() -> None:
+    with pytest.raises(ConfigError) as e:
+        load_config("models:\n  m:\n    cmd: x ${PORT}\n    ttll: 5\n", source="cfg.yaml")
+    assert "cfg.yaml" in e.value.message
+    assert "'ttll'" in e.value.message
+    assert "model 'm'" in e.value.message
+
+
+def test_unknown_top_level_key_is_an_error() -> None:
+    with pytest.raises(ConfigError, match="unknown key 'modles'"):
+        load_config("modles: {}\nmodels: {}\n")
+
+
+def test_bad_value_says_what_was_expected() -> None:
+    with pytest.raises(ConfigError) as e:
+        load_config("models:\n  m:\n    cmd: x ${PORT}\n    ttl: soon\n")
+    assert "models.m.ttl" in e.value.message
+    assert "expected a duration" in e.value.message
+
+
+def test_loading_status_must_be_a_known_mode() -> None:
+    with pytest.raises(ConfigError, match=r"server\.loading_status"):
+        load_config("server: {loading_status: banner}\nmodels: {}\n")
+
+
+def test_durations_and_sizes_parse() -> None:
+    cfg = load_config(
+        "server: {max_body_bytes: 2MiB, shutdown_timeout: 500ms}\n"
+        "models:\n  m: {cmd: 'x ${PORT}', ttl: 5m, start_timeout: 1.5, stop_timeout: 2s}\n"
+    )
+    assert cfg.server.max_body_bytes == 2 * 2**20
+    assert cfg.server.shutdown_timeout == 0.5
+    m = cfg.models["m"]
+    assert (m.ttl, m.start_timeout, m.stop_timeout) == (300.0, 1.5, 2.0)
+    assert parse_size("1GB") == 10**9
+
+
+def test_macros_expand_user_env_and_model_id() -> None:
+    cfg = load_config(
+        "macros:\n  dir: /models\n  common: -c 2048 --port ${PORT}\n"
+        "models:\n  smol:\n    cmd: server ${common} -m ${dir}/${MODEL_ID}.gguf --key ${env.KEY}\n"
+        "    env: {HOME_DIR: '${dir}'}\n",
+        environ={"KEY": "s3cret"},
+    )
+    m = cfg.models["smol"]
+    assert m.cmd == (
+        "server", "-c", "2048", "--port", "${PORT}", "-m", "/models/smol.gguf", "--key", "s3cret",
+    )  # fmt: skip
+    assert m.env["HOME_DIR"] == "/models"
+    assert render(m.proxy, {"PORT": "1234"}) == "http://127.0.0.1:1234"
+
+
+def test_cmd_as_list_keeps_each_argument_whole() -> None:
+    m = load_config("models:\n  m:\n    cmd: ['/opt/my engine', '--port', '${PORT}']\n").models["m"]
+    assert m.cmd == ("/opt/my engine", "--port", "${PORT}")
+
+
+def test_missing_env_variable_is_an_error() -> None:
+    with pytest.raises(ConfigError, match="environment variable 'NOPE' is not set"):
+        load_config("models:\n  m:\n    cmd: x ${PORT} ${env.NOPE}\n", environ={})
+
+
+def test_unknown_macro_is_an_error() -> None:
+    with pytest.raises(ConfigError, match=r"models\.m\.cmd: unknown macro \$\{nope\}"):
+        load_config("models:\n  m:\n    cmd: x ${PORT} ${nope}\n")
+
+
+def test_pid_macro_only_in_cmd_stop() -> None:
+    with pytest.raises(ConfigError, match=r"\$\{PID\} cannot be used here"):
+        load_config("models:\n  m:\n    cmd: x ${PORT} ${PID}\n")
+    m = load_config("models:\n  m:\n    cmd: x ${PORT}\n    cmd_stop: kill ${PID}\n").models["m"]
+    assert m.cmd_stop == ("kill", "${PID}")
+
+
+def test_proxy_port_macro_needs_cmd_to_take_the_port() -> None:
+    with pytest.raises(ConfigError, match="never passes"):
+        load_config("models:\n  m:\n    cmd: engine --port 9000\n")
+    m = load_config(
+        "models:\n  m:\n    cmd: engine --port 9000\n    proxy: http://127.0.0.1:9000\n"
+    ).models["m"]
+    assert not m.needs_port
+
+
+def test_alias_collisions_are_errors() -> None:
+    with pytest.raises(ConfigError, match="already a model id"):
+        load_config("models:\n  a: {cmd: 'x ${PORT}', aliases: [b]}\n  b: {cmd: 'x ${PORT}'}\n")
+    with pytest.raises(ConfigError, match="also an alias of 'a'"):
+        load_config(
+            "models:\n  a: {cmd: 'x ${PORT}', aliases: [c]}\n"
+            "  b: {cmd: 'x ${PORT}', aliases: [c]}\n"
+        )
+
+
+def test_aliases_resolve_to_their_model() -> None:
+    cfg = load_config("models:\n  a: {cmd: 'x ${PORT}', aliases: [alpha, first]}\n")
+    assert cfg.resolve("alpha") == "a"
+    assert cfg.resolve("a") == "a"
+    assert cfg.resolve("zeta") is None
+
+
+def test_invalid_yaml_and_wrong_shape() -> None:
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config("models: [\n")
+    with pytest.raises(ConfigError, match="expected a mapping"):
+        load_config("- a\n- b\n")
+    with pytest.raises(ConfigError, match="required key 'models' is missing"):
+        load_config("server: {}\n")
+
+
+def test_unreadable_file_names_the_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"nope\.yaml: cannot read"):
+        load_config_file(tmp_path / "nope.yaml")
+
+
+def test_bad_proxy_and_check_endpoint() -> None:
+    with pytest.raises(ConfigError, match="expected an http"):
+        load_config("models:\n  m: {cmd: 'x ${PORT}', proxy: 'tcp://x:${PORT}'}\n")
+    with pytest.raises(ConfigError, match="starting with '/'"):
+        load_config("models:\n  m: {cmd: 'x ${PORT}', check_endpoint: health}\n")
+
+
+def test_json_schema_lists_model_keys() -> None:
+    schema = config_json_schema()
+    assert "models" in schema["properties"]
+    assert "ttl" in schema["$defs"]["_ModelIn"]["properties"]
