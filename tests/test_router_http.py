@@ -357,3 +357,19 @@ async def test_health_reports_swapyard_and_each_engine(http: aiohttp.ClientSessi
             srv.url + "/api/models/bee/logs", headers={"Accept": "application/json"}
         ) as r:
             assert any("listening" in line for line in (await r.json())["lines"])
+
+
+async def test_engine_closing_connections_after_streams_is_not_an_error(
+    http: aiohttp.ClientSession,
+) -> None:
+    """llama-server closes each connection after a streamed answer while announcing
+    keep-alive; the next request must not fail on the dead pooled connection."""
+    cfg = config({"m": {"cmd": fake_engine_cmd("m", close_after_stream=True)}},
+                 loading_status="off")  # fmt: skip
+    async with running_server(cfg) as srv:
+        for stream in (True, False, True, True, False):
+            async with http.post(
+                srv.url + "/v1/chat/completions", json=chat("m", stream=stream)
+            ) as r:
+                assert r.status == 200, await r.text()
+                await r.read()

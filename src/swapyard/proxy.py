@@ -79,13 +79,32 @@ async def open_upstream(
     headers: Mapping[str, str],
     body: bytes,
 ) -> aiohttp.ClientResponse:
-    """Send the request; the caller owns the response (``close`` it on abort)."""
-    try:
-        return await session.request(
-            method, url, data=body, headers=request_headers(headers), allow_redirects=False
-        )
-    except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-        raise UpstreamUnavailable(model, f"cannot reach the engine of {model!r}: {exc}") from exc
+    """Send the request; the caller owns the response (``close`` it on abort).
+
+    A pooled connection the engine closed without saying so fails before any
+    response arrives (llama-server closes every connection after a streamed
+    answer while announcing keep-alive). That failure is retried once on a new
+    connection; a refused connection is not retried: the engine is down.
+    """
+    fwd = request_headers(headers)
+    for attempt in (1, 2):
+        try:
+            return await session.request(method, url, data=body, headers=fwd, allow_redirects=False)
+        except aiohttp.ClientConnectorError as exc:
+            raise UpstreamUnavailable(
+                model, f"cannot reach the engine of {model!r}: {exc}"
+            ) from exc
+        except (aiohttp.ClientOSError, aiohttp.ServerDisconnectedError) as exc:
+            if attempt == 1:
+                continue
+            raise UpstreamUnavailable(
+                model, f"the engine of {model!r} closed the connection: {exc}"
+            ) from exc
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            raise UpstreamUnavailable(
+                model, f"cannot reach the engine of {model!r}: {exc}"
+            ) from exc
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 async def pipe_response(

@@ -151,6 +151,12 @@ class FakeEngine:
             say(f"client disconnected after {sent} tokens")
             raise
         say(f"finished stream of {sent} tokens")
+        if self.args.close_after_stream and request.transport is not None:
+            # As llama-server does: read no further request on this connection and
+            # close it a moment later, while having announced keep-alive.
+            await resp.write_eof()
+            request.transport.pause_reading()
+            asyncio.get_running_loop().call_later(0.05, request.transport.close)
         return resp
 
     async def _sse(
@@ -185,6 +191,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--never-healthy", action="store_true", help="/health never answers 200")
     p.add_argument("--exit-on-start", type=int, default=None, help="print a log, exit with CODE")
     p.add_argument("--cumulative", action="store_true", help="stream cumulative text, not deltas")
+    p.add_argument(
+        "--close-after-stream",
+        action="store_true",
+        help="close the connection after a stream while announcing keep-alive (llama-server)",
+    )
     p.add_argument("--grandchild", action="store_true", help="spawn a child that ignores SIGTERM")
     return p.parse_args(argv)
 
