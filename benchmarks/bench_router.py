@@ -50,6 +50,7 @@ LLAMA_SERVER = os.environ.get(
 )
 LITELLM = os.environ.get("LITELLM_BIN", str(CACHE / "litellm-venv" / "bin" / "litellm"))
 LITELLM_KEY = "sk-bench-1234"
+HAND_STOP_TIMES: list[float] = []
 PROMPT = [{"role": "user", "content": "What color is the sky on a clear day?"}]
 
 
@@ -176,10 +177,14 @@ async def latency(
         for _ in range(5):
             await one_request(http, t, stream=False, max_tokens=max_tokens)
             await one_request(http, t, stream=True, max_tokens=max_tokens)
+    # Non-streamed, then streamed, each round robin over the targets: mixing them on
+    # one connection would charge llama-server's close-after-stream to every request.
     for _ in range(n):
         for t in targets:
             total, _, _ = await one_request(http, t, stream=False, max_tokens=max_tokens)
             res[t.name]["total"].append(total)
+    for _ in range(n):
+        for t in targets:
             _, ttfb, _ = await one_request(http, t, stream=True, max_tokens=max_tokens)
             res[t.name]["ttfb"].append(ttfb)
     return {
@@ -197,7 +202,8 @@ def latency_table(title: str, rows: dict[str, dict[str, float]], direct: str) ->
     d = rows[direct]
     out = [
         f"\n### {title}\n",
-        "| target | p50 ms | p99 ms | added p50 ms | TTFB p50 ms | TTFB p99 ms | added TTFB p50 ms |",
+        "| target | p50 ms | p99 ms | added p50 ms | TTFB p50 ms | TTFB p99 ms "
+        "| added TTFB p50 ms |",
         "|---|---|---|---|---|---|---|",
     ]
     for name, r in rows.items():
@@ -349,10 +355,12 @@ async def section_swap(
         ),
     }
     rows = ["\n### Cold swap: time to first token for a request that needs the other model\n",
-            "| engine | by hand: stop A, start B, first token (ms) | swapyard (ms) | "
+            "| engine | by hand: stop A, start B, first token (ms) | of which stopping A (ms) "
+            "| swapyard (ms) | "
             "swapyard added (ms) | llama.cpp router mode (ms) | router added (ms) |",
-            "|---|---|---|---|---|---|"]  # fmt: skip
+            "|---|---|---|---|---|---|---|"]  # fmt: skip
     for label, (models_cfg, a, b) in engines.items():
+        HAND_STOP_TIMES.clear()
         cfg = load_config(json.dumps({"server": {"loading_status": "off"}, "models": models_cfg}))
         a_cmd = list(cfg.models[a].cmd)
         b_cmd = list(cfg.models[b].cmd)
@@ -372,21 +380,49 @@ async def section_swap(
         results[label] = {"hand_ms": h, "swapyard_ms": s, "router_ms": r,
                           "hand_all": hand, "swapyard_all": sy, "router_all": rt}  # fmt: skip
         rcell = f"{r:.1f} | {r - h:+.1f}" if r is not None else "n/a (GGUF only) | n/a"
-        rows.append(f"| {label} | {h:.1f} | {s:.1f} | {s - h:+.1f} | {rcell} |")
+        stop_ms = statistics.median(HAND_STOP_TIMES) * 1000
+        results[label]["hand_stop_ms"] = stop_ms
+        rows.append(f"| {label} | {h:.1f} | {stop_ms:.1f} | {s:.1f} | {s - h:+.1f} | {rcell} |")
     print("\n".join(rows))
     return results
+
+
+async def _spawn(argv: list[str]) -> asyncio.subprocess.Process:
+    return await asyncio.create_subprocess_exec(
+        *argv, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+        start_new_session=True,
+    )  # fmt: skip
+
+
+async def _stop(proc: asyncio.subprocess.Process) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        await asyncio.wait_for(proc.wait(), 10)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        await proc.wait()
 
 
 async def _hand_swap_ttft(
     http: aiohttp.ClientSession, a_cmd: list[str], b_cmd: list[str], b_model: str
 ) -> float:
+    """By hand: SIGTERM A's group and await its exit, spawn B, poll B's health every
+    5 ms, send the request: seconds from the stop to B's first token."""
     pa = free_port()
-    a_proc = Proc([x.replace("${PORT}", str(pa)) for x in a_cmd]).start()
+    a_proc = await _spawn([x.replace("${PORT}", str(pa)) for x in a_cmd])
     await wait_http(http, f"http://127.0.0.1:{pa}/health")
+    a_model = "a" if "fake_engine" in " ".join(a_cmd) else a_cmd[a_cmd.index("--alias") + 1]
+    # A serves a request first, as it does in the router runs.
+    await one_request(
+        http, Target("a", f"http://127.0.0.1:{pa}/v1", a_model), stream=False, max_tokens=2
+    )
     t0 = time.perf_counter()
-    a_proc.stop()
+    await _stop(a_proc)
+    HAND_STOP_TIMES.append(time.perf_counter() - t0)
     pb = free_port()
-    b_proc = Proc([x.replace("${PORT}", str(pb)) for x in b_cmd]).start()
+    b_proc = await _spawn([x.replace("${PORT}", str(pb)) for x in b_cmd])
     try:
         await wait_http(http, f"http://127.0.0.1:{pb}/health")
         t = Target("hand", f"http://127.0.0.1:{pb}/v1", b_model)
@@ -394,7 +430,66 @@ async def _hand_swap_ttft(
         _, _, ttft = await one_request(http, t, stream=True, max_tokens=4)
         return (req_start - t0) + ttft
     finally:
-        b_proc.stop()
+        await _stop(b_proc)
+
+
+async def _hand_cold_ttft(http: aiohttp.ClientSession, cmd: list[str], model: str) -> float:
+    """By hand: spawn the engine, poll its health every 5 ms, ask it: seconds to first token."""
+    port = free_port()
+    t0 = time.perf_counter()
+    proc = await _spawn([x.replace("${PORT}", str(port)) for x in cmd])
+    try:
+        await wait_http(http, f"http://127.0.0.1:{port}/health")
+        t = Target("hand", f"http://127.0.0.1:{port}/v1", model)
+        req_start = time.perf_counter()
+        _, _, ttft = await one_request(http, t, stream=True, max_tokens=4)
+        return (req_start - t0) + ttft
+    finally:
+        await _stop(proc)
+
+
+async def section_cold(
+    http: aiohttp.ClientSession, models: dict[str, Path], reps: int
+) -> dict[str, Any]:
+    """Nothing loaded; one streamed request: time to first token, swapyard and the
+    llama.cpp router against spawning the engine by hand."""
+    cases = {
+        "fake engine": ("m", {"cmd": fake_engine_cmd("m")}),
+        "llama.cpp tiny": ("tiny", {"cmd": llama_cmd(models["tiny"], "tiny")}),
+        "llama.cpp smollm2": ("smollm2", {"cmd": llama_cmd(models["smollm2"], "smollm2")}),
+    }
+    rows = ["\n### Cold start: nothing loaded, time to first token of one streamed request\n",
+            "| engine | by hand: spawn, poll health /5 ms, ask (ms) | swapyard (ms) | "
+            "swapyard added (ms) | llama.cpp router mode (ms) | router added (ms) |",
+            "|---|---|---|---|---|---|"]  # fmt: skip
+    results: dict[str, Any] = {}
+    for label, (mid, mcfg) in cases.items():
+        cfg = load_config(json.dumps({"server": {"loading_status": "off"}, "models": {mid: mcfg}}))
+        cmd = list(cfg.models[mid].cmd)
+        hand: list[float] = []
+        sy: list[float] = []
+        rt: list[float] = []
+        for _ in range(reps):
+            hand.append(await _hand_cold_ttft(http, cmd, mid))
+            async with running_server(cfg) as srv:
+                _, _, ttft = await one_request(
+                    http, Target("s", srv.url + "/v1", mid), stream=True, max_tokens=4
+                )
+                sy.append(ttft)
+            if mid in models:
+                async with llama_router(http, {mid: models[mid]}) as url:
+                    _, _, ttft = await one_request(
+                        http, Target("r", url, mid), stream=True, max_tokens=4
+                    )
+                    rt.append(ttft)
+        h, sv = statistics.median(hand) * 1000, statistics.median(sy) * 1000
+        r = statistics.median(rt) * 1000 if rt else None
+        results[label] = {"hand_ms": h, "swapyard_ms": sv, "router_ms": r,
+                          "hand_all": hand, "swapyard_all": sy, "router_all": rt}  # fmt: skip
+        rcell = f"{r:.1f} | {r - h:+.1f}" if r is not None else "n/a (GGUF only) | n/a"
+        rows.append(f"| {label} | {h:.1f} | {sv:.1f} | {sv - h:+.1f} | {rcell} |")
+    print("\n".join(rows))
+    return results
 
 
 async def survives(
@@ -458,7 +553,7 @@ async def main() -> None:
     ap.add_argument("--requests", type=int, default=200)
     ap.add_argument("--swaps", type=int, default=5)
     ap.add_argument("--json", type=Path, default=None)
-    ap.add_argument("--only", default="fake,llama,swap,survival")
+    ap.add_argument("--only", default="fake,llama,cold,swap,survival")
     args = ap.parse_args()
     only = set(args.only.split(","))
     models = ensure_default_models()
@@ -470,12 +565,16 @@ async def main() -> None:
             res["fake"] = await section_fake(http, args.requests)
         if "llama" in only:
             res["llama"] = await section_llama(http, models, args.requests)
+        if "cold" in only:
+            res["cold"] = await section_cold(http, models, args.swaps)
         if "swap" in only:
             res["swap"] = await section_swap(http, models, args.swaps)
         if "survival" in only:
             res["survival"] = await section_survival(http, models)
-    print("\nllama-swap: not measured here: the Go module proxy refuses "
-          "github.com/mostlygeek/llama-swap (403), so it cannot be installed on this machine.")  # fmt: skip
+    print(
+        "\nllama-swap: not measured here: the Go module proxy refuses "
+        "github.com/mostlygeek/llama-swap (403), so it cannot be installed on this machine."
+    )
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(res, indent=2))
