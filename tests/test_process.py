@@ -235,3 +235,21 @@ async def test_engine_output_is_kept_in_the_log_ring(h: Harness) -> None:
         await r.read()
     line = await asyncio.wait_for(q.get(), 5)
     assert "request /v1/completions" in line
+
+
+async def test_crash_is_seen_while_a_grandchild_still_holds_the_output_pipe(h: Harness) -> None:
+    """Exit is watched on the process, not on its pipe: an orphan holding stdout open
+    must not hide a crash (and is killed with the rest of the group)."""
+    e = h.engine(spec(fake_engine_cmd(crash_after_tokens=1, grandchild=True)))
+    await e.start()
+    child = grandchild_pid(e.logs.tail())
+    body = {"model": "m", "messages": [], "max_tokens": 3}
+    with pytest.raises(aiohttp.ClientError):
+        async with h.http.post(e.upstream + "/v1/chat/completions", json=body) as r:
+            await r.read()
+    await h.wait_state(e, S.FAILED, timeout=10)
+    for _ in range(100):
+        if not pid_alive(child):
+            break
+        await asyncio.sleep(0.02)
+    assert not pid_alive(child)

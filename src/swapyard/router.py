@@ -95,11 +95,15 @@ class Router:
             engine.run()
         self._task = asyncio.create_task(self._run(), name="router")
 
+    def stop_admitting(self) -> None:
+        """Refuse new requests and reject the queued ones; running ones go on."""
+        self._closing = True
+        self.scheduler.reject_all(ShuttingDown("swapyard is shutting down"))
+
     async def shutdown(self, deadline: float) -> None:
         """Reject queued requests, stop every engine, end the loop; by ``deadline``
         (a ``time.monotonic()`` value) whatever is still alive gets SIGKILL."""
-        self._closing = True
-        self.scheduler.reject_all(ShuttingDown("swapyard is shutting down"))
+        self.stop_admitting()
         for h in self._timers:
             h.cancel()
         closes = [asyncio.ensure_future(e.close()) for e in self.engines.values()]

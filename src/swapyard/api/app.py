@@ -60,12 +60,19 @@ async def _lifespan(app: web.Application) -> AsyncIterator[None]:
         await http.close()
 
 
+async def _stop_admitting(app: web.Application) -> None:
+    # Runs after the listener closed and before in-flight requests are drained:
+    # queued requests are rejected now instead of holding the drain.
+    app[STATE].router.stop_admitting()
+
+
 def build_app(config: Config) -> web.Application:
     app = web.Application(
         middlewares=[errors_middleware], client_max_size=config.server.max_body_bytes
     )
     app[CONFIG] = config
     app.cleanup_ctx.append(_lifespan)
+    app.on_shutdown.append(_stop_admitting)
     openai.add_routes(app)
     admin.add_routes(app)
     return app

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import os
 import signal
+import subprocess
 import time
 from collections.abc import Awaitable
 from dataclasses import dataclass
@@ -111,7 +112,7 @@ class EngineProcess:
         self._inbox: asyncio.Queue[_Msg] = asyncio.Queue()
         self._state = S.STOPPED
         self._gen = 0
-        self._proc: asyncio.subprocess.Process | None = None
+        self._proc: subprocess.Popen[bytes] | None = None
         self._port: str = ""
         self._start_waiters: list[asyncio.Future[None]] = []
         self._stop_waiters: list[asyncio.Future[None]] = []
@@ -181,7 +182,7 @@ class EngineProcess:
 
     def kill_now(self) -> None:
         """Shutdown backstop: SIGKILL the group without waiting for the actor."""
-        if self._proc is not None and self._proc.returncode is None:
+        if self._proc is not None and self._state in (S.STARTING, S.READY, S.STOPPING):
             _killpg(self._proc.pid, signal.SIGKILL)
 
     # -- the actor -----------------------------------------------------------------
@@ -269,11 +270,14 @@ class EngineProcess:
         argv = [render(a, {"PORT": self._port}) for a in spec.cmd]
         self.logs.append(f"[swapyard] starting: {' '.join(argv)}")
         try:
-            proc = await asyncio.create_subprocess_exec(
-                *argv,
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.STDOUT,
+            # Popen, not asyncio's subprocess: its wait() only returns once every
+            # pipe is closed, so an orphan holding stdout would hide an exit. (The
+            # fork/exec is synchronous either way: asyncio calls Popen too.)
+            proc = subprocess.Popen(  # noqa: ASYNC220
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
                 start_new_session=True,
                 env={**os.environ, **spec.env},
             )
@@ -285,7 +289,13 @@ class EngineProcess:
             )
             return
         self._proc = proc
-        self._spawn_task(self._read_output(proc))
+        assert proc.stdout is not None
+        reader = asyncio.StreamReader(limit=1 << 20)
+        loop = asyncio.get_running_loop()
+        pipe, _ = await loop.connect_read_pipe(
+            lambda: asyncio.StreamReaderProtocol(reader), proc.stdout
+        )
+        self._spawn_task(self._read_output(reader, pipe))
         self._spawn_task(self._watch_exit(proc, gen))
         self._spawn_task(self._poll_health(gen))
 
@@ -357,16 +367,21 @@ class EngineProcess:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _watch_exit(self, proc: asyncio.subprocess.Process, gen: int) -> None:
-        rc = await proc.wait()
+    async def _watch_exit(self, proc: subprocess.Popen[bytes], gen: int) -> None:
+        rc = await wait_for_exit(proc)
         self._inbox.put_nowait(_Exited(gen, rc))
 
-    async def _read_output(self, proc: asyncio.subprocess.Process) -> None:
-        assert proc.stdout is not None
+    async def _read_output(self, reader: asyncio.StreamReader, pipe: asyncio.BaseTransport) -> None:
+        try:
+            await self._read_lines(reader)
+        finally:
+            pipe.close()
+
+    async def _read_lines(self, reader: asyncio.StreamReader) -> None:
         buf = b""
         while True:
             try:
-                chunk = await proc.stdout.read(65536)
+                chunk = await reader.read(65536)
             except (OSError, ValueError):  # pragma: no cover - pipe torn down
                 break
             if not chunk:
@@ -416,6 +431,32 @@ class EngineProcess:
             return
         for line in out.decode("utf-8", "replace").splitlines():
             self.logs.append(f"[cmd_stop] {line}")
+
+
+async def wait_for_exit(proc: subprocess.Popen[bytes]) -> int:
+    """The exit status, as soon as the process exits (it is reaped here).
+
+    A pidfd becomes readable on exit, whatever still holds the process's pipes;
+    where pidfds are missing (Linux < 5.3), a thread blocks in waitpid instead.
+    """
+    try:
+        fd = os.pidfd_open(proc.pid)
+    except (AttributeError, OSError):  # pragma: no cover - old kernels only
+        return await asyncio.to_thread(proc.wait)
+    loop = asyncio.get_running_loop()
+    exited: asyncio.Future[None] = loop.create_future()
+
+    def on_exit() -> None:
+        if not exited.done():
+            exited.set_result(None)
+
+    loop.add_reader(fd, on_exit)
+    try:
+        await exited
+    finally:
+        loop.remove_reader(fd)
+        os.close(fd)
+    return proc.wait()
 
 
 def _killpg(pgid: int, sig: signal.Signals) -> None:
