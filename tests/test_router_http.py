@@ -373,3 +373,37 @@ async def test_engine_closing_connections_after_streams_is_not_an_error(
             ) as r:
                 assert r.status == 200, await r.text()
                 await r.read()
+
+
+async def test_shutdown_rejects_queued_requests_and_drains_running_answers(
+    http: aiohttp.ClientSession,
+) -> None:
+    cfg = config(TWO, loading_status="off", shutdown_timeout=20)
+    server = running_server(cfg)
+    srv = await server.__aenter__()
+    closing: asyncio.Future[Any] | None = None
+    try:
+        async with http.post(srv.url + "/v1/chat/completions", json=chat("a")) as r:
+            assert r.status == 200
+        async with http.post(
+            srv.url + "/v1/chat/completions", json=chat("a", stream=True, max_tokens=40)
+        ) as ra:
+            events = sse_events(ra)
+            first = [await anext(events)]
+            b_task = asyncio.ensure_future(
+                http.post(srv.url + "/v1/chat/completions", json=chat("b"))
+            )
+
+            async def b_queued() -> bool:
+                return srv.router.scheduler.queued("b") == 1
+
+            await wait_for(b_queued)
+            closing = asyncio.ensure_future(server.__aexit__(None, None, None))
+            async with await b_task as rb:
+                assert rb.status == 503
+                assert (await rb.json())["error"]["code"] == "shutting_down"
+            rest = [e async for e in events]
+        assert (first + rest)[-1] == "[DONE]"
+        assert len(text_of(first + rest).split()) == 40
+    finally:
+        await (closing if closing is not None else server.__aexit__(None, None, None))
