@@ -42,7 +42,7 @@ import aiohttp
 
 from swapyard.config import load_config
 from swapyard.defaults import ensure_default_models
-from swapyard.testing import fake_engine_cmd, running_server
+from swapyard.testing import fake_engine_cmd
 
 CACHE = Path.home() / ".cache" / "swapyard"
 LLAMA_SERVER = os.environ.get(
@@ -59,6 +59,12 @@ def free_port() -> int:
         s.bind(("127.0.0.1", 0))
         port: int = s.getsockname()[1]
         return port
+
+
+def paired(xs: list[float], base: list[float]) -> str:
+    """Median of per-rep differences ``x - base`` in ms, with the 25th-75th percentiles."""
+    d = [(x - b) * 1000 for x, b in zip(xs, base, strict=True)]
+    return f"{statistics.median(d):+.1f} ({pct(d, 0.25):+.1f}…{pct(d, 0.75):+.1f})"
 
 
 def pct(xs: list[float], p: float) -> float:
@@ -263,7 +269,7 @@ async def llama_router(http: aiohttp.ClientSession, models: dict[str, Path]) -> 
     port = free_port()
     proc = Proc(
         [LLAMA_SERVER, "--models-dir", str(tmp), "--models-max", "1", "--host", "127.0.0.1",
-         "--port", str(port), "-c", "2048", "-t", "2"]
+         "--port", str(port), "-c", "2048", "-t", str(THREADS)]
     ).start()  # fmt: skip
     try:
         await wait_http(http, f"http://127.0.0.1:{port}/v1/models", every=0.05)
@@ -273,9 +279,32 @@ async def llama_router(http: aiohttp.ClientSession, models: dict[str, Path]) -> 
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+THREADS = int(os.environ.get("BENCH_LLAMA_THREADS", "2"))
+
+
+@contextlib.asynccontextmanager
+async def swapyard_server(http: aiohttp.ClientSession, cfg: dict[str, Any]) -> AsyncIterator[Any]:
+    """``swapyard serve`` as its own process, as users run it; yields an object with
+    ``.url``. (In-process it would share the benchmark client's event loop.)"""
+    tmp = Path(tempfile.mkdtemp())
+    path = tmp / "swapyard.json.yaml"
+    path.write_text(json.dumps(cfg))
+    port = free_port()
+    proc = await _spawn([sys.executable, "-m", "swapyard", "serve", "-c", str(path),
+                         "--port", str(port)])  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        await wait_http(http, url + "/health", every=0.02)
+        yield type("Srv", (), {"url": url})()
+    finally:
+        await _stop(proc)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def llama_cmd(path: Path, alias: str) -> str:
     return (
-        f"{LLAMA_SERVER} --host 127.0.0.1 --port ${{PORT}} -c 2048 -t 2 -m {path} --alias {alias}"
+        f"{LLAMA_SERVER} --host 127.0.0.1 --port ${{PORT}} -c 2048 -t {THREADS} -m {path} "
+        f"--alias {alias}"
     )
 
 
@@ -289,10 +318,8 @@ async def upstream_of(http: aiohttp.ClientSession, url: str, model: str) -> str:
 
 
 async def section_fake(http: aiohttp.ClientSession, n: int) -> dict[str, Any]:
-    cfg = load_config(
-        json.dumps({"models": {"fake": {"cmd": fake_engine_cmd("fake", tokens_per_second=1e6)}}})
-    )
-    async with running_server(cfg) as srv:
+    cfg = {"models": {"fake": {"cmd": fake_engine_cmd("fake", tokens_per_second=1e6)}}}
+    async with swapyard_server(http, cfg) as srv:
         await one_request(http, Target("warm", srv.url + "/v1", "fake"), stream=False, max_tokens=4)
         up = await upstream_of(http, srv.url, "fake")
         targets = [Target("direct (fake engine)", up + "/v1", "fake"),
@@ -308,8 +335,8 @@ async def section_fake(http: aiohttp.ClientSession, n: int) -> dict[str, Any]:
 async def section_llama(
     http: aiohttp.ClientSession, models: dict[str, Path], n: int
 ) -> dict[str, Any]:
-    cfg = load_config(json.dumps({"models": {"tiny": {"cmd": llama_cmd(models["tiny"], "tiny")}}}))
-    async with running_server(cfg) as srv:
+    cfg = {"models": {"tiny": {"cmd": llama_cmd(models["tiny"], "tiny")}}}
+    async with swapyard_server(http, cfg) as srv:
         await one_request(http, Target("warm", srv.url + "/v1", "tiny"), stream=False, max_tokens=4)
         up = await upstream_of(http, srv.url, "tiny")
         targets = [Target("direct (llama-server)", up + "/v1", "tiny"),
@@ -357,32 +384,41 @@ async def section_swap(
     rows = ["\n### Cold swap: time to first token for a request that needs the other model\n",
             "| engine | by hand: stop A, start B, first token (ms) | of which stopping A (ms) "
             "| swapyard (ms) | "
-            "swapyard added (ms) | llama.cpp router mode (ms) | router added (ms) |",
+            "swapyard added, median (IQR) ms | llama.cpp router mode (ms) "
+            "| router added, median (IQR) ms |",
             "|---|---|---|---|---|---|---|"]  # fmt: skip
     for label, (models_cfg, a, b) in engines.items():
         HAND_STOP_TIMES.clear()
-        cfg = load_config(json.dumps({"server": {"loading_status": "off"}, "models": models_cfg}))
+        raw = {"server": {"loading_status": "off"}, "models": models_cfg}
+        cfg = load_config(json.dumps(raw))
         a_cmd = list(cfg.models[a].cmd)
         b_cmd = list(cfg.models[b].cmd)
         hand: list[float] = []
         sy: list[float] = []
         rt: list[float] = []
-        async with running_server(cfg) as srv:
+        async with contextlib.AsyncExitStack() as stack:
+            srv = await stack.enter_async_context(swapyard_server(http, raw))
+            router_url = None
+            if label.startswith("llama.cpp"):
+                router_url = await stack.enter_async_context(
+                    llama_router(http, {a: models[a], b: models[b]})
+                )
             for _ in range(reps):
                 # interleave the ways so drift hits all of them alike
                 hand.append(await _hand_swap_ttft(http, a_cmd, b_cmd, b))
                 sy += await swap_series(http, srv.url + "/v1", a, b, 1)
-        if label.startswith("llama.cpp"):
-            async with llama_router(http, {a: models[a], b: models[b]}) as router_url:
-                rt = await swap_series(http, router_url, a, b, reps)
+                if router_url is not None:
+                    rt += await swap_series(http, router_url, a, b, 1)
         h, s = statistics.median(hand) * 1000, statistics.median(sy) * 1000
         r = statistics.median(rt) * 1000 if rt else None
         results[label] = {"hand_ms": h, "swapyard_ms": s, "router_ms": r,
                           "hand_all": hand, "swapyard_all": sy, "router_all": rt}  # fmt: skip
-        rcell = f"{r:.1f} | {r - h:+.1f}" if r is not None else "n/a (GGUF only) | n/a"
+        rcell = f"{r:.1f} | {paired(rt, hand)}" if r is not None else "n/a (GGUF only) | n/a"
         stop_ms = statistics.median(HAND_STOP_TIMES) * 1000
         results[label]["hand_stop_ms"] = stop_ms
-        rows.append(f"| {label} | {h:.1f} | {stop_ms:.1f} | {s:.1f} | {s - h:+.1f} | {rcell} |")
+        rows.append(
+            f"| {label} | {h:.1f} | {stop_ms:.1f} | {s:.1f} | {paired(sy, hand)} | {rcell} |"
+        )
     print("\n".join(rows))
     return results
 
@@ -460,18 +496,19 @@ async def section_cold(
     }
     rows = ["\n### Cold start: nothing loaded, time to first token of one streamed request\n",
             "| engine | by hand: spawn, poll health /5 ms, ask (ms) | swapyard (ms) | "
-            "swapyard added (ms) | llama.cpp router mode (ms) | router added (ms) |",
+            "swapyard added, median (IQR) ms | llama.cpp router mode (ms) "
+            "| router added, median (IQR) ms |",
             "|---|---|---|---|---|---|"]  # fmt: skip
     results: dict[str, Any] = {}
     for label, (mid, mcfg) in cases.items():
-        cfg = load_config(json.dumps({"server": {"loading_status": "off"}, "models": {mid: mcfg}}))
-        cmd = list(cfg.models[mid].cmd)
+        raw = {"server": {"loading_status": "off"}, "models": {mid: mcfg}}
+        cmd = list(load_config(json.dumps(raw)).models[mid].cmd)
         hand: list[float] = []
         sy: list[float] = []
         rt: list[float] = []
         for _ in range(reps):
             hand.append(await _hand_cold_ttft(http, cmd, mid))
-            async with running_server(cfg) as srv:
+            async with swapyard_server(http, raw) as srv:
                 _, _, ttft = await one_request(
                     http, Target("s", srv.url + "/v1", mid), stream=True, max_tokens=4
                 )
@@ -486,8 +523,8 @@ async def section_cold(
         r = statistics.median(rt) * 1000 if rt else None
         results[label] = {"hand_ms": h, "swapyard_ms": sv, "router_ms": r,
                           "hand_all": hand, "swapyard_all": sy, "router_all": rt}  # fmt: skip
-        rcell = f"{r:.1f} | {r - h:+.1f}" if r is not None else "n/a (GGUF only) | n/a"
-        rows.append(f"| {label} | {h:.1f} | {sv:.1f} | {sv - h:+.1f} | {rcell} |")
+        rcell = f"{r:.1f} | {paired(rt, hand)}" if r is not None else "n/a (GGUF only) | n/a"
+        rows.append(f"| {label} | {h:.1f} | {sv:.1f} | {paired(sy, hand)} | {rcell} |")
     print("\n".join(rows))
     return results
 
@@ -529,10 +566,10 @@ async def survives(
 
 
 async def section_survival(http: aiohttp.ClientSession, models: dict[str, Path]) -> dict[str, Any]:
-    cfg = load_config(json.dumps({"server": {"loading_status": "off"}, "models": {
-        m: {"cmd": llama_cmd(models[m], m)} for m in ("smollm2", "tiny")}}))  # fmt: skip
+    cfg = {"server": {"loading_status": "off"}, "models": {
+        m: {"cmd": llama_cmd(models[m], m)} for m in ("smollm2", "tiny")}}  # fmt: skip
     out: dict[str, Any] = {}
-    async with running_server(cfg) as srv:
+    async with swapyard_server(http, cfg) as srv:
         out["swapyard"] = await survives(http, srv.url + "/v1", "smollm2", "tiny")
     async with llama_router(http, {m: models[m] for m in ("smollm2", "tiny")}) as url:
         out["llama.cpp router mode"] = await survives(http, url, "smollm2", "tiny")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
+from collections.abc import Callable
 
 import click
 
@@ -49,6 +50,15 @@ def serve(config_path: str | None, host: str | None, port: int | None, verbose: 
     except SwapyardError as err:
         click.echo(f"swapyard: {err.message}", err=True)
         sys.exit(1)
+
+
+def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop where it is installed (it roughly halves the proxy's per-request cost)."""
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux/macOS
+        return None
+    return uvloop.new_event_loop
 
 
 @cli.command("fetch-models")
