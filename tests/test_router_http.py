@@ -407,3 +407,20 @@ async def test_shutdown_rejects_queued_requests_and_drains_running_answers(
         assert len(text_of(first + rest).split()) == 40
     finally:
         await (closing if closing is not None else server.__aexit__(None, None, None))
+
+
+async def test_engine_error_after_the_status_stream_began_is_passed_on_as_an_event(
+    http: aiohttp.ClientSession,
+) -> None:
+    """Headers already went out with the status chunks: the engine's own error
+    envelope arrives as the stream's last event."""
+    cfg = config({"m": {"cmd": fake_engine_cmd("m", load_delay=0.2, error_status=500)}})
+    async with running_server(cfg) as srv:
+        async with http.post(srv.url + "/v1/chat/completions", json=chat("m", stream=True)) as r:
+            assert r.status == 200
+            events = [e async for e in sse_events(r)]
+        assert "reasoning_content" in events[0]["choices"][0]["delta"]
+        assert events[-1]["error"]["message"] == "simulated engine error"
+        async with http.post(srv.url + "/v1/chat/completions", json=chat("m")) as r:
+            assert r.status == 500  # when no stream has begun, the engine's status as is
+            assert (await r.json())["error"]["code"] == 500

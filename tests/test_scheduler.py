@@ -32,6 +32,7 @@ def test_first_request_starts_its_model(fx: RecordingEffects) -> None:
     s.request_arrived(1, "a")
     assert fx.take() == [("start", "a")]
     assert s.position(1) == 1
+    assert s.state("a") is S.STARTING and s.state("b") is S.STOPPED
     ready(s, "a")
     assert fx.take() == [("dispatch", 1, "a")]
     assert s.inflight("a") == 1 and s.position(1) is None
@@ -144,6 +145,22 @@ def test_abandoned_start_is_stopped_when_another_model_needs_the_slot(
     s.request_done(1)  # its only client went away
     s.request_arrived(2, "b")
     assert fx.take() == [("start", "a"), ("stop", "a", "b")]
+
+
+def test_start_abandoned_by_its_head_request_is_stopped_despite_later_waiters(
+    fx: RecordingEffects,
+) -> None:
+    """FIFO: the later request for a waits behind b, so a's load would be wasted."""
+    s = make(fx)
+    s.request_arrived(1, "a")
+    s.request_arrived(2, "b")
+    s.request_arrived(3, "a")
+    s.engine_state("a", S.STARTING)
+    s.request_done(1)
+    assert fx.take() == [("start", "a"), ("stop", "a", "b")]
+    s.engine_state("a", S.STOPPED)
+    ready(s, "b")
+    assert fx.take() == [("start", "b"), ("dispatch", 2, "b")]
 
 
 def test_stopping_engine_blocks_the_next_start_until_stopped(fx: RecordingEffects) -> None:

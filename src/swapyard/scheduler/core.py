@@ -136,8 +136,9 @@ class Scheduler:
             if st is S.STOPPING:
                 busy = True
             elif st is S.STARTING:
-                if self.queued(other) == 0:
-                    self._stop(other, target)
+                # Its head request left; FIFO would stop it before it serves anyone
+                # queued behind ``target``, so the rest of the load is wasted.
+                self._stop(other, target)
                 busy = True
             elif st is S.READY:
                 if self._inflight[other] == 0:

@@ -97,6 +97,13 @@ class FakeEngine:
     async def completions(self, request: web.Request) -> web.StreamResponse:
         chat = request.path.endswith("/chat/completions")
         doc = await request.json()
+        if self.args.error_status:
+            say(f"refusing {request.path} with HTTP {self.args.error_status}")
+            return web.json_response(
+                {"error": {"message": "simulated engine error", "type": "server_error",
+                           "code": self.args.error_status}},
+                status=self.args.error_status,
+            )  # fmt: skip
         n = int(doc.get("max_tokens") or doc.get("max_completion_tokens") or self.args.max_tokens)
         say(f"request {request.path} stream={bool(doc.get('stream'))} max_tokens={n}")
         toks = self.tokens(n)
@@ -196,6 +203,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="close the connection after a stream while announcing keep-alive (llama-server)",
     )
+    p.add_argument("--error-status", type=int, default=0, help="answer completions with it")
     p.add_argument("--grandchild", action="store_true", help="spawn a child that ignores SIGTERM")
     return p.parse_args(argv)
 
