@@ -29,7 +29,6 @@ import shutil
 import signal
 import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -74,39 +73,24 @@ def pct(xs: list[float], p: float) -> float:
     return xs[lo] + (xs[hi] - xs[lo]) * (k - lo)
 
 
-@dataclass
-class Proc:
-    """A process in its own group, stopped with SIGTERM → SIGKILL to the group."""
+async def _spawn(argv: list[str], env: dict[str, str] | None = None) -> asyncio.subprocess.Process:
+    """A process in its own group, output discarded (stopped with ``_stop``)."""
+    return await asyncio.create_subprocess_exec(
+        *argv, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+        start_new_session=True, env={**os.environ, **(env or {})},
+    )  # fmt: skip
 
-    argv: list[str]
-    env: dict[str, str] = field(default_factory=dict)
-    p: subprocess.Popen[bytes] | None = None
 
-    def start(self) -> Proc:
-        self.p = subprocess.Popen(
-            self.argv,
-            env={**os.environ, **self.env},
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-        return self
-
-    def stop(self, timeout: float = 10.0) -> float:
-        """Stop the group; return how long the leader took to exit."""
-        assert self.p is not None
-        t0 = time.perf_counter()
+async def _stop(proc: asyncio.subprocess.Process) -> None:
+    """SIGTERM the group, await the leader, SIGKILL what is left."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        await asyncio.wait_for(proc.wait(), 10)
+    finally:
         with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.p.pid, signal.SIGTERM)
-        try:
-            self.p.wait(timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.p.pid, signal.SIGKILL)
-            self.p.wait()
-        took = time.perf_counter() - t0
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.p.pid, signal.SIGKILL)
-        return took
+            os.killpg(proc.pid, signal.SIGKILL)
+        await proc.wait()
 
 
 async def wait_http(
@@ -247,16 +231,16 @@ async def litellm_proxy(
         )
     )  # fmt: skip
     port = free_port()
-    proc = Proc(
+    proc = await _spawn(
         [LITELLM, "--config", str(cfg), "--host", "127.0.0.1", "--port", str(port)],
         env={"LITELLM_LOCAL_MODEL_COST_MAP": "True", "LITELLM_MASTER_KEY": LITELLM_KEY},
-    ).start()
+    )
     try:
         await wait_http(http, f"http://127.0.0.1:{port}/health/liveliness", timeout=120, every=0.2)
         yield Target("LiteLLM proxy", f"http://127.0.0.1:{port}/v1", model,
                      {"Authorization": f"Bearer {LITELLM_KEY}"})  # fmt: skip
     finally:
-        proc.stop()
+        await _stop(proc)
         shutil.rmtree(tmp, ignore_errors=True)
 
 
@@ -267,15 +251,15 @@ async def llama_router(http: aiohttp.ClientSession, models: dict[str, Path]) -> 
     for mid, path in models.items():
         (tmp / f"{mid}.gguf").symlink_to(path)
     port = free_port()
-    proc = Proc(
+    proc = await _spawn(
         [LLAMA_SERVER, "--models-dir", str(tmp), "--models-max", "1", "--host", "127.0.0.1",
          "--port", str(port), "-c", "2048", "-t", str(THREADS)]
-    ).start()  # fmt: skip
+    )  # fmt: skip
     try:
         await wait_http(http, f"http://127.0.0.1:{port}/v1/models", every=0.05)
         yield f"http://127.0.0.1:{port}/v1"
     finally:
-        proc.stop()
+        await _stop(proc)
         shutil.rmtree(tmp, ignore_errors=True)
 
 
@@ -423,24 +407,6 @@ async def section_swap(
     return results
 
 
-async def _spawn(argv: list[str]) -> asyncio.subprocess.Process:
-    return await asyncio.create_subprocess_exec(
-        *argv, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
-        start_new_session=True,
-    )  # fmt: skip
-
-
-async def _stop(proc: asyncio.subprocess.Process) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        await asyncio.wait_for(proc.wait(), 10)
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        await proc.wait()
-
-
 async def _hand_swap_ttft(
     http: aiohttp.ClientSession, a_cmd: list[str], b_cmd: list[str], b_model: str
 ) -> float:
@@ -457,22 +423,15 @@ async def _hand_swap_ttft(
     t0 = time.perf_counter()
     await _stop(a_proc)
     HAND_STOP_TIMES.append(time.perf_counter() - t0)
-    pb = free_port()
-    b_proc = await _spawn([x.replace("${PORT}", str(pb)) for x in b_cmd])
-    try:
-        await wait_http(http, f"http://127.0.0.1:{pb}/health")
-        t = Target("hand", f"http://127.0.0.1:{pb}/v1", b_model)
-        req_start = time.perf_counter()
-        _, _, ttft = await one_request(http, t, stream=True, max_tokens=4)
-        return (req_start - t0) + ttft
-    finally:
-        await _stop(b_proc)
+    return await _hand_start_ttft(http, b_cmd, b_model, t0)
 
 
-async def _hand_cold_ttft(http: aiohttp.ClientSession, cmd: list[str], model: str) -> float:
-    """By hand: spawn the engine, poll its health every 5 ms, ask it: seconds to first token."""
+async def _hand_start_ttft(
+    http: aiohttp.ClientSession, cmd: list[str], model: str, t0: float
+) -> float:
+    """By hand: spawn the engine, poll its health every 5 ms, ask it; seconds from
+    ``t0`` to the first token."""
     port = free_port()
-    t0 = time.perf_counter()
     proc = await _spawn([x.replace("${PORT}", str(port)) for x in cmd])
     try:
         await wait_http(http, f"http://127.0.0.1:{port}/health")
@@ -507,7 +466,7 @@ async def section_cold(
         sy: list[float] = []
         rt: list[float] = []
         for _ in range(reps):
-            hand.append(await _hand_cold_ttft(http, cmd, mid))
+            hand.append(await _hand_start_ttft(http, cmd, mid, time.perf_counter()))
             async with swapyard_server(http, raw) as srv:
                 _, _, ttft = await one_request(
                     http, Target("s", srv.url + "/v1", mid), stream=True, max_tokens=4
