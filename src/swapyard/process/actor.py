@@ -16,7 +16,6 @@ import signal
 import subprocess
 import time
 from collections.abc import Awaitable
-from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
@@ -34,7 +33,17 @@ from swapyard.errors import (
 )
 from swapyard.events import EngineStateChanged, EventBus
 from swapyard.ports import PortAllocator, port_is_free
+from swapyard.process.group import killpg, wait_for_exit
 from swapyard.process.logring import LogRing
+from swapyard.process.messages import (
+    Exited,
+    Healthy,
+    KillNow,
+    Message,
+    Start,
+    StartTimedOut,
+    Stop,
+)
 from swapyard.process.state import EngineState, check_transition
 
 S = EngineState
@@ -52,40 +61,6 @@ def health_poll_interval(elapsed: float) -> float:
     if elapsed < 10.0:
         return 0.025
     return 0.1
-
-
-@dataclass(frozen=True, slots=True)
-class _Start:
-    reply: asyncio.Future[None]
-
-
-@dataclass(frozen=True, slots=True)
-class _Stop:
-    reply: asyncio.Future[None]
-
-
-@dataclass(frozen=True, slots=True)
-class _Healthy:
-    gen: int
-
-
-@dataclass(frozen=True, slots=True)
-class _StartTimedOut:
-    gen: int
-
-
-@dataclass(frozen=True, slots=True)
-class _Exited:
-    gen: int
-    returncode: int
-
-
-@dataclass(frozen=True, slots=True)
-class _KillNow:
-    gen: int
-
-
-_Msg = _Start | _Stop | _Healthy | _StartTimedOut | _Exited | _KillNow
 
 
 class EngineProcess:
@@ -109,7 +84,7 @@ class EngineProcess:
         self._bus = bus
         self._ports = ports
         self._http = http
-        self._inbox: asyncio.Queue[_Msg] = asyncio.Queue()
+        self._inbox: asyncio.Queue[Message] = asyncio.Queue()
         self._state = S.STOPPED
         self._gen = 0
         self._proc: subprocess.Popen[bytes] | None = None
@@ -160,12 +135,12 @@ class EngineProcess:
 
     async def start(self) -> None:
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._inbox.put_nowait(_Start(fut))
+        self._inbox.put_nowait(Start(fut))
         await fut
 
     async def stop(self) -> None:
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._inbox.put_nowait(_Stop(fut))
+        self._inbox.put_nowait(Stop(fut))
         await fut
 
     async def close(self) -> None:
@@ -183,21 +158,21 @@ class EngineProcess:
     def kill_now(self) -> None:
         """Shutdown backstop: SIGKILL the group without waiting for the actor."""
         if self._proc is not None and self._state in (S.STARTING, S.READY, S.STOPPING):
-            _killpg(self._proc.pid, signal.SIGKILL)
+            killpg(self._proc.pid, signal.SIGKILL)
 
     # -- the actor -----------------------------------------------------------------
     async def _run(self) -> None:
         while True:
             msg = await self._inbox.get()
             match msg:
-                case _Start(reply):
+                case Start(reply):
                     await self._on_start(reply)
-                case _Stop(reply):
+                case Stop(reply):
                     self._on_stop(reply)
-                case _Healthy(gen) if gen == self._gen and self._state is S.STARTING:
+                case Healthy(gen) if gen == self._gen and self._state is S.STARTING:
                     self._set_state(S.READY)
                     _resolve_all(self._start_waiters)
-                case _StartTimedOut(gen) if gen == self._gen and self._state is S.STARTING:
+                case StartTimedOut(gen) if gen == self._gen and self._state is S.STARTING:
                     err = EngineStartTimeout(
                         self.spec.id,
                         f"health check {self.spec.check_endpoint} did not answer 200 within "
@@ -207,15 +182,15 @@ class EngineProcess:
                     self._pending_failure = err
                     _fail_all(self._start_waiters, err)
                     self._begin_stop()
-                case _Exited(gen, rc) if gen == self._gen:
+                case Exited(gen, rc) if gen == self._gen:
                     self._on_exited(rc)
-                case _KillNow(gen) if gen == self._gen and self._state is S.STOPPING:
+                case KillNow(gen) if gen == self._gen and self._state is S.STOPPING:
                     self.logs.append(
                         f"[swapyard] still running {self.spec.stop_timeout:g} s after stop; "
                         "sending SIGKILL to the process group"
                     )
                     if self._proc is not None:
-                        _killpg(self._proc.pid, signal.SIGKILL)
+                        killpg(self._proc.pid, signal.SIGKILL)
                 case _:
                     pass  # stale news about an earlier child
 
@@ -316,15 +291,15 @@ class EngineProcess:
             ]
             self._spawn_task(self._run_stop_command(argv))
         else:
-            _killpg(proc.pid, signal.SIGTERM)
+            killpg(proc.pid, signal.SIGTERM)
         loop = asyncio.get_running_loop()
-        loop.call_later(self.spec.stop_timeout, self._inbox.put_nowait, _KillNow(gen))
+        loop.call_later(self.spec.stop_timeout, self._inbox.put_nowait, KillNow(gen))
 
     def _on_exited(self, rc: int) -> None:
         proc = self._proc
         if proc is not None:
             # The leader is gone; anything left in its group is an orphan (house style 5).
-            _killpg(proc.pid, signal.SIGKILL)
+            killpg(proc.pid, signal.SIGKILL)
         if self._state is S.STARTING:
             self._fail_start(
                 EngineExitedEarly(
@@ -351,7 +326,7 @@ class EngineProcess:
             if self._restart_after_stop:
                 waiters, self._restart_after_stop = self._restart_after_stop, []
                 for w in waiters:
-                    self._inbox.put_nowait(_Start(w))
+                    self._inbox.put_nowait(Start(w))
 
     def _set_state(self, new: EngineState, error: SwapyardError | None = None) -> None:
         old = self._state
@@ -369,32 +344,13 @@ class EngineProcess:
 
     async def _watch_exit(self, proc: subprocess.Popen[bytes], gen: int) -> None:
         rc = await wait_for_exit(proc)
-        self._inbox.put_nowait(_Exited(gen, rc))
+        self._inbox.put_nowait(Exited(gen, rc))
 
     async def _read_output(self, reader: asyncio.StreamReader, pipe: asyncio.BaseTransport) -> None:
         try:
-            await self._read_lines(reader)
+            await self.logs.pump(reader)
         finally:
             pipe.close()
-
-    async def _read_lines(self, reader: asyncio.StreamReader) -> None:
-        buf = b""
-        while True:
-            try:
-                chunk = await reader.read(65536)
-            except (OSError, ValueError):  # pragma: no cover - pipe torn down
-                break
-            if not chunk:
-                break
-            buf += chunk
-            *lines, buf = buf.split(b"\n")
-            for raw in lines:
-                self.logs.append(raw.decode("utf-8", "replace").rstrip("\r"))
-            if len(buf) > 65536:
-                self.logs.append(buf.decode("utf-8", "replace"))
-                buf = b""
-        if buf:
-            self.logs.append(buf.decode("utf-8", "replace"))
 
     async def _poll_health(self, gen: int) -> None:
         url = self.upstream + self.spec.check_endpoint
@@ -403,13 +359,13 @@ class EngineProcess:
         while self._gen == gen and self._state is S.STARTING:
             elapsed = time.monotonic() - t0
             if elapsed > self.spec.start_timeout:
-                self._inbox.put_nowait(_StartTimedOut(gen))
+                self._inbox.put_nowait(StartTimedOut(gen))
                 return
             try:
                 async with self._http.get(url, timeout=timeout) as resp:
                     await resp.read()
                     if resp.status == 200:
-                        self._inbox.put_nowait(_Healthy(gen))
+                        self._inbox.put_nowait(Healthy(gen))
                         return
             except (aiohttp.ClientError, TimeoutError, OSError):
                 pass
@@ -431,37 +387,6 @@ class EngineProcess:
             return
         for line in out.decode("utf-8", "replace").splitlines():
             self.logs.append(f"[cmd_stop] {line}")
-
-
-async def wait_for_exit(proc: subprocess.Popen[bytes]) -> int:
-    """The exit status, as soon as the process exits (it is reaped here).
-
-    A pidfd becomes readable on exit, whatever still holds the process's pipes;
-    where pidfds are missing (Linux < 5.3), a thread blocks in waitpid instead.
-    """
-    try:
-        fd = os.pidfd_open(proc.pid)
-    except (AttributeError, OSError):  # pragma: no cover - old kernels only
-        return await asyncio.to_thread(proc.wait)
-    loop = asyncio.get_running_loop()
-    exited: asyncio.Future[None] = loop.create_future()
-
-    def on_exit() -> None:
-        if not exited.done():
-            exited.set_result(None)
-
-    loop.add_reader(fd, on_exit)
-    try:
-        await exited
-    finally:
-        loop.remove_reader(fd)
-        os.close(fd)
-    return proc.wait()
-
-
-def _killpg(pgid: int, sig: signal.Signals) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pgid, sig)
 
 
 def _host_port(url: str) -> tuple[str, int]:

@@ -1,0 +1,41 @@
+"""What an engine actor's inbox carries: commands from callers, news from its helper
+tasks. News about a child carries the spawn generation it is about."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Start:
+    reply: asyncio.Future[None]
+
+
+@dataclass(frozen=True, slots=True)
+class Stop:
+    reply: asyncio.Future[None]
+
+
+@dataclass(frozen=True, slots=True)
+class Healthy:
+    gen: int
+
+
+@dataclass(frozen=True, slots=True)
+class StartTimedOut:
+    gen: int
+
+
+@dataclass(frozen=True, slots=True)
+class Exited:
+    gen: int
+    returncode: int
+
+
+@dataclass(frozen=True, slots=True)
+class KillNow:
+    gen: int
+
+
+Message = Start | Stop | Healthy | StartTimedOut | Exited | KillNow
