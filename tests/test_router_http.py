@@ -424,3 +424,33 @@ async def test_engine_error_after_the_status_stream_began_is_passed_on_as_an_eve
         async with http.post(srv.url + "/v1/chat/completions", json=chat("m")) as r:
             assert r.status == 500  # when no stream has begun, the engine's status as is
             assert (await r.json())["error"]["code"] == 500
+
+
+async def test_loading_status_says_which_model_it_waits_for(http: aiohttp.ClientSession) -> None:
+    """During a swap the status names the busy model, then the unload, then the load."""
+    models = {"a": {"cmd": fake_engine_cmd("a", tokens_per_second=20)},
+              "b": {"cmd": fake_engine_cmd("b", load_delay=0.5)}}  # fmt: skip
+    async with running_server(config(models)) as srv:
+        async with http.post(srv.url + "/v1/chat/completions", json=chat("a")) as r:
+            assert r.status == 200
+        async with http.post(
+            srv.url + "/v1/chat/completions", json=chat("a", stream=True, max_tokens=30)
+        ) as ra:
+            events = sse_events(ra)
+            await anext(events)
+            async with http.post(
+                srv.url + "/v1/chat/completions", json=chat("b", stream=True)
+            ) as rb:
+                first = await anext(sse_events(rb))
+                rest_a = [e async for e in events]
+                rest_b = [e async for e in sse_events(rb)]
+        status = [first["choices"][0]["delta"]["reasoning_content"]] + [
+            e["choices"][0]["delta"]["reasoning_content"]
+            for e in rest_b
+            if isinstance(e, dict) and "reasoning_content" in e["choices"][0]["delta"]
+        ]
+        assert status[0].startswith("Waiting for model a to finish 1 request before loading b")
+        assert any(s.startswith("Loading model b:") for s in status)
+        assert status[-1].startswith("Model b ready after")
+        assert rest_a[-1] == "[DONE]"
+        assert text_of(rest_b).startswith("b:")

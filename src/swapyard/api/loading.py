@@ -40,11 +40,24 @@ def status_chunk(chunk_id: str, model: str, text: str, field: str, first: bool) 
 
 
 def status_text(state: AppState, model: str, request_id: int, waited: float) -> str:
-    engine = state.router.engines[model]
-    pos = state.router.position(request_id)
+    """One line saying what this request waits for right now."""
+    router = state.router
+    engine = router.engines[model]
+    pos = router.position(request_id)
+    others = [(m, e.state) for m, e in router.engines.items() if m != model]
+    stopping = [m for m, st in others if st is EngineState.STOPPING]
+    busy = [(m, router.scheduler.inflight(m)) for m, st in others if st is EngineState.READY]
     if engine.state is EngineState.STARTING and engine.started_at is not None:
         elapsed = time.monotonic() - engine.started_at
         text = f"Loading model {model}: {elapsed:.1f} s of {engine.spec.start_timeout:g} s"
+    elif stopping:
+        text = f"Unloading model {stopping[0]} to load {model}: {waited:.1f} s"
+    elif any(n for _, n in busy):
+        m, n = next((m, n) for m, n in busy if n)
+        text = (
+            f"Waiting for model {m} to finish {n} request{'s' if n != 1 else ''} "
+            f"before loading {model}: {waited:.1f} s"
+        )
     else:
         text = f"Waiting to load model {model}: {waited:.1f} s"
     if pos is not None and pos > 1:
