@@ -7,7 +7,7 @@ import pytest
 
 from swapyard.errors import EngineCrashed, EngineExitedEarly, EngineStartTimeout, ShuttingDown
 from swapyard.process.state import EngineState
-from swapyard.scheduler.core import Scheduler
+from swapyard.scheduler.core import Scheduler, SchedulerConfig
 from swapyard.testing import RecordingEffects
 
 S = EngineState
@@ -19,7 +19,8 @@ def fx() -> RecordingEffects:
 
 
 def make(fx: RecordingEffects, **ttls: float) -> Scheduler:
-    return Scheduler(ttls or {"a": 0.0, "b": 0.0}, fx)
+    """The FIFO baseline with unknown memory needs: one model at a time (issue #2)."""
+    return Scheduler(ttls or {"a": 0.0, "b": 0.0}, fx, config=SchedulerConfig(policy="fifo"))
 
 
 def ready(s: Scheduler, model: str) -> None:
@@ -136,15 +137,17 @@ def test_cancelled_queued_request_leaves_the_queue(fx: RecordingEffects) -> None
     assert fx.take() == [("dispatch", 2, "a")]
 
 
-def test_abandoned_start_is_stopped_when_another_model_needs_the_slot(
-    fx: RecordingEffects,
-) -> None:
+def test_start_nobody_waits_for_is_abandoned(fx: RecordingEffects) -> None:
+    """Issue #3: when every request waiting for a load has gone, the load is stopped."""
     s = make(fx)
     s.request_arrived(1, "a")
     s.engine_state("a", S.STARTING)
     s.request_done(1)  # its only client went away
+    assert fx.take() == [("start", "a"), ("stop", "a", None)]
     s.request_arrived(2, "b")
-    assert fx.take() == [("start", "a"), ("stop", "a", "b")]
+    assert fx.take() == []  # a's memory is not free until it has stopped
+    s.engine_state("a", S.STOPPED)
+    assert fx.take() == [("start", "b")]
 
 
 def test_start_abandoned_by_its_head_request_is_stopped_despite_later_waiters(

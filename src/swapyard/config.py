@@ -83,6 +83,18 @@ class _ServerIn(_Strict):
     shutdown_timeout: Duration = 30.0
 
 
+class _DeviceIn(_Strict):
+    memory: Size
+    reserve: Size = 0
+
+
+class _SchedulerIn(_Strict):
+    policy: Literal["fifo", "batch"] = "batch"
+    max_queue: int = Field(0, ge=0)
+    max_wait: Duration = 60.0
+    min_residency: Duration = 5.0
+
+
 class _ModelIn(_Strict):
     cmd: str | list[str]
     env: dict[str, str] = {}
@@ -95,10 +107,18 @@ class _ModelIn(_Strict):
     cmd_stop: str | list[str] | None = None
     unlisted: bool = False
     name: str | None = None
+    memory: Size | None = None
+    gpus: int = Field(1, ge=1)
+    pin: bool = False
+    priority: int = 0
+    max_concurrent: int = Field(0, ge=0)
 
 
 class _ConfigIn(_Strict):
     server: _ServerIn = Field(default_factory=lambda: _ServerIn.model_validate({}))
+    scheduler: _SchedulerIn = Field(default_factory=lambda: _SchedulerIn.model_validate({}))
+    devices: dict[str, _DeviceIn] = {}
+    preload: list[str] = []
     macros: dict[str, str | int | float] = {}
     models: dict[str, _ModelIn]
 
@@ -111,6 +131,25 @@ class ServerSpec:
     loading_status: LoadingStatus = "reasoning"
     list_aliases: bool = False
     shutdown_timeout: float = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceSpec:
+    id: str
+    memory: int
+    reserve: int = 0
+
+    @property
+    def budget(self) -> int:
+        return self.memory - self.reserve
+
+
+@dataclass(frozen=True, slots=True)
+class SchedulerSpec:
+    policy: Literal["fifo", "batch"] = "batch"
+    max_queue: int = 0
+    max_wait: float = 60.0
+    min_residency: float = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,6 +169,11 @@ class ModelSpec:
     cmd_stop: tuple[str, ...] | None = None
     unlisted: bool = False
     name: str | None = None
+    memory: int | None = None
+    gpus: int = 1
+    pin: bool = False
+    priority: int = 0
+    max_concurrent: int = 0
 
     @property
     def needs_port(self) -> bool:
@@ -142,6 +186,9 @@ class Config:
     models: Mapping[str, ModelSpec]
     server: ServerSpec = ServerSpec()
     source: str = "<text>"
+    scheduler: SchedulerSpec = SchedulerSpec()
+    devices: tuple[DeviceSpec, ...] = ()
+    preload: tuple[str, ...] = ()
 
     @property
     def aliases(self) -> Mapping[str, str]:
@@ -190,6 +237,23 @@ def load_config(
     for model_id, m in parsed.models.items():
         models[model_id] = _build_model(source, model_id, m, macros, env)
     _check_aliases(source, models)
+    devices = tuple(DeviceSpec(did, d.memory, d.reserve) for did, d in parsed.devices.items())
+    for d in devices:
+        if d.budget <= 0:
+            raise ConfigError(f"{source}: devices.{d.id}.reserve: must be less than its memory")
+    for i, mid in enumerate(parsed.preload):
+        if mid not in models:
+            raise ConfigError(
+                f"{source}: preload[{i}]: {mid!r} is not a model id; models: {', '.join(models)}"
+            )
+    for spec in models.values():
+        if devices and spec.gpus > len(devices):
+            raise ConfigError(
+                f"{source}: models.{spec.id}.gpus: asks for {spec.gpus} devices, "
+                f"{len(devices)} are declared"
+            )
+    sch = parsed.scheduler
+    scheduler = SchedulerSpec(sch.policy, sch.max_queue, sch.max_wait, sch.min_residency)
     s = parsed.server
     server = ServerSpec(
         host=s.host,
@@ -199,7 +263,10 @@ def load_config(
         list_aliases=s.list_aliases,
         shutdown_timeout=s.shutdown_timeout,
     )
-    return Config(models=MappingProxyType(models), server=server, source=source)
+    return Config(
+        models=MappingProxyType(models), server=server, source=source, scheduler=scheduler,
+        devices=devices, preload=tuple(parsed.preload),
+    )  # fmt: skip
 
 
 def config_json_schema() -> dict[str, Any]:
@@ -324,6 +391,11 @@ def _build_model(
         cmd_stop=cmd_stop,
         unlisted=m.unlisted,
         name=m.name,
+        memory=m.memory,
+        gpus=m.gpus,
+        pin=m.pin,
+        priority=m.priority,
+        max_concurrent=m.max_concurrent,
     )
 
 

@@ -9,12 +9,14 @@
     │   ├── MissingModel               400 no `model` in the body / form
     │   ├── UnknownModel               404 names the models that exist
     │   ├── BodyTooLarge               413 body over `server.max_body_bytes`
-    │   └── NotFound                   404 no such route
+    │   ├── NotFound                   404 no such route
+    │   └── QueueFull                  429 the queue is at `max_queue`; carries Retry-After
     ├── EngineError                    (5xx) the engine could not serve the request
     │   ├── EngineStartError           503 never became ready; carries its last log lines
     │   │   ├── EngineExitedEarly      the process exited before its health check passed
     │   │   ├── EngineStartTimeout     health never passed within `start_timeout`
     │   │   └── PortInUse              the engine's fixed port is held by another process
+    │   ├── InsufficientMemory         503 the model can never fit; says need and budget
     │   ├── EngineStopped              503 the engine was stopped while the request waited
     │   ├── EngineCrashed              503 the engine exited while serving (carries its log)
     │   ├── UpstreamUnavailable        502 connecting to the engine failed (source: engine)
@@ -112,6 +114,16 @@ class NotFound(RequestError):
     code = "not_found"
 
 
+class QueueFull(RequestError):
+    status = 429
+    type = "rate_limit_error"
+    code = "queue_full"
+
+    def __init__(self, message: str, *, retry_after: float = 1.0) -> None:
+        super().__init__(f"too many requests waiting: {message}")
+        self.retry_after = retry_after
+
+
 class EngineError(SwapyardError):
     status = 503
     type = "engine_error"
@@ -155,6 +167,13 @@ class EngineCrashed(EngineError):
         self.log_tail = tuple(log_tail)
         tail = "\n".join(self.log_tail) if self.log_tail else "(no output)"
         super().__init__(model, f"model {model!r} crashed: {reason}\nlast log lines:\n{tail}")
+
+
+class InsufficientMemory(EngineError):
+    code = "insufficient_memory"
+
+    def __init__(self, model: str, reason: str) -> None:
+        super().__init__(model, f"model {model!r} can never fit in memory: {reason}")
 
 
 class EngineStopped(EngineError):

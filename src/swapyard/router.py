@@ -32,7 +32,7 @@ from swapyard.events import (
 from swapyard.ports import PortAllocator
 from swapyard.process.actor import EngineProcess
 from swapyard.process.state import EngineState
-from swapyard.scheduler.core import Scheduler
+from swapyard.scheduler.core import Effects, ModelTerms, Scheduler, SchedulerConfig
 
 log = logging.getLogger("swapyard.router")
 
@@ -64,7 +64,46 @@ class _Idle:
     token: int
 
 
-_Msg = _Arrive | _Done | _Idle | EngineStateChanged
+@dataclass(frozen=True, slots=True)
+class _Tick:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class _Load:
+    model: str
+
+
+_Msg = _Arrive | _Done | _Idle | _Tick | _Load | EngineStateChanged
+
+
+def memory_budget(config: Config) -> dict[str, int]:
+    """Per device: declared devices, else the machine's RAM as one device (less 10 %)."""
+    if config.devices:
+        return {d.id: d.budget for d in config.devices}
+    try:
+        with open("/proc/meminfo") as f:
+            kib = next(int(line.split()[1]) for line in f if line.startswith("MemTotal:"))
+    except (OSError, StopIteration, ValueError):  # pragma: no cover - not Linux
+        kib = 8 * 2**20
+    return {"ram": kib * 1024 * 9 // 10}
+
+
+def scheduler_for(config: Config, effects: Effects) -> Scheduler:
+    terms = {
+        m.id: ModelTerms(
+            ttl=m.ttl,
+            need=m.memory,
+            count=m.gpus,
+            pinned=m.pin,
+            priority=m.priority,
+            max_concurrent=m.max_concurrent,
+        )
+        for m in config.models.values()
+    }
+    sc = config.scheduler
+    cfg = SchedulerConfig(sc.policy, sc.max_queue, sc.max_wait, sc.min_residency)
+    return Scheduler(terms, effects, budget=memory_budget(config), config=cfg)
 
 
 class Router:
@@ -94,6 +133,9 @@ class Router:
         for engine in self.engines.values():
             engine.run()
         self._task = asyncio.create_task(self._run(), name="router")
+        for m in self.config.models.values():
+            if m.pin or m.id in self.config.preload:
+                self._inbox.put_nowait(_Load(m.id))
 
     def stop_admitting(self) -> None:
         """Refuse new requests and reject the queued ones; running ones go on."""
@@ -151,6 +193,10 @@ class Router:
         self._inbox.put_nowait(_Done(lease.request_id))
         self.bus.publish(RequestFinished(lease.request_id, lease.model))
 
+    def admits(self) -> bool:
+        """Whether the queue has room for one more request (checked before streaming)."""
+        return not self._closing and self.scheduler.admits()
+
     def ready_now(self, model: str) -> bool:
         """Whether a request for ``model`` would be dispatched without waiting."""
         return self.scheduler.state(model) is EngineState.READY and self.scheduler.queued() == 0
@@ -167,17 +213,22 @@ class Router:
         sched = self.scheduler
         while True:
             msg = await self._inbox.get()
+            now = time.monotonic()
             try:
                 match msg:
                     case _Arrive(rid, model):
                         if rid in self._waiting:
-                            sched.request_arrived(rid, model)
+                            sched.request_arrived(rid, model, now)
                     case _Done(rid):
-                        sched.request_done(rid)
+                        sched.request_done(rid, now)
                     case _Idle(model, token):
-                        sched.idle_timeout(model, token)
+                        sched.idle_timeout(model, token, now)
+                    case _Tick():
+                        sched.tick(now)
+                    case _Load(model):
+                        sched.load(model, now)
                     case EngineStateChanged(model=model, new=new, error=error):
-                        sched.engine_state(model, new, error)
+                        sched.engine_state(model, new, error, now)
             except Exception:  # pragma: no cover - a scheduler bug must not kill the loop
                 log.exception("scheduler failed on %r", msg)
 
@@ -191,8 +242,12 @@ class _RouterEffects:
     def __init__(self, router: Router) -> None:
         self._r = router
 
-    def start(self, model: str) -> None:
-        self._r._spawn(_quiet(self._r.engines[model].start()))
+    def start(self, model: str, devices: tuple[str, ...]) -> None:
+        env = {}
+        if self._r.config.devices and all(d.isdigit() for d in devices):
+            # Declared devices named by their CUDA index: the engine sees only its own.
+            env["CUDA_VISIBLE_DEVICES"] = ",".join(devices)
+        self._r._spawn(_quiet(self._r.engines[model].start(env)))
 
     def stop(self, model: str, *, for_model: str | None) -> None:
         if for_model is not None:
@@ -213,16 +268,22 @@ class _RouterEffects:
         if entry is not None and not entry[0].done():
             entry[0].set_exception(error)
 
-    def arm_idle_timer(self, model: str, ttl: float, token: int) -> None:
+    def wake_at(self, when: float) -> None:
+        self._after(max(0.0, when - time.monotonic()), _Tick())
+
+    def _after(self, delay: float, msg: _Msg) -> None:
         loop = asyncio.get_running_loop()
         timers = self._r._timers
 
         def fire() -> None:
             timers.discard(handle)
-            self._r._inbox.put_nowait(_Idle(model, token))
+            self._r._inbox.put_nowait(msg)
 
-        handle = loop.call_later(ttl, fire)
+        handle = loop.call_later(delay, fire)
         timers.add(handle)
+
+    def arm_idle_timer(self, model: str, ttl: float, token: int) -> None:
+        self._after(ttl, _Idle(model, token))
 
 
 async def _quiet(coro: Any) -> None:

@@ -20,7 +20,7 @@ from aiohttp import web
 from swapyard.api import admin, openai
 from swapyard.api.state import CONFIG, STATE, AppState
 from swapyard.config import Config
-from swapyard.errors import NotFound, RequestError, SwapyardError
+from swapyard.errors import NotFound, QueueFull, RequestError, SwapyardError
 from swapyard.events import EventBus
 from swapyard.proxy import error_response, new_upstream_session
 from swapyard.router import Router
@@ -33,6 +33,8 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         return await handler(request)
+    except QueueFull as err:
+        return error_response(err, {"Retry-After": str(max(1, round(err.retry_after)))})
     except SwapyardError as err:
         return error_response(err)
     except web.HTTPException as exc:

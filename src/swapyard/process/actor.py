@@ -15,7 +15,7 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Mapping
 from typing import Any
 
 import aiohttp
@@ -91,7 +91,7 @@ class EngineProcess:
         self._port: str = ""
         self._start_waiters: list[asyncio.Future[None]] = []
         self._stop_waiters: list[asyncio.Future[None]] = []
-        self._restart_after_stop: list[asyncio.Future[None]] = []
+        self._restart_after_stop: list[tuple[asyncio.Future[None], dict[str, str]]] = []
         self._failure: SwapyardError | None = None
         self._pending_failure: SwapyardError | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -133,9 +133,11 @@ class EngineProcess:
         if self._actor is None:
             self._actor = asyncio.create_task(self._run(), name=f"engine:{self.spec.id}")
 
-    async def start(self) -> None:
+    async def start(self, env: Mapping[str, str] | None = None) -> None:
+        """Start (or join the start of) the engine; ``env`` adds variables for this
+        start (e.g. ``CUDA_VISIBLE_DEVICES`` for its placement)."""
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._inbox.put_nowait(Start(fut))
+        self._inbox.put_nowait(Start(fut, dict(env or {})))
         await fut
 
     async def stop(self) -> None:
@@ -165,8 +167,8 @@ class EngineProcess:
         while True:
             msg = await self._inbox.get()
             match msg:
-                case Start(reply):
-                    await self._on_start(reply)
+                case Start(reply, env):
+                    await self._on_start(reply, env)
                 case Stop(reply):
                     self._on_stop(reply)
                 case Healthy(gen) if gen == self._gen and self._state is S.STARTING:
@@ -194,16 +196,16 @@ class EngineProcess:
                 case _:
                     pass  # stale news about an earlier child
 
-    async def _on_start(self, reply: asyncio.Future[None]) -> None:
+    async def _on_start(self, reply: asyncio.Future[None], env: dict[str, str]) -> None:
         if self._state is S.READY:
             _resolve(reply)
         elif self._state is S.STARTING:
             self._start_waiters.append(reply)
         elif self._state is S.STOPPING:
-            self._restart_after_stop.append(reply)
+            self._restart_after_stop.append((reply, env))
         else:
             self._start_waiters.append(reply)
-            await self._spawn()
+            await self._spawn(env)
 
     def _on_stop(self, reply: asyncio.Future[None]) -> None:
         if self._state is S.FAILED:  # an explicit stop clears the failure
@@ -213,7 +215,8 @@ class EngineProcess:
             _resolve(reply)
             return
         self._stop_waiters.append(reply)
-        _fail_all(self._restart_after_stop, EngineStopped(self.spec.id, "engine was stopped"))
+        restarts, self._restart_after_stop = self._restart_after_stop, []
+        _fail_all([f for f, _ in restarts], EngineStopped(self.spec.id, "engine was stopped"))
         if self._state is not S.STOPPING:
             _fail_all(
                 self._start_waiters,
@@ -221,7 +224,7 @@ class EngineProcess:
             )
             self._begin_stop()
 
-    async def _spawn(self) -> None:
+    async def _spawn(self, extra_env: dict[str, str]) -> None:
         self._gen += 1
         gen = self._gen
         self._failure = None
@@ -254,7 +257,7 @@ class EngineProcess:
                 stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
-                env={**os.environ, **spec.env},
+                env={**os.environ, **spec.env, **extra_env},
             )
         except OSError as exc:
             self._fail_start(
@@ -325,8 +328,8 @@ class EngineProcess:
             _resolve_all(self._stop_waiters)
             if self._restart_after_stop:
                 waiters, self._restart_after_stop = self._restart_after_stop, []
-                for w in waiters:
-                    self._inbox.put_nowait(Start(w))
+                for w, env in waiters:
+                    self._inbox.put_nowait(Start(w, env))
 
     def _set_state(self, new: EngineState, error: SwapyardError | None = None) -> None:
         old = self._state

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 @dataclass(frozen=True, slots=True)
 class Start:
     reply: asyncio.Future[None]
+    env: dict[str, str]
 
 
 @dataclass(frozen=True, slots=True)

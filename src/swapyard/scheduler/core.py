@@ -1,42 +1,53 @@
 """Which request runs, which engine starts, which stops: decisions only, no I/O.
 
 The scheduler is told what happened (a request arrived, finished or went away; an
-engine changed state; an idle timer fired) and answers by calling its ``Effects``.
-It never awaits, sleeps or touches a process, so its tests are synchronous with a
-recording fake (house style 4).
+engine changed state; a timer fired; time passed) and answers by calling its
+``Effects``. It never awaits, sleeps, reads a clock or touches a process: the
+caller passes ``now``. Its tests are synchronous with a recording fake (house
+style 4).
 
-Policy (issue #2): one engine resident at a time, requests served first come,
-first served.
+Memory: each model needs ``need`` bytes on ``count`` devices (``None``: a whole
+device, so an unknown model runs alone). ``placement.plan`` says where it fits or
+which idle models to evict (LRU, ``priority`` breaking ties, never a busy or
+pinned one, the smallest set).
 
-- A request for the resident, ready model is dispatched at once, unless an older
-  request for another model is waiting: then it queues behind that swap, so a
-  stream of requests for the resident model cannot starve the other one.
-- Requests for a model that is starting join that one start.
-- A swap waits until the resident model has no request in flight; then it is
-  stopped and the next model started. A running answer is never cut.
-- A start that fails rejects every request queued for that model with the error;
-  after a crash while serving, queued requests start it again.
-- A ready model with nothing in flight or queued arms its idle timer (``ttl``);
-  the timer carries a token, so one armed before later activity is ignored.
+Policies (``SchedulerConfig.policy``):
+
+- ``fifo`` — the baseline: requests are served in arrival order; the oldest
+  waiting request blocks everything behind it until its model is ready.
+- ``batch`` — ours, to cut swaps: a request for a ready model is dispatched at
+  once, ahead of older requests for models that must be loaded; loads go in the
+  order of their oldest request. No request waits more than ``max_wait`` behind
+  others: once one is overdue, newer requests for other models are held back so
+  the busy models drain and can be evicted — except for a model loaded less than
+  ``min_residency`` seconds ago, which keeps serving its queue (a load is not
+  wasted on a single request). An idle model is evictable at once.
+
+Both: a start that fails rejects the requests waiting for it; a start nobody
+waits for any more is abandoned (unless the model is pinned or was loaded on
+purpose); a ready model idle for its ``ttl`` is stopped.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Protocol
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
 
-from swapyard.errors import EngineStartError, SwapyardError
+from swapyard.errors import EngineStartError, InsufficientMemory, QueueFull, SwapyardError
 from swapyard.process.state import EngineState
+from swapyard.scheduler.placement import Evict, Fit, Never, Resident, Wait, plan
 
 S = EngineState
+Policy = Literal["fifo", "batch"]
+DEFAULT_DEVICE = "default"
 
 
 class Effects(Protocol):
     """What the scheduler asks the world to do. Implementations must not call back
     into the scheduler synchronously; they report outcomes as later events."""
 
-    def start(self, model: str) -> None: ...
+    def start(self, model: str, devices: tuple[str, ...]) -> None: ...
 
     def stop(self, model: str, *, for_model: str | None) -> None: ...
 
@@ -46,30 +57,87 @@ class Effects(Protocol):
 
     def arm_idle_timer(self, model: str, ttl: float, token: int) -> None: ...
 
+    def wake_at(self, when: float) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class ModelTerms:
+    """What the scheduler knows of one model."""
+
+    ttl: float = 0.0
+    need: int | None = None
+    count: int = 1
+    pinned: bool = False
+    priority: int = 0
+    max_concurrent: int = 0  # 0: no limit
+
+
+@dataclass(frozen=True, slots=True)
+class SchedulerConfig:
+    policy: Policy = "batch"
+    max_queue: int = 0  # 0: no bound
+    max_wait: float = 60.0
+    min_residency: float = 5.0
+    retry_after: float = 1.0
+
 
 @dataclass(slots=True)
 class _Queued:
     request_id: int
     model: str
+    arrived: float
+
+
+@dataclass(slots=True)
+class _Model:
+    terms: ModelTerms
+    state: EngineState = S.STOPPED
+    inflight: int = 0
+    devices: tuple[str, ...] = ()
+    loaded_at: float = 0.0
+    last_used: float = 0.0
+    token: int = 0
+    keep: bool = False  # loaded on purpose (preload/admin): not abandoned
+    need: int | None = field(default=None)
 
 
 class Scheduler:
-    def __init__(self, ttls: Mapping[str, float], effects: Effects) -> None:
+    def __init__(
+        self,
+        models: Mapping[str, ModelTerms] | Mapping[str, float],
+        effects: Effects,
+        *,
+        budget: Mapping[str, int] | None = None,
+        config: SchedulerConfig | None = None,
+    ) -> None:
         self._fx = effects
-        self._ttl = dict(ttls)
-        self._state: dict[str, EngineState] = dict.fromkeys(ttls, S.STOPPED)
-        self._inflight: dict[str, int] = dict.fromkeys(ttls, 0)
-        self._running: dict[int, str] = {}
+        self._cfg = config or SchedulerConfig()
+        self._budget = dict(budget or {DEFAULT_DEVICE: 1})
+        self._m: dict[str, _Model] = {}
+        for mid, t in models.items():
+            terms = t if isinstance(t, ModelTerms) else ModelTerms(ttl=float(t))
+            self._m[mid] = _Model(terms, need=terms.need)
         self._queue: list[_Queued] = []
-        self._token: dict[str, int] = dict.fromkeys(ttls, 0)
-        self._armed: dict[str, int] = {}
+        self._running: dict[int, str] = {}
+        self._armed_idle: dict[str, int] = {}
+        self._armed_wake: float | None = None
+        self._now = 0.0
 
-    # -- read-only views -------------------------------------------------------------
+    # -- read-only views -----------------------------------------------------------
     def state(self, model: str) -> EngineState:
-        return self._state[model]
+        return self._m[model].state
 
     def inflight(self, model: str) -> int:
-        return self._inflight[model]
+        return self._m[model].inflight
+
+    def devices(self, model: str) -> tuple[str, ...]:
+        return self._m[model].devices
+
+    def need(self, model: str) -> int | None:
+        return self._m[model].need
+
+    def pinned(self, model: str) -> bool:
+        return self._m[model].terms.pinned
 
     def queued(self, model: str | None = None) -> int:
         return sum(1 for q in self._queue if model is None or q.model == model)
@@ -81,34 +149,81 @@ class Scheduler:
                 return i + 1
         return None
 
+    def admits(self) -> bool:
+        """Whether one more request fits in the queue (checked before streaming)."""
+        return not self._cfg.max_queue or len(self._queue) < self._cfg.max_queue
+
     # -- what happened ------------------------------------------------------------------
-    def request_arrived(self, request_id: int, model: str) -> None:
-        self._queue.append(_Queued(request_id, model))
+    def request_arrived(self, request_id: int, model: str, now: float | None = None) -> None:
+        self._tick(now)
+        if not self.admits():
+            err = QueueFull(
+                f"{len(self._queue)} requests are waiting, the limit is {self._cfg.max_queue}",
+                retry_after=self._cfg.retry_after,
+            )
+            self._fx.reject(request_id, err)
+            return
+        self._queue.append(_Queued(request_id, model, self._now))
         self._step()
 
-    def request_done(self, request_id: int) -> None:
+    def request_done(self, request_id: int, now: float | None = None) -> None:
         """The request finished, failed, or its client went away (queued or running)."""
+        self._tick(now)
         model = self._running.pop(request_id, None)
         if model is not None:
-            self._inflight[model] -= 1
-            self._token[model] += 1
+            m = self._m[model]
+            m.inflight -= 1
+            m.token += 1
+            m.last_used = self._now
         else:
             self._queue = [q for q in self._queue if q.request_id != request_id]
         self._step()
 
     def engine_state(
-        self, model: str, state: EngineState, error: SwapyardError | None = None
+        self,
+        model: str,
+        state: EngineState,
+        error: SwapyardError | None = None,
+        now: float | None = None,
     ) -> None:
-        self._state[model] = state
+        self._tick(now)
+        m = self._m[model]
+        m.state = state
+        if state in (S.STOPPED, S.FAILED):
+            m.devices = ()
+        if state is S.READY:
+            m.loaded_at = self._now
+            m.last_used = self._now
         if state is S.FAILED and isinstance(error, EngineStartError):
-            # A start that failed fails its waiters; a crash while serving does not:
+            # A start that failed fails its waiters; after a crash while serving,
             # the requests queued for it start it again when their turn comes.
             self._reject_queued(model, error)
+            m.keep = False
         self._step()
 
-    def idle_timeout(self, model: str, token: int) -> None:
-        if token == self._token[model] and self._state[model] is S.READY and self._idle(model):
+    def idle_timeout(self, model: str, token: int, now: float | None = None) -> None:
+        self._tick(now)
+        m = self._m[model]
+        if token == m.token and m.state is S.READY and self._idle(model) and not m.terms.pinned:
             self._stop(model, None)
+        self._step()
+
+    def tick(self, now: float) -> None:
+        """Time passed (a ``wake_at`` came due)."""
+        self._tick(now)
+        self._armed_wake = None
+        self._step()
+
+    def learned_need(self, model: str, need: int, now: float | None = None) -> None:
+        """The model's memory, measured after it became ready."""
+        self._tick(now)
+        self._m[model].need = need
+        self._step()
+
+    def load(self, model: str, now: float | None = None) -> None:
+        """Load on purpose (preload, admin): kept until unloaded or evicted."""
+        self._tick(now)
+        self._m[model].keep = True
         self._step()
 
     def reject_all(self, error: SwapyardError) -> None:
@@ -118,56 +233,168 @@ class Scheduler:
             self._fx.reject(q.request_id, error)
 
     # -- deciding -------------------------------------------------------------------------
-    def _step(self) -> None:
-        while self._queue and self._state[self._queue[0].model] is S.READY:
-            head = self._queue.pop(0)
-            self._dispatch(head)
-        if self._queue:
-            self._make_room_for(self._queue[0].model)
-        self._arm_idle_timers()
+    def _tick(self, now: float | None) -> None:
+        if now is not None and now > self._now:
+            self._now = now
 
-    def _make_room_for(self, target: str) -> None:
-        if self._state[target] in (S.STARTING, S.STOPPING):
-            return
-        busy = False
-        for other, st in self._state.items():
-            if other == target:
+    def _step(self) -> None:
+        overdue = self._overdue()
+        self._dispatch_ready(overdue)
+        self._abandon_unwanted_starts()
+        self._start_loads(overdue)
+        self._arm_idle_timers()
+        self._arm_wake()
+
+    def _dispatch_ready(self, overdue: _Queued | None) -> None:
+        keep: list[_Queued] = []
+        blocked = False
+        for q in self._queue:
+            m = self._m[q.model]
+            can = m.state is S.READY and (
+                not m.terms.max_concurrent or m.inflight < m.terms.max_concurrent
+            )
+            if self._cfg.policy == "fifo":
+                blocked = blocked or not can
+            else:
+                blocked = (
+                    overdue is not None
+                    and q.arrived > overdue.arrived
+                    and q.model != overdue.model
+                    and self._now - m.loaded_at >= self._cfg.min_residency
+                )
+            if can and not blocked:
+                self._dispatch(q)
+            else:
+                keep.append(q)
+        self._queue = keep
+
+    def _overdue(self) -> _Queued | None:
+        """The oldest request that waited ``max_wait`` for a model that is not ready."""
+        if self._cfg.policy == "fifo":
+            return None
+        for q in self._queue:
+            if (
+                self._m[q.model].state is not S.READY
+                and self._now - q.arrived >= self._cfg.max_wait
+            ):
+                return q
+            if self._now - q.arrived < self._cfg.max_wait:
+                return None
+        return None
+
+    def _wanted(self, overdue: _Queued | None) -> list[str]:
+        """Models to load, most urgent first."""
+        if self._cfg.policy == "fifo":
+            order = [self._queue[0].model] if self._queue else []
+        else:
+            order = []
+            if overdue is not None:
+                order.append(overdue.model)
+            for q in self._queue:
+                if q.model not in order:
+                    order.append(q.model)
+        order += [mid for mid, m in self._m.items() if m.keep and mid not in order]
+        return [mid for mid in order if self._m[mid].state in (S.STOPPED, S.FAILED)]
+
+    def _start_loads(self, overdue: _Queued | None) -> None:
+        for model in self._wanted(overdue):
+            m = self._m[model]
+            p = plan(self._need(m), m.terms.count, self._budget, self._residents())
+            match p:
+                case Fit(devices):
+                    m.state = S.STARTING
+                    m.devices = devices
+                    self._fx.start(model, devices)
+                case Evict(_, victims):
+                    for v in victims:
+                        self._stop(v, model)
+                case Never(reason):
+                    self._reject_queued(model, InsufficientMemory(model, reason))
+                    m.keep = False
+                case Wait():
+                    pass
+            if self._cfg.policy == "fifo" and not isinstance(p, Fit):
+                break
+
+    def _abandon_unwanted_starts(self) -> None:
+        """Stop a load nobody waits for any more (its clients went away). Under FIFO,
+        also one that is not for the head request: FIFO would stop it again before
+        it served anyone queued behind the head."""
+        head = self._queue[0].model if self._queue else None
+        for model, m in self._m.items():
+            if m.state is not S.STARTING or m.keep or m.terms.pinned:
                 continue
-            if st is S.STOPPING:
-                busy = True
-            elif st is S.STARTING:
-                # Its head request left; FIFO would stop it before it serves anyone
-                # queued behind ``target``, so the rest of the load is wasted.
-                self._stop(other, target)
-                busy = True
-            elif st is S.READY:
-                if self._inflight[other] == 0:
-                    self._stop(other, target)
-                busy = True
-        if not busy:
-            self._state[target] = S.STARTING
-            self._fx.start(target)
+            unwanted = self.queued(model) == 0
+            if self._cfg.policy == "fifo" and head is not None and head != model:
+                unwanted = True
+            if unwanted:
+                self._stop(model, head if head != model else None)
+
+    def _residents(self) -> list[Resident]:
+        out = []
+        for model, m in self._m.items():
+            if m.state not in (S.STARTING, S.READY, S.STOPPING) or not m.devices:
+                continue
+            evictable = m.state is S.READY and m.inflight == 0 and not m.terms.pinned
+            r = Resident(
+                model, self._need(m), m.devices, evictable, pinned=m.terms.pinned,
+                stopping=m.state is S.STOPPING, last_used=m.last_used, priority=m.terms.priority,
+            )  # fmt: skip
+            out.append(r)
+        return out
+
+    def _need(self, m: _Model) -> int:
+        return m.need if m.need is not None else max(self._budget.values())
 
     def _dispatch(self, q: _Queued) -> None:
+        m = self._m[q.model]
         self._running[q.request_id] = q.model
-        self._inflight[q.model] += 1
-        self._token[q.model] += 1
+        m.inflight += 1
+        m.token += 1
+        m.last_used = self._now
         self._fx.dispatch(q.request_id, q.model)
 
     def _stop(self, model: str, for_model: str | None) -> None:
-        self._state[model] = S.STOPPING
+        self._m[model].state = S.STOPPING
         self._fx.stop(model, for_model=for_model)
 
     def _idle(self, model: str) -> bool:
-        return self._inflight[model] == 0 and self.queued(model) == 0
+        return self._m[model].inflight == 0 and self.queued(model) == 0
 
     def _arm_idle_timers(self) -> None:
-        for model, st in self._state.items():
-            ttl = self._ttl[model]
-            token = self._token[model]
-            if ttl > 0 and st is S.READY and self._idle(model) and self._armed.get(model) != token:
-                self._armed[model] = token
-                self._fx.arm_idle_timer(model, ttl, token)
+        for model, m in self._m.items():
+            ttl = m.terms.ttl
+            if (
+                ttl > 0
+                and m.state is S.READY
+                and self._idle(model)
+                and self._armed_idle.get(model) != m.token
+            ):
+                self._armed_idle[model] = m.token
+                self._fx.arm_idle_timer(model, ttl, m.token)
+
+    def _arm_wake(self) -> None:
+        """Ask to be woken when a deadline passes that could change a decision: a
+        waiting request becoming overdue, or a young model becoming evictable."""
+        if self._cfg.policy == "fifo" or not self._queue:
+            return
+        times = [
+            q.arrived + self._cfg.max_wait
+            for q in self._queue
+            if self._m[q.model].state is not S.READY
+        ]
+        times += [
+            m.loaded_at + self._cfg.min_residency
+            for m in self._m.values()
+            if m.state is S.READY and self.queued() > 0
+        ]
+        future = [t for t in times if t > self._now]
+        if not future:
+            return
+        when = min(future)
+        if self._armed_wake is None or when < self._armed_wake or self._armed_wake <= self._now:
+            self._armed_wake = when
+            self._fx.wake_at(when)
 
     def _reject_queued(self, model: str, error: SwapyardError) -> None:
         keep: list[_Queued] = []

@@ -12,9 +12,11 @@ class RecordingEffects:
     """Records every decision in order as ``(verb, *args)`` tuples."""
 
     calls: list[tuple[object, ...]] = field(default_factory=list)
+    placements: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
-    def start(self, model: str) -> None:
+    def start(self, model: str, devices: tuple[str, ...]) -> None:
         self.calls.append(("start", model))
+        self.placements[model] = devices
 
     def stop(self, model: str, *, for_model: str | None) -> None:
         self.calls.append(("stop", model, for_model))
@@ -27,6 +29,9 @@ class RecordingEffects:
 
     def arm_idle_timer(self, model: str, ttl: float, token: int) -> None:
         self.calls.append(("arm", model, ttl, token))
+
+    def wake_at(self, when: float) -> None:
+        self.calls.append(("wake", when))
 
     def take(self) -> list[tuple[object, ...]]:
         """The calls since the last ``take``."""
