@@ -36,7 +36,7 @@ from typing import Literal, Protocol
 
 from swapyard.errors import EngineStartError, InsufficientMemory, QueueFull, SwapyardError
 from swapyard.process.state import EngineState
-from swapyard.scheduler.placement import Evict, Fit, Never, Resident, Wait, plan
+from swapyard.scheduler.placement import Evict, Fit, Never, Resident, plan
 
 S = EngineState
 Policy = Literal["fifo", "batch"]
@@ -311,7 +311,7 @@ class Scheduler:
                 case Never(reason):
                     self._reject_queued(model, InsufficientMemory(model, reason))
                     m.keep = False
-                case Wait():
+                case _:  # Wait: decide again on the next event or wake-up
                     pass
             if self._cfg.policy == "fifo" and not isinstance(p, Fit):
                 break
@@ -375,19 +375,21 @@ class Scheduler:
 
     def _arm_wake(self) -> None:
         """Ask to be woken when a deadline passes that could change a decision: a
-        waiting request becoming overdue, or a young model becoming evictable."""
+        request waiting for a load becoming overdue, or, once one is overdue, a
+        young model losing its minimum-residency exemption."""
         if self._cfg.policy == "fifo" or not self._queue:
             return
         times = [
             q.arrived + self._cfg.max_wait
             for q in self._queue
-            if self._m[q.model].state is not S.READY
+            if self._m[q.model].state in (S.STOPPED, S.FAILED)
         ]
-        times += [
-            m.loaded_at + self._cfg.min_residency
-            for m in self._m.values()
-            if m.state is S.READY and self.queued() > 0
-        ]
+        if self._overdue() is not None:
+            times += [
+                m.loaded_at + self._cfg.min_residency
+                for m in self._m.values()
+                if m.state is S.READY
+            ]
         future = [t for t in times if t > self._now]
         if not future:
             return

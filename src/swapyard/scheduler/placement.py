@@ -21,6 +21,8 @@ import itertools
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
+MAX_EXACT_SEARCH = 14  # evictable candidates; beyond this, LRU greedy
+
 
 @dataclass(frozen=True, slots=True)
 class Resident:
@@ -111,31 +113,38 @@ def plan(need: int, count: int, budget: Mapping[str, int], residents: Sequence[R
 def _victims_for(
     need: int, devices: tuple[str, ...], free: Mapping[str, int], residents: Sequence[Resident]
 ) -> list[Resident] | None:
-    """The smallest LRU-ordered set of evictable residents freeing ``need`` on every
-    device of ``devices``, or None."""
+    """The smallest set of evictable residents that frees ``need`` on every device
+    of ``devices``; among sets of that size, the least recently used (then lowest
+    priority). None if even all of them are not enough."""
     order = sorted(
         (r for r in residents if r.evictable and not r.stopping and set(r.devices) & set(devices)),
         key=lambda r: (r.last_used, r.priority, r.model),
     )
-    short = {d: need - free[d] for d in devices}
-    chosen: list[Resident] = []
-    for r in order:
-        if all(v <= 0 for v in short.values()):
-            break
-        if not any(short[d] > 0 for d in r.devices if d in short):
-            continue
-        chosen.append(r)
-        for d in r.devices:
-            if d in short:
-                short[d] -= r.need
-    if any(v > 0 for v in short.values()):
+
+    def enough(victims: Sequence[Resident]) -> bool:
+        return all(
+            free[d] + sum(v.need for v in victims if d in v.devices) >= need for d in devices
+        )
+
+    if not enough(order):
         return None
-    # Drop any victim the others make unnecessary, most recently used first.
-    for r in sorted(chosen, key=lambda r: (-r.last_used, -r.priority)):
-        rest = [v for v in chosen if v is not r]
-        if all(free[d] + sum(v.need for v in rest if d in v.devices) >= need for d in devices):
-            chosen = rest
-    return chosen
+    if len(order) > MAX_EXACT_SEARCH:  # pragma: no cover - greedy on very large sets
+        chosen: list[Resident] = []
+        for r in order:
+            if enough(chosen):
+                break
+            chosen.append(r)
+        return chosen
+    for k in range(len(order) + 1):
+        sets = [c for c in itertools.combinations(order, k) if enough(c)]
+        if sets:
+            best = min(
+                sets,
+                key=lambda c: (max((r.last_used for r in c), default=0.0),
+                               sum(r.priority for r in c), [r.model for r in c]),
+            )  # fmt: skip
+            return list(best)
+    return None  # pragma: no cover - enough(order) guarantees a set above
 
 
 def fmt_bytes(n: int) -> str:
