@@ -10,9 +10,20 @@ from typing import Any
 from swapyard.config import Config, ModelSpec, load_config
 
 
-def config(models: dict[str, dict[str, Any]], **server: Any) -> Config:
-    """A config from plain dicts (JSON is YAML)."""
-    return load_config(json.dumps({"server": server, "models": models}))
+def config(
+    models: dict[str, dict[str, Any]],
+    *,
+    devices: dict[str, Any] | None = None,
+    scheduler: dict[str, Any] | None = None,
+    preload: list[str] | None = None,
+    **server: Any,
+) -> Config:
+    """A config from plain dicts (JSON is YAML); keyword arguments go to ``server:``."""
+    doc: dict[str, Any] = {"server": server, "models": models}
+    for key, value in (("devices", devices), ("scheduler", scheduler), ("preload", preload)):
+        if value is not None:
+            doc[key] = value
+    return load_config(json.dumps(doc))
 
 
 def spec(cmd: str | list[str], **fields: Any) -> ModelSpec:

@@ -116,9 +116,7 @@ class Router:
         self.engines: Mapping[str, EngineProcess] = {
             mid: EngineProcess(spec, bus, ports, http) for mid, spec in config.models.items()
         }
-        self.scheduler = Scheduler(
-            {m.id: m.ttl for m in config.models.values()}, _RouterEffects(self)
-        )
+        self.scheduler = scheduler_for(config, _RouterEffects(self))
         self._inbox: asyncio.Queue[_Msg] = asyncio.Queue()
         self._waiting: dict[int, tuple[asyncio.Future[str], float]] = {}
         self._ids = itertools.count(1)

@@ -1,0 +1,78 @@
+"""Memory-aware placement end to end: fake engines as real processes that claim
+memory, several clients, and a watch on every state change."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections import Counter
+
+import aiohttp
+
+from helpers import config
+from swapyard.events import EngineStateChanged, Event, RequestAdmitted, RequestFinished
+from swapyard.process.state import EngineState
+from swapyard.testing import fake_engine_cmd, running_server
+
+S = EngineState
+
+
+class Watch:
+    """Counts in-flight requests per model from events, and records any stop of a
+    model that had requests in flight at that moment."""
+
+    def __init__(self) -> None:
+        self.inflight: Counter[str] = Counter()
+        self.busy_stops: list[str] = []
+        self.loads: Counter[str] = Counter()
+        self.max_ready = 0
+        self.ready: set[str] = set()
+
+    def __call__(self, e: Event) -> None:
+        if isinstance(e, RequestAdmitted):
+            self.inflight[e.model] += 1
+        elif isinstance(e, RequestFinished):
+            self.inflight[e.model] -= 1
+        elif isinstance(e, EngineStateChanged):
+            if e.new is S.STOPPING and self.inflight[e.model] > 0:
+                self.busy_stops.append(e.model)
+            if e.new is S.STARTING:
+                self.loads[e.model] += 1
+            if e.new is S.READY:
+                self.ready.add(e.model)
+            elif e.model in self.ready:
+                self.ready.discard(e.model)
+            self.max_ready = max(self.max_ready, len(self.ready))
+
+
+MODELS = {
+    m: {"cmd": fake_engine_cmd(m, tokens_per_second=200, memory_mib=1400), "memory": "1400MiB"}
+    for m in ("a", "b", "c")
+}
+GPU = {"gpu0": {"memory": "3GiB"}}
+
+
+async def test_three_models_where_two_fit_serve_an_interleaved_trace() -> None:
+    cfg = config(MODELS, devices=GPU, loading_status="off")
+    rng = random.Random(7)
+    trace = [rng.choice("aabbc") for _ in range(30)]
+    watch = Watch()
+    async with running_server(cfg) as srv, aiohttp.ClientSession() as http:
+        srv.router.bus.add_listener(watch)
+
+        async def client(models: list[str]) -> list[tuple[str, str]]:
+            out = []
+            for m in models:
+                body = {"model": m, "messages": [], "max_tokens": 8}
+                async with http.post(srv.url + "/v1/chat/completions", json=body) as r:
+                    assert r.status == 200, await r.text()
+                    out.append((m, (await r.json())["choices"][0]["message"]["content"]))
+            return out
+
+        results = await asyncio.gather(*(client(trace[i::3]) for i in range(3)))
+    answers = [a for chunk in results for a in chunk]
+    assert len(answers) == 30
+    assert all(text.startswith(f"{m}:") for m, text in answers), answers
+    assert watch.busy_stops == []
+    assert watch.max_ready == 2  # two fit together, never three
+    assert set(watch.loads) == {"a", "b", "c"}
