@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import random
 from collections import Counter
+from typing import Any
 
 import aiohttp
 
@@ -76,3 +77,54 @@ async def test_three_models_where_two_fit_serve_an_interleaved_trace() -> None:
     assert watch.busy_stops == []
     assert watch.max_ready == 2  # two fit together, never three
     assert set(watch.loads) == {"a", "b", "c"}
+
+
+async def test_admin_load_pin_unload_and_the_resident_set() -> None:
+    cfg = config(MODELS, devices=GPU, loading_status="off", preload=["c"])
+    async with running_server(cfg) as srv, aiohttp.ClientSession() as http:
+
+        async def resident() -> dict[str, Any]:
+            async with http.get(srv.url + "/api/models") as r:
+                doc: dict[str, Any] = await r.json()
+                return doc
+
+        async def post(path: str) -> dict[str, Any]:
+            async with http.post(srv.url + path) as r:
+                assert r.status == 200, await r.text()
+                doc: dict[str, Any] = await r.json()
+                return doc
+
+        assert (await post("/api/models/a/load"))["state"] == "ready"
+        for _ in range(200):  # the preloaded model comes up on its own
+            if (await resident())["models"]["c"]["state"] == "ready":
+                break
+            await asyncio.sleep(0.05)
+        doc = await resident()
+        assert {m: d["state"] for m, d in doc["models"].items()} == {
+            "a": "ready", "b": "stopped", "c": "ready",
+        }  # fmt: skip
+        assert doc["devices"]["gpu0"] == {
+            "budget": 3 * 2**30, "used": 2 * 1400 * 2**20, "free": 3 * 2**30 - 2800 * 2**20,
+        }  # fmt: skip
+        assert doc["models"]["a"]["devices"] == ["gpu0"]
+        assert doc["models"]["a"]["memory"]["declared"] == 1400 * 2**20
+
+        assert (await post("/api/models/a/pin"))["pinned"] is True
+        body = {"model": "b", "messages": [], "max_tokens": 2}
+        async with http.post(srv.url + "/v1/chat/completions", json=body) as r:
+            assert r.status == 200  # b evicts c, not the pinned a
+        doc = await resident()
+        assert doc["models"]["a"]["pinned"] and doc["models"]["a"]["state"] == "ready"
+        assert doc["models"]["c"]["state"] == "stopped"
+
+        # Unload waits for a running answer to finish; the answer is whole.
+        slow = {"model": "a", "messages": [], "max_tokens": 40, "stream": True}
+        async with http.post(srv.url + "/v1/chat/completions", json=slow) as r:
+            first = await r.content.readany()
+            unloading = asyncio.ensure_future(post("/api/models/a/unload"))
+            rest = await r.read()
+        assert b"[DONE]" in first + rest
+        assert (await unloading)["state"] == "stopped"
+        assert (await post("/api/models/b/unpin"))["pinned"] is False
+        async with http.post(srv.url + "/api/models/nope/load") as r:
+            assert r.status == 404

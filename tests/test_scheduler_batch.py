@@ -239,3 +239,34 @@ def test_preloaded_model_is_not_abandoned_without_requests() -> None:
     assert fx.take() == [("start", "a")]
     s.engine_state("a", S.STARTING, now=0)
     assert fx.take() == []
+
+
+def test_unload_drains_running_requests_then_stops() -> None:
+    """A running answer is never cut: new requests wait, the model stops when idle,
+    and a request that waited loads it again."""
+    fx = RecordingEffects()
+    s = sched(fx, {"a": 4 * G})
+    s.request_arrived(1, "a", now=0)
+    up(s, "a", 0)
+    fx.take()
+    s.unload("a", now=1)
+    s.request_arrived(2, "a", now=1)
+    assert acts(fx.take()) == []  # 1 still runs; 2 is held
+    s.request_done(1, now=2)
+    assert acts(fx.take()) == [("stop", "a", None)]
+    s.engine_state("a", S.STOPPED, now=3)
+    assert acts(fx.take()) == [("start", "a")]
+
+
+def test_pin_loads_now_and_unpin_makes_it_evictable_again() -> None:
+    fx = RecordingEffects()
+    s = sched(fx, {"p": 20 * G, "x": 20 * G})
+    s.set_pinned("p", True, now=0)
+    assert fx.take() == [("start", "p")]
+    up(s, "p", 0)
+    s.request_arrived(1, "x", now=1)
+    assert fx.take() == [("reject", 1, "InsufficientMemory")]  # p never leaves
+    s.set_pinned("p", False, now=2)
+    s.request_arrived(2, "x", now=2)
+    assert acts(fx.take()) == [("stop", "p", "x")]
+    assert s.used() == {"g0": 20 * G} and s.budget() == {"g0": 24 * G}

@@ -74,7 +74,18 @@ class _Load:
     model: str
 
 
-_Msg = _Arrive | _Done | _Idle | _Tick | _Load | EngineStateChanged
+@dataclass(frozen=True, slots=True)
+class _Unload:
+    model: str
+
+
+@dataclass(frozen=True, slots=True)
+class _Pin:
+    model: str
+    pinned: bool
+
+
+_Msg = _Arrive | _Done | _Idle | _Tick | _Load | _Unload | _Pin | EngineStateChanged
 
 
 def memory_budget(config: Config) -> dict[str, int]:
@@ -124,6 +135,7 @@ class Router:
         self._closing = False
         self._bg: set[asyncio.Task[Any]] = set()
         self._timers: set[asyncio.TimerHandle] = set()
+        self._state_waiters: list[tuple[str, frozenset[EngineState], asyncio.Future[None]]] = []
         bus.add_listener(self._on_event)
 
     # -- lifecycle ------------------------------------------------------------------
@@ -203,9 +215,49 @@ class Router:
         return self.scheduler.position(request_id)
 
     # -- the loop ---------------------------------------------------------------------
+    # -- control (admin API, CLI) ----------------------------------------------------
+    async def load(self, model: str) -> EngineState:
+        """Load ``model`` on purpose (kept until unloaded or evicted); returns once it
+        is ready or has failed."""
+        return await self._command(_Load(model), model, {EngineState.READY, EngineState.FAILED})
+
+    async def unload(self, model: str) -> EngineState:
+        """Unpin and stop ``model`` once its running requests are done."""
+        if self.engines[model].state in (EngineState.STOPPED, EngineState.FAILED):
+            self._inbox.put_nowait(_Unload(model))
+            return self.engines[model].state
+        return await self._command(_Unload(model), model, {EngineState.STOPPED, EngineState.FAILED})
+
+    async def pin(self, model: str, pinned: bool) -> EngineState:
+        """Pin (never evicted; loaded now) or unpin ``model``."""
+        if not pinned:
+            self._inbox.put_nowait(_Pin(model, False))
+            return self.engines[model].state
+        return await self._command(
+            _Pin(model, True), model, {EngineState.READY, EngineState.FAILED}
+        )
+
+    async def _command(self, msg: _Msg, model: str, until: set[EngineState]) -> EngineState:
+        if self.engines[model].state in until and not isinstance(msg, _Unload):
+            self._inbox.put_nowait(msg)
+            return self.engines[model].state
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        entry = (model, frozenset(until), fut)
+        self._state_waiters.append(entry)
+        self._inbox.put_nowait(msg)
+        try:
+            await fut
+        finally:
+            if entry in self._state_waiters:
+                self._state_waiters.remove(entry)
+        return self.engines[model].state
+
     def _on_event(self, event: Event) -> None:
         if isinstance(event, EngineStateChanged):
             self._inbox.put_nowait(event)
+            for model, until, fut in self._state_waiters:
+                if model == event.model and event.new in until and not fut.done():
+                    fut.set_result(None)
 
     async def _run(self) -> None:
         sched = self.scheduler
@@ -225,6 +277,10 @@ class Router:
                         sched.tick(now)
                     case _Load(model):
                         sched.load(model, now)
+                    case _Unload(model):
+                        sched.unload(model, now)
+                    case _Pin(model, pinned):
+                        sched.set_pinned(model, pinned, now)
                     case EngineStateChanged(model=model, new=new, error=error):
                         sched.engine_state(model, new, error, now)
             except Exception:  # pragma: no cover - a scheduler bug must not kill the loop

@@ -1,4 +1,4 @@
-"""Read-only admin routes: swapyard's health and each engine's state and logs."""
+"""Admin routes: health, the resident set, load/unload/pin, and engine logs."""
 
 from __future__ import annotations
 
@@ -24,12 +24,60 @@ async def health(request: web.Request) -> web.Response:
     )
 
 
+def _model_of(request: web.Request) -> str:
+    config = request.app[STATE].config
+    model = config.resolve(request.match_info["model"])
+    if model is None:
+        raise UnknownModel(request.match_info["model"], list(config.models))
+    return model
+
+
+async def resident(request: web.Request) -> web.Response:
+    """The resident set: each model's state, placement and memory; each device's
+    budget, use and room."""
+    state = request.app[STATE]
+    sched = state.router.scheduler
+    budget, used = sched.budget(), sched.used()
+    devices = {
+        d: {"budget": budget[d], "used": used[d], "free": budget[d] - used[d]} for d in budget
+    }
+    models = {}
+    for mid, engine in state.router.engines.items():
+        spec = state.config.models[mid]
+        models[mid] = {
+            "state": str(engine.state),
+            "devices": list(sched.devices(mid)),
+            "memory": {"declared": spec.memory, "scheduled": sched.need(mid)},
+            "pinned": sched.pinned(mid),
+            "in_flight": sched.inflight(mid),
+            "queued": sched.queued(mid),
+        }
+    return web.json_response({"devices": devices, "models": models})
+
+
+async def load(request: web.Request) -> web.Response:
+    model = _model_of(request)
+    result = await request.app[STATE].router.load(model)
+    return web.json_response({"model": model, "state": str(result)})
+
+
+async def unload(request: web.Request) -> web.Response:
+    model = _model_of(request)
+    result = await request.app[STATE].router.unload(model)
+    return web.json_response({"model": model, "state": str(result)})
+
+
+async def pin(request: web.Request) -> web.Response:
+    model = _model_of(request)
+    pinned = request.match_info["verb"] == "pin"
+    result = await request.app[STATE].router.pin(model, pinned)
+    return web.json_response({"model": model, "pinned": pinned, "state": str(result)})
+
+
 async def logs(request: web.Request) -> web.Response:
     """The engine's last output lines (``?lines=N``, default 200) as text or JSON."""
     state = request.app[STATE]
-    model = state.config.resolve(request.match_info["model"])
-    if model is None:
-        raise UnknownModel(request.match_info["model"], list(state.config.models))
+    model = _model_of(request)
     n = int(request.query.get("lines", "200"))
     lines = state.router.engines[model].logs.tail(n)
     if "application/json" in request.headers.get("Accept", ""):
@@ -39,4 +87,8 @@ async def logs(request: web.Request) -> web.Response:
 
 def add_routes(app: web.Application) -> None:
     app.router.add_get("/health", health)
+    app.router.add_get("/api/models", resident)
     app.router.add_get("/api/models/{model}/logs", logs)
+    app.router.add_post("/api/models/{model}/load", load)
+    app.router.add_post("/api/models/{model}/unload", unload)
+    app.router.add_post("/api/models/{model}/{verb:pin|unpin}", pin)

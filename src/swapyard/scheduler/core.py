@@ -99,6 +99,8 @@ class _Model:
     token: int = 0
     keep: bool = False  # loaded on purpose (preload/admin): not abandoned
     need: int | None = field(default=None)
+    pinned: bool = False
+    draining: bool = False  # unload asked: no new requests, stop once idle
 
 
 class Scheduler:
@@ -116,7 +118,7 @@ class Scheduler:
         self._m: dict[str, _Model] = {}
         for mid, t in models.items():
             terms = t if isinstance(t, ModelTerms) else ModelTerms(ttl=float(t))
-            self._m[mid] = _Model(terms, need=terms.need)
+            self._m[mid] = _Model(terms, need=terms.need, pinned=terms.pinned)
         self._queue: list[_Queued] = []
         self._running: dict[int, str] = {}
         self._armed_idle: dict[str, int] = {}
@@ -137,7 +139,18 @@ class Scheduler:
         return self._m[model].need
 
     def pinned(self, model: str) -> bool:
-        return self._m[model].terms.pinned
+        return self._m[model].pinned
+
+    def budget(self) -> dict[str, int]:
+        return dict(self._budget)
+
+    def used(self) -> dict[str, int]:
+        """Memory held per device by starting, ready and stopping models."""
+        used = dict.fromkeys(self._budget, 0)
+        for m in self._m.values():
+            for d in m.devices:
+                used[d] += self._need(m)
+        return used
 
     def queued(self, model: str | None = None) -> int:
         return sum(1 for q in self._queue if model is None or q.model == model)
@@ -191,6 +204,7 @@ class Scheduler:
         m.state = state
         if state in (S.STOPPED, S.FAILED):
             m.devices = ()
+            m.draining = False
         if state is S.READY:
             m.loaded_at = self._now
             m.last_used = self._now
@@ -204,7 +218,7 @@ class Scheduler:
     def idle_timeout(self, model: str, token: int, now: float | None = None) -> None:
         self._tick(now)
         m = self._m[model]
-        if token == m.token and m.state is S.READY and self._idle(model) and not m.terms.pinned:
+        if token == m.token and m.state is S.READY and self._idle(model) and not m.pinned:
             self._stop(model, None)
         self._step()
 
@@ -226,6 +240,25 @@ class Scheduler:
         self._m[model].keep = True
         self._step()
 
+    def unload(self, model: str, now: float | None = None) -> None:
+        """Unload on purpose: unpin, take no new requests for it, stop it once its
+        running requests are done (a running answer is never cut)."""
+        self._tick(now)
+        m = self._m[model]
+        m.keep = False
+        m.pinned = False
+        if m.state in (S.STARTING, S.READY):
+            m.draining = True
+        self._step()
+
+    def set_pinned(self, model: str, pinned: bool, now: float | None = None) -> None:
+        """Pin (never evicted, never idle-stopped, loaded now) or unpin."""
+        self._tick(now)
+        m = self._m[model]
+        m.pinned = pinned
+        m.keep = m.keep or pinned
+        self._step()
+
     def reject_all(self, error: SwapyardError) -> None:
         """Fail every queued request (shutdown)."""
         queue, self._queue = self._queue, []
@@ -240,6 +273,7 @@ class Scheduler:
     def _step(self) -> None:
         overdue = self._overdue()
         self._dispatch_ready(overdue)
+        self._stop_drained()
         self._abandon_unwanted_starts()
         self._start_loads(overdue)
         self._arm_idle_timers()
@@ -250,8 +284,10 @@ class Scheduler:
         blocked = False
         for q in self._queue:
             m = self._m[q.model]
-            can = m.state is S.READY and (
-                not m.terms.max_concurrent or m.inflight < m.terms.max_concurrent
+            can = (
+                m.state is S.READY
+                and not m.draining
+                and (not m.terms.max_concurrent or m.inflight < m.terms.max_concurrent)
             )
             if self._cfg.policy == "fifo":
                 blocked = blocked or not can
@@ -316,13 +352,18 @@ class Scheduler:
             if self._cfg.policy == "fifo" and not isinstance(p, Fit):
                 break
 
+    def _stop_drained(self) -> None:
+        for model, m in self._m.items():
+            if m.draining and m.inflight == 0 and m.state in (S.STARTING, S.READY):
+                self._stop(model, None)
+
     def _abandon_unwanted_starts(self) -> None:
         """Stop a load nobody waits for any more (its clients went away). Under FIFO,
         also one that is not for the head request: FIFO would stop it again before
         it served anyone queued behind the head."""
         head = self._queue[0].model if self._queue else None
         for model, m in self._m.items():
-            if m.state is not S.STARTING or m.keep or m.terms.pinned:
+            if m.state is not S.STARTING or m.keep or m.pinned:
                 continue
             unwanted = self.queued(model) == 0
             if self._cfg.policy == "fifo" and head is not None and head != model:
@@ -335,9 +376,9 @@ class Scheduler:
         for model, m in self._m.items():
             if m.state not in (S.STARTING, S.READY, S.STOPPING) or not m.devices:
                 continue
-            evictable = m.state is S.READY and m.inflight == 0 and not m.terms.pinned
+            evictable = m.state is S.READY and m.inflight == 0 and not m.pinned
             r = Resident(
-                model, self._need(m), m.devices, evictable, pinned=m.terms.pinned,
+                model, self._need(m), m.devices, evictable, pinned=m.pinned,
                 stopping=m.state is S.STOPPING, last_used=m.last_used, priority=m.terms.priority,
             )  # fmt: skip
             out.append(r)
