@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import tempfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -17,8 +18,14 @@ from pathlib import Path
 
 import pytest
 
+from swapyard.models.fetch import models_dir
+
 MARKER = "SWAPYARD_TEST_RUN"
 os.environ.setdefault(MARKER, uuid.uuid4().hex)
+# Tests keep their state (measured memory) to themselves, but share the models
+# fetched by `swapyard fetch-models` into the user's data dir.
+os.environ.setdefault("SWAPYARD_MODELS_DIR", str(models_dir()))
+os.environ["SWAPYARD_DATA_DIR"] = tempfile.mkdtemp(prefix="swapyard-test-data-")
 
 
 def leaked_processes() -> list[tuple[int, str]]:

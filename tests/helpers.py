@@ -18,8 +18,13 @@ def config(
     preload: list[str] | None = None,
     **server: Any,
 ) -> Config:
-    """A config from plain dicts (JSON is YAML); keyword arguments go to ``server:``."""
+    """A config from plain dicts (JSON is YAML); keyword arguments go to ``server:``.
+
+    Memory learning is off unless ``scheduler`` turns it on: models without a
+    declared need then run one at a time, the swap semantics these tests pin down,
+    whatever an earlier test measured."""
     doc: dict[str, Any] = {"server": server, "models": models}
+    scheduler = {"learn_memory": False, **(scheduler or {})}
     for key, value in (("devices", devices), ("scheduler", scheduler), ("preload", preload)):
         if value is not None:
             doc[key] = value

@@ -93,6 +93,7 @@ class _SchedulerIn(_Strict):
     max_queue: int = Field(0, ge=0)
     max_wait: Duration = 60.0
     min_residency: Duration = 5.0
+    learn_memory: bool = True
 
 
 class _ModelIn(_Strict):
@@ -150,6 +151,7 @@ class SchedulerSpec:
     max_queue: int = 0
     max_wait: float = 60.0
     min_residency: float = 5.0
+    learn_memory: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -253,7 +255,9 @@ def load_config(
                 f"{len(devices)} are declared"
             )
     sch = parsed.scheduler
-    scheduler = SchedulerSpec(sch.policy, sch.max_queue, sch.max_wait, sch.min_residency)
+    scheduler = SchedulerSpec(
+        sch.policy, sch.max_queue, sch.max_wait, sch.min_residency, sch.learn_memory
+    )
     s = parsed.server
     server = ServerSpec(
         host=s.host,

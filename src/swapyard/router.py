@@ -32,6 +32,9 @@ from swapyard.events import (
 from swapyard.ports import PortAllocator
 from swapyard.process.actor import EngineProcess
 from swapyard.process.state import EngineState
+from swapyard.resources.measure import group_rss
+from swapyard.resources.needs import MemoryFigures, initial_figures
+from swapyard.resources.store import MeasuredStore
 from swapyard.scheduler.core import Effects, ModelTerms, Scheduler, SchedulerConfig
 
 log = logging.getLogger("swapyard.router")
@@ -85,7 +88,14 @@ class _Pin:
     pinned: bool
 
 
-_Msg = _Arrive | _Done | _Idle | _Tick | _Load | _Unload | _Pin | EngineStateChanged
+@dataclass(frozen=True, slots=True)
+class _Learned:
+    model: str
+    nbytes: int
+
+
+_Msg = _Arrive | _Done | _Idle | _Tick | _Load | _Unload | _Pin | _Learned | EngineStateChanged
+MEASURE_AFTER_READY = 0.5  # seconds: let the engine settle (warm-up) before measuring
 
 
 def memory_budget(config: Config) -> dict[str, int]:
@@ -100,11 +110,14 @@ def memory_budget(config: Config) -> dict[str, int]:
     return {"ram": kib * 1024 * 9 // 10}
 
 
-def scheduler_for(config: Config, effects: Effects) -> Scheduler:
+def scheduler_for(
+    config: Config, effects: Effects, needs: Mapping[str, int | None] | None = None
+) -> Scheduler:
+    needs = needs or {}
     terms = {
         m.id: ModelTerms(
             ttl=m.ttl,
-            need=m.memory,
+            need=needs.get(m.id, m.memory),
             count=m.gpus,
             pinned=m.pin,
             priority=m.priority,
@@ -120,14 +133,27 @@ def scheduler_for(config: Config, effects: Effects) -> Scheduler:
 class Router:
     """Owns the engines and the scheduler for one config."""
 
-    def __init__(self, config: Config, bus: EventBus, http: aiohttp.ClientSession) -> None:
+    def __init__(
+        self,
+        config: Config,
+        bus: EventBus,
+        http: aiohttp.ClientSession,
+        store: MeasuredStore | None = None,
+    ) -> None:
         self.config = config
+        self.store = store
+        self.memory: dict[str, MemoryFigures] = {
+            m.id: initial_figures(m, store) for m in config.models.values()
+        }
         self.bus = bus
         ports = PortAllocator()
         self.engines: Mapping[str, EngineProcess] = {
             mid: EngineProcess(spec, bus, ports, http) for mid, spec in config.models.items()
         }
-        self.scheduler = scheduler_for(config, _RouterEffects(self))
+        needs = {mid: f.scheduled for mid, f in self.memory.items()}
+        if not config.scheduler.learn_memory:
+            needs = {mid: f.declared or f.estimated for mid, f in self.memory.items()}
+        self.scheduler = scheduler_for(config, _RouterEffects(self), needs)
         self._inbox: asyncio.Queue[_Msg] = asyncio.Queue()
         self._waiting: dict[int, tuple[asyncio.Future[str], float]] = {}
         self._ids = itertools.count(1)
@@ -237,6 +263,25 @@ class Router:
             _Pin(model, True), model, {EngineState.READY, EngineState.FAILED}
         )
 
+    async def _measure(self, model: str, pgid: int) -> None:
+        """What the engine's process group really holds, once it has settled."""
+        await asyncio.sleep(MEASURE_AFTER_READY)
+        if self.engines[model].pid != pgid or self.engines[model].state is not EngineState.READY:
+            return
+        nbytes = await asyncio.to_thread(group_rss, pgid)
+        if nbytes <= 0:
+            return
+        figures = self.memory[model]
+        figures.measured = nbytes
+        if self.store is not None:
+            self.store.put(self.config.models[model], nbytes)
+        if (
+            self.config.scheduler.learn_memory
+            and figures.declared is None
+            and figures.estimated is None
+        ):
+            self._inbox.put_nowait(_Learned(model, nbytes))
+
     async def _command(self, msg: _Msg, model: str, until: set[EngineState]) -> EngineState:
         if self.engines[model].state in until and not isinstance(msg, _Unload):
             self._inbox.put_nowait(msg)
@@ -255,6 +300,8 @@ class Router:
     def _on_event(self, event: Event) -> None:
         if isinstance(event, EngineStateChanged):
             self._inbox.put_nowait(event)
+            if event.new is EngineState.READY and event.pid is not None:
+                self._spawn(self._measure(event.model, event.pid))
             for model, until, fut in self._state_waiters:
                 if model == event.model and event.new in until and not fut.done():
                     fut.set_result(None)
@@ -281,6 +328,8 @@ class Router:
                         sched.unload(model, now)
                     case _Pin(model, pinned):
                         sched.set_pinned(model, pinned, now)
+                    case _Learned(model, nbytes):
+                        sched.learned_need(model, nbytes, now)
                     case EngineStateChanged(model=model, new=new, error=error):
                         sched.engine_state(model, new, error, now)
             except Exception:  # pragma: no cover - a scheduler bug must not kill the loop

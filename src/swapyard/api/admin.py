@@ -43,11 +43,10 @@ async def resident(request: web.Request) -> web.Response:
     }
     models = {}
     for mid, engine in state.router.engines.items():
-        spec = state.config.models[mid]
         models[mid] = {
             "state": str(engine.state),
             "devices": list(sched.devices(mid)),
-            "memory": {"declared": spec.memory, "scheduled": sched.need(mid)},
+            "memory": {**state.router.memory[mid].as_dict(), "scheduled": sched.need(mid)},
             "pinned": sched.pinned(mid),
             "in_flight": sched.inflight(mid),
             "queued": sched.queued(mid),

@@ -22,7 +22,9 @@ from swapyard.api.state import CONFIG, STATE, AppState
 from swapyard.config import Config
 from swapyard.errors import NotFound, QueueFull, RequestError, SwapyardError
 from swapyard.events import EventBus
+from swapyard.models.fetch import data_dir
 from swapyard.proxy import error_response, new_upstream_session
+from swapyard.resources.store import MeasuredStore
 from swapyard.router import Router
 
 log = logging.getLogger("swapyard")
@@ -50,7 +52,8 @@ async def _lifespan(app: web.Application) -> AsyncIterator[None]:
     config = app[CONFIG]
     bus = EventBus()
     http = new_upstream_session()
-    router = Router(config, bus, http)
+    store = MeasuredStore(data_dir() / "measured-memory.json")
+    router = Router(config, bus, http, store)
     router.run()
     state = AppState(config=config, bus=bus, http=http, router=router)
     app[STATE] = state

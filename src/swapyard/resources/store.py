@@ -1,0 +1,42 @@
+"""Measured memory per model, persisted across restarts (a small JSON file).
+
+A figure is keyed by the model id and a digest of its command, so a changed
+config does not reuse what an older engine used."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from swapyard.config import ModelSpec
+
+
+def spec_key(spec: ModelSpec) -> str:
+    return hashlib.sha256("\0".join(spec.cmd).encode()).hexdigest()[:16]
+
+
+class MeasuredStore:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._data: dict[str, dict[str, Any]] = {}
+        with contextlib.suppress(OSError, ValueError):
+            self._data = json.loads(path.read_text())
+
+    def get(self, spec: ModelSpec) -> int | None:
+        entry = self._data.get(spec.id)
+        if entry and entry.get("key") == spec_key(spec):
+            return int(entry["bytes"])
+        return None
+
+    def put(self, spec: ModelSpec, nbytes: int) -> None:
+        self._data[spec.id] = {"bytes": nbytes, "key": spec_key(spec), "at": time.time()}
+        with contextlib.suppress(OSError):
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.path.with_name(self.path.name + f".{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(self._data, indent=1, sort_keys=True))
+            tmp.replace(self.path)
