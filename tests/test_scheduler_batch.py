@@ -96,28 +96,59 @@ def test_pinned_model_is_never_evicted_nor_idle_stopped() -> None:
 
 
 def test_alternating_requests_are_batched_by_model() -> None:
-    """A B A C A with room for one model becomes A A A B C: two swaps, not four."""
+    """A B A C A with room for one model becomes A A A B C: two swaps, not four.
+    a is hot (several requests just now), so b waits for it to cool down."""
     fx = RecordingEffects()
-    s = sched(fx, {m: 20 * G for m in "abc"})
+    s = sched(fx, {m: 20 * G for m in "abc"}, min_residency=5.0)
     s.request_arrived(0, "a", now=0)
     up(s, "a", 0)  # a serves request 0 while the rest arrive
     for rid, m in enumerate("babca", start=1):
         s.request_arrived(rid, m, now=0.1 * rid)
-    order = [c[1] for c in fx.take() if c[0] == "dispatch"]
-    assert order == [0, 2, 5]  # every a request goes now
+    assert [c[1] for c in fx.take() if c[0] == "dispatch"] == [0, 2, 5]  # all of a's now
     for rid in (0, 2, 5):
         s.request_done(rid, now=1)
-    s.engine_state("a", S.STOPPED, now=1.1)
-    up(s, "b", 2)
-    s.request_done(1, now=2.5)
-    s.request_done(3, now=2.5)
-    s.engine_state("b", S.STOPPED, now=2.6)
-    up(s, "c", 3)
+    assert acts(fx.take()) == []  # a is idle but hot: nothing is evicted yet
+    s.tick(5.3)  # a's second-to-last request started at 0.2 + 5 s: it has cooled down
+    assert acts(fx.take()) == [("stop", "a", "b")]
+    s.engine_state("a", S.STOPPED, now=5.4)
+    up(s, "b", 6)
+    s.request_done(1, now=6.5)
+    s.request_done(3, now=6.5)
+    s.tick(11.1)
+    s.engine_state("b", S.STOPPED, now=11.2)
+    up(s, "c", 12)
     calls = fx.take()
     assert [c for c in calls if c[0] in ("start", "stop")] == [
-        ("stop", "a", "b"), ("start", "b"), ("stop", "b", "c"), ("start", "c"),
+        ("start", "b"), ("stop", "b", "c"), ("start", "c"),
     ]  # fmt: skip
     assert [c[1] for c in calls if c[0] == "dispatch"] == [1, 3, 4]
+
+
+def test_one_person_alternating_models_swaps_at_once() -> None:
+    """One request at a time never makes a model hot: A, B, A swaps immediately."""
+    fx = RecordingEffects()
+    s = sched(fx, {m: 20 * G for m in "ab"}, min_residency=5.0)
+    s.request_arrived(1, "a", now=0)
+    up(s, "a", 0)
+    s.request_done(1, now=1)
+    fx.take()
+    s.request_arrived(2, "b", now=2)
+    assert acts(fx.take()) == [("stop", "a", "b")]
+
+
+def test_hot_model_is_evicted_for_an_overdue_request() -> None:
+    fx = RecordingEffects()
+    s = sched(fx, {m: 20 * G for m in "ab"}, min_residency=60.0, max_wait=10.0)
+    s.request_arrived(1, "a", now=0)
+    up(s, "a", 0)
+    s.request_arrived(2, "a", now=0.5)
+    s.request_done(1, now=1)
+    s.request_done(2, now=1)
+    fx.take()
+    s.request_arrived(3, "b", now=2)
+    assert acts(fx.take()) == []
+    s.tick(12.0)  # b has waited 10 s: a's heat no longer protects it
+    assert acts(fx.take()) == [("stop", "a", "b")]
 
 
 def test_fifo_baseline_swaps_on_every_change_of_model() -> None:
@@ -270,3 +301,25 @@ def test_pin_loads_now_and_unpin_makes_it_evictable_again() -> None:
     s.request_arrived(2, "x", now=2)
     assert acts(fx.take()) == [("stop", "p", "x")]
     assert s.used() == {"g0": 20 * G} and s.budget() == {"g0": 24 * G}
+
+
+def test_hot_model_gives_way_when_the_waiting_queue_outgrows_its_demand() -> None:
+    fx = RecordingEffects()
+    s = sched(fx, {m: 20 * G for m in "ab"}, min_residency=60.0, max_wait=100.0)
+    s.request_arrived(1, "a", now=0)
+    up(s, "a", 0)
+    s.request_arrived(2, "a", now=0.5)
+    s.request_done(1, now=1)
+    s.request_done(2, now=1)  # a: 2 recent requests
+    fx.take()
+    s.request_arrived(3, "b", now=2)
+    assert acts(fx.take()) == []  # 1 waiting for b, a's demand is 2
+    s.request_arrived(4, "b", now=3)
+    assert acts(fx.take()) == [("stop", "a", "b")]  # 2 waiting: a no longer outweighs b
+
+
+def test_unload_of_a_stopped_model_changes_nothing() -> None:
+    fx = RecordingEffects()
+    s = sched(fx, {"a": 4 * G})
+    s.unload("a", now=0)
+    assert fx.take() == [] and s.state("a") is S.STOPPED

@@ -21,7 +21,12 @@ Policies (``SchedulerConfig.policy``):
   others: once one is overdue, newer requests for other models are held back so
   the busy models drain and can be evicted — except for a model loaded less than
   ``min_residency`` seconds ago, which keeps serving its queue (a load is not
-  wasted on a single request). An idle model is evictable at once.
+  wasted on a single request). A *hot* model — two or more requests started in
+  the last ``min_residency`` seconds — is not evicted while idle for a moment
+  between them as long as its recent demand exceeds the queue of the model that
+  wants its room (and nobody is overdue): requests for the other model gather
+  meanwhile and one swap serves them all. A model asked for once per turn (one
+  person alternating models) is never hot, so its swaps stay immediate.
 
 Both: a start that fails rejects the requests waiting for it; a start nobody
 waits for any more is abandoned (unless the model is pinned or was loaded on
@@ -101,6 +106,7 @@ class _Model:
     need: int | None = field(default=None)
     pinned: bool = False
     draining: bool = False  # unload asked: no new requests, stop once idle
+    started: list[float] = field(default_factory=list)  # recent dispatch times
 
 
 class Scheduler:
@@ -335,7 +341,7 @@ class Scheduler:
     def _start_loads(self, overdue: _Queued | None) -> None:
         for model in self._wanted(overdue):
             m = self._m[model]
-            p = plan(self._need(m), m.terms.count, self._budget, self._residents())
+            p = plan(self._need(m), m.terms.count, self._budget, self._residents(overdue, model))
             match p:
                 case Fit(devices):
                     m.state = S.STARTING
@@ -371,12 +377,24 @@ class Scheduler:
             if unwanted:
                 self._stop(model, head if head != model else None)
 
-    def _residents(self) -> list[Resident]:
+    def _heat(self, m: _Model) -> int:
+        """Requests started within the last ``min_residency`` seconds (hot: 2+)."""
+        since = self._now - self._cfg.min_residency
+        m.started = [t for t in m.started if t > since]
+        return len(m.started) if len(m.started) >= 2 else 0
+
+    def _residents(self, overdue: _Queued | None, target: str) -> list[Resident]:
+        """The resident set as ``target``'s placement sees it. Under batch, a hot
+        model is kept while its recent demand exceeds the queue waiting for
+        ``target`` (no request overdue): demand decides, not arrival order."""
         out = []
+        protect = self._cfg.policy == "batch" and overdue is None
+        waiting = self.queued(target)
         for model, m in self._m.items():
             if m.state not in (S.STARTING, S.READY, S.STOPPING) or not m.devices:
                 continue
             evictable = m.state is S.READY and m.inflight == 0 and not m.pinned
+            evictable = evictable and not (protect and self._heat(m) > waiting)
             r = Resident(
                 model, self._need(m), m.devices, evictable, pinned=m.pinned,
                 stopping=m.state is S.STOPPING, last_used=m.last_used, priority=m.terms.priority,
@@ -393,6 +411,7 @@ class Scheduler:
         m.inflight += 1
         m.token += 1
         m.last_used = self._now
+        m.started.append(self._now)
         self._fx.dispatch(q.request_id, q.model)
 
     def _stop(self, model: str, for_model: str | None) -> None:
@@ -431,6 +450,12 @@ class Scheduler:
                 for m in self._m.values()
                 if m.state is S.READY
             ]
+        # When a hot model cools down, it may become a victim.
+        times += [
+            m.started[-2] + self._cfg.min_residency
+            for m in self._m.values()
+            if m.state is S.READY and len(m.started) >= 2
+        ]
         future = [t for t in times if t > self._now]
         if not future:
             return
