@@ -128,3 +128,25 @@ async def test_admin_load_pin_unload_and_the_resident_set() -> None:
         assert (await post("/api/models/b/unpin"))["pinned"] is False
         async with http.post(srv.url + "/api/models/nope/load") as r:
             assert r.status == 404
+
+
+async def test_load_nobody_waits_for_is_abandoned_and_its_engine_stopped() -> None:
+    """The client goes away during a slow load: the engine is stopped, not left running."""
+    models = {"slow": {"cmd": fake_engine_cmd("slow", load_delay=30), "memory": "100MiB"}}
+    cfg = config(models, devices=GPU)
+    async with running_server(cfg) as srv, aiohttp.ClientSession() as http:
+        body = {"model": "slow", "messages": [], "max_tokens": 2}
+        task = asyncio.ensure_future(http.post(srv.url + "/v1/chat/completions", json=body))
+        for _ in range(200):
+            if srv.router.engines["slow"].state is S.STARTING:
+                break
+            await asyncio.sleep(0.02)
+        assert srv.router.engines["slow"].state is S.STARTING
+        task.cancel()  # the client disconnects
+        for _ in range(300):
+            if srv.router.engines["slow"].state is S.STOPPED:
+                break
+            await asyncio.sleep(0.02)
+        assert srv.router.engines["slow"].state is S.STOPPED
+        log = srv.router.engines["slow"].logs.tail()
+        assert "[swapyard] starting -> stopping" in log

@@ -323,3 +323,35 @@ def test_unload_of_a_stopped_model_changes_nothing() -> None:
     s = sched(fx, {"a": 4 * G})
     s.unload("a", now=0)
     assert fx.take() == [] and s.state("a") is S.STOPPED
+
+
+def test_swaps_whose_evictions_do_not_overlap_run_in_parallel() -> None:
+    fx = RecordingEffects()
+    budget = {"0": 24 * G, "1": 24 * G}
+    s = Scheduler({m: ModelTerms(need=20 * G) for m in "abcd"}, fx, budget=budget)
+    for rid, m in ((1, "a"), (2, "b")):
+        s.request_arrived(rid, m, now=0)
+        up(s, m, 0)
+        s.request_done(rid, now=1)
+    fx.take()
+    s.request_arrived(3, "c", now=2)
+    s.request_arrived(4, "d", now=2)
+    assert sorted(c for c in acts(fx.take()) if c[0] == "stop") == [
+        ("stop", "a", "c"), ("stop", "b", "d"),
+    ]  # fmt: skip
+    s.engine_state("b", S.STOPPED, now=3)  # d's room is free first: d does not wait for c
+    assert fx.take()[0] == ("start", "d")
+
+
+def test_room_freed_for_a_request_that_left_goes_to_the_next_one() -> None:
+    fx = RecordingEffects()
+    s = Scheduler({m: ModelTerms(need=20 * G) for m in "acd"}, fx, budget={"0": 24 * G})
+    s.request_arrived(1, "a", now=0)
+    up(s, "a", 0)
+    s.request_done(1, now=1)
+    s.request_arrived(2, "c", now=2)
+    assert ("stop", "a", "c") in fx.take()
+    s.request_done(2, now=2.5)  # c's client goes away
+    s.engine_state("a", S.STOPPED, now=3)
+    s.request_arrived(3, "d", now=4)
+    assert ("start", "d") in fx.take()

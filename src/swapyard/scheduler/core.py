@@ -129,6 +129,9 @@ class Scheduler:
         self._running: dict[int, str] = {}
         self._armed_idle: dict[str, int] = {}
         self._armed_wake: float | None = None
+        self._claims: dict[str, str] = {}  # stopping model -> the model it makes room for
+        # Room a finished stop freed, kept for its claimant until that one starts.
+        self._reserved: dict[str, list[tuple[tuple[str, ...], int]]] = {}
         self._now = 0.0
 
     # -- read-only views -----------------------------------------------------------
@@ -209,6 +212,9 @@ class Scheduler:
         m = self._m[model]
         m.state = state
         if state in (S.STOPPED, S.FAILED):
+            claimant = self._claims.pop(model, None)
+            if claimant is not None and m.devices:
+                self._reserved.setdefault(claimant, []).append((m.devices, self._need(m)))
             m.devices = ()
             m.draining = False
         if state is S.READY:
@@ -277,6 +283,8 @@ class Scheduler:
             self._now = now
 
     def _step(self) -> None:
+        for claimant in [c for c in self._reserved if not self._wants(c)]:
+            del self._reserved[claimant]
         overdue = self._overdue()
         self._dispatch_ready(overdue)
         self._stop_drained()
@@ -346,6 +354,7 @@ class Scheduler:
                 case Fit(devices):
                     m.state = S.STARTING
                     m.devices = devices
+                    self._reserved.pop(model, None)
                     self._fx.start(model, devices)
                 case Evict(_, victims):
                     for v in victims:
@@ -377,6 +386,10 @@ class Scheduler:
             if unwanted:
                 self._stop(model, head if head != model else None)
 
+    def _wants(self, model: str) -> bool:
+        m = self._m[model]
+        return m.state in (S.STOPPED, S.FAILED) and (m.keep or self.queued(model) > 0)
+
     def _heat(self, m: _Model) -> int:
         """Requests started within the last ``min_residency`` seconds (hot: 2+)."""
         since = self._now - self._cfg.min_residency
@@ -395,11 +408,18 @@ class Scheduler:
                 continue
             evictable = m.state is S.READY and m.inflight == 0 and not m.pinned
             evictable = evictable and not (protect and self._heat(m) > waiting)
+            # Room being freed for another model is that model's: plan around it,
+            # so swaps whose evictions do not overlap run in parallel.
+            stopping = m.state is S.STOPPING and self._claims.get(model, target) == target
             r = Resident(
                 model, self._need(m), m.devices, evictable, pinned=m.pinned,
-                stopping=m.state is S.STOPPING, last_used=m.last_used, priority=m.terms.priority,
+                stopping=stopping, last_used=m.last_used, priority=m.terms.priority,
             )  # fmt: skip
             out.append(r)
+        for claimant, rooms in self._reserved.items():
+            if claimant != target:
+                for devices, need in rooms:
+                    out.append(Resident(f"(room for {claimant})", need, devices, False))
         return out
 
     def _need(self, m: _Model) -> int:
@@ -416,6 +436,8 @@ class Scheduler:
 
     def _stop(self, model: str, for_model: str | None) -> None:
         self._m[model].state = S.STOPPING
+        if for_model is not None:
+            self._claims[model] = for_model
         self._fx.stop(model, for_model=for_model)
 
     def _idle(self, model: str) -> bool:
