@@ -157,3 +157,15 @@ def test_json_schema_lists_model_keys() -> None:
     schema = config_json_schema()
     assert "models" in schema["properties"]
     assert "ttl" in schema["$defs"]["_ModelIn"]["properties"]
+
+
+def test_scheduler_devices_and_preload_are_validated() -> None:
+    base = "models:\n  m: {cmd: 'x ${PORT}', gpus: 3}\n"
+    with pytest.raises(ConfigError, match="asks for 3 devices, 1 are declared"):
+        load_config(base + "devices: {g: {memory: 8GiB}}\n")
+    with pytest.raises(ConfigError, match="reserve: must be less than its memory"):
+        load_config("models: {}\ndevices: {g: {memory: 1GiB, reserve: 2GiB}}\n")
+    with pytest.raises(ConfigError, match=r"preload\[0\]: 'nope' is not a model id"):
+        load_config("models:\n  m: {cmd: 'x ${PORT}'}\npreload: [nope]\n")
+    with pytest.raises(ConfigError, match=r"scheduler\.policy"):
+        load_config("models: {}\nscheduler: {policy: lifo}\n")

@@ -150,3 +150,22 @@ async def test_load_nobody_waits_for_is_abandoned_and_its_engine_stopped() -> No
         assert srv.router.engines["slow"].state is S.STOPPED
         log = srv.router.engines["slow"].logs.tail()
         assert "[swapyard] starting -> stopping" in log
+
+
+async def test_engine_sees_only_the_gpus_it_was_placed_on() -> None:
+    models = {
+        "one": {"cmd": fake_engine_cmd("one"), "memory": "20GiB"},
+        "tp": {"cmd": fake_engine_cmd("tp"), "memory": "10GiB", "gpus": 2},
+    }
+    gpus = {str(i): {"memory": "24GiB"} for i in range(3)}
+    async with running_server(config(models, devices=gpus)) as srv:
+        async with aiohttp.ClientSession() as http:
+            for m in ("one", "tp"):
+                async with http.post(
+                    srv.url + "/v1/chat/completions", json={"model": m, "messages": []}
+                ) as r:
+                    assert r.status == 200
+        seen = {m: [x for x in srv.router.engines[m].logs.tail() if "CUDA_VISIBLE" in x]
+                for m in ("one", "tp")}  # fmt: skip
+    assert seen["one"] == ["[fake-engine] CUDA_VISIBLE_DEVICES=0"]
+    assert seen["tp"] == ["[fake-engine] CUDA_VISIBLE_DEVICES=1,2"]

@@ -32,6 +32,7 @@ from swapyard.events import (
 from swapyard.ports import PortAllocator
 from swapyard.process.actor import EngineProcess
 from swapyard.process.state import EngineState
+from swapyard.resources.devices import memory_budget
 from swapyard.resources.measure import group_rss
 from swapyard.resources.needs import MemoryFigures, initial_figures
 from swapyard.resources.store import MeasuredStore
@@ -98,20 +99,11 @@ _Msg = _Arrive | _Done | _Idle | _Tick | _Load | _Unload | _Pin | _Learned | Eng
 MEASURE_AFTER_READY = 0.5  # seconds: let the engine settle (warm-up) before measuring
 
 
-def memory_budget(config: Config) -> dict[str, int]:
-    """Per device: declared devices, else the machine's RAM as one device (less 10 %)."""
-    if config.devices:
-        return {d.id: d.budget for d in config.devices}
-    try:
-        with open("/proc/meminfo") as f:
-            kib = next(int(line.split()[1]) for line in f if line.startswith("MemTotal:"))
-    except (OSError, StopIteration, ValueError):  # pragma: no cover - not Linux
-        kib = 8 * 2**20
-    return {"ram": kib * 1024 * 9 // 10}
-
-
 def scheduler_for(
-    config: Config, effects: Effects, needs: Mapping[str, int | None] | None = None
+    config: Config,
+    effects: Effects,
+    needs: Mapping[str, int | None] | None = None,
+    budget: Mapping[str, int] | None = None,
 ) -> Scheduler:
     needs = needs or {}
     terms = {
@@ -127,7 +119,9 @@ def scheduler_for(
     }
     sc = config.scheduler
     cfg = SchedulerConfig(sc.policy, sc.max_queue, sc.max_wait, sc.min_residency)
-    return Scheduler(terms, effects, budget=memory_budget(config), config=cfg)
+    if budget is None:
+        budget = memory_budget(config)[0]
+    return Scheduler(terms, effects, budget=budget, config=cfg)
 
 
 class Router:
@@ -153,7 +147,8 @@ class Router:
         needs = {mid: f.scheduled for mid, f in self.memory.items()}
         if not config.scheduler.learn_memory:
             needs = {mid: f.declared or f.estimated for mid, f in self.memory.items()}
-        self.scheduler = scheduler_for(config, _RouterEffects(self), needs)
+        budget, self.cuda_devices = memory_budget(config)
+        self.scheduler = scheduler_for(config, _RouterEffects(self), needs, budget)
         self._inbox: asyncio.Queue[_Msg] = asyncio.Queue()
         self._waiting: dict[int, tuple[asyncio.Future[str], float]] = {}
         self._ids = itertools.count(1)
@@ -347,8 +342,8 @@ class _RouterEffects:
 
     def start(self, model: str, devices: tuple[str, ...]) -> None:
         env = {}
-        if self._r.config.devices and all(d.isdigit() for d in devices):
-            # Declared devices named by their CUDA index: the engine sees only its own.
+        if self._r.cuda_devices:
+            # Devices are CUDA indexes: the engine sees only the GPUs it was placed on.
             env["CUDA_VISIBLE_DEVICES"] = ",".join(devices)
         self._r._spawn(_quiet(self._r.engines[model].start(env)))
 

@@ -7,7 +7,7 @@ import logging
 from dataclasses import dataclass
 
 from swapyard.config import ModelSpec
-from swapyard.resources import gguf
+from swapyard.resources import gguf, hf
 from swapyard.resources.store import MeasuredStore
 
 log = logging.getLogger("swapyard.memory")
@@ -42,10 +42,11 @@ PYTHON_RUNTIME = 24 * 2**20
 
 
 def estimate_argv(argv: tuple[str, ...]) -> int | None:
-    """An estimate from the GGUF named in a llama.cpp-style command, if any."""
+    """An estimate from the model files a command names: a ``-m`` GGUF
+    (llama.cpp), else a Hugging Face folder among its arguments (vLLM, SGLang)."""
     path, context = gguf.model_file_and_context(argv)
     if path is None:
-        return None
+        return _estimate_hf(argv)
     try:
         total = gguf.estimate(gguf.read_info(path), context).total
     except (OSError, ValueError, KeyError) as exc:
@@ -64,3 +65,18 @@ def initial_figures(spec: ModelSpec, store: MeasuredStore | None) -> MemoryFigur
         estimated=None if spec.memory is not None else estimate_from_files(spec),
         measured=store.get(spec) if store is not None else None,
     )
+
+
+def _estimate_hf(argv: tuple[str, ...]) -> int | None:
+    context = None
+    for flag in ("--max-model-len", "--context-length", "--max_seq_len"):
+        if flag in argv[:-1] and argv[argv.index(flag) + 1].isdigit():
+            context = int(argv[argv.index(flag) + 1])
+    for arg in argv[1:]:
+        if arg.startswith("/") and hf.is_model_dir(arg):
+            try:
+                return hf.estimate_dir(arg, context).total
+            except (OSError, ValueError, KeyError) as exc:
+                log.warning("cannot estimate the memory needed by %s: %s", arg, exc)
+                return None
+    return None

@@ -211,6 +211,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     say(f"pid {os.getpid()} pgid {os.getpgid(0)} model {args.model_id} port {args.port}")
+    say(f"CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', '')}")
     if args.exit_on_start is not None:
         say("error: cannot load model weights: file is corrupt (simulated)")
         sys.exit(args.exit_on_start)

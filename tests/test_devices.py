@@ -1,0 +1,64 @@
+"""Where the memory budget comes from: declared devices, NVML GPUs, or RAM.
+
+NVML cannot run on these CPU machines; a stand-in ``pynvml`` module with NVML's
+documented functions shows how its answers become the budget."""
+
+from __future__ import annotations
+
+import sys
+import types
+from typing import Any
+
+import pytest
+
+from helpers import config
+from swapyard.resources.devices import GPU_RESERVE, memory_budget, nvml_gpus, ram_bytes
+
+G = 2**30
+
+
+def fake_pynvml(totals: list[int], fail_init: bool = False) -> types.ModuleType:
+    mod = types.ModuleType("pynvml")
+
+    class NVMLError(Exception):
+        pass
+
+    def init() -> None:
+        if fail_init:
+            raise NVMLError("Driver Not Loaded")
+
+    mod.NVMLError = NVMLError  # type: ignore[attr-defined]
+    mod.nvmlInit = init  # type: ignore[attr-defined]
+    mod.nvmlShutdown = lambda: None  # type: ignore[attr-defined]
+    mod.nvmlDeviceGetCount = lambda: len(totals)  # type: ignore[attr-defined]
+    mod.nvmlDeviceGetHandleByIndex = lambda i: i  # type: ignore[attr-defined]
+    mod.nvmlDeviceGetMemoryInfo = lambda h: types.SimpleNamespace(total=totals[h])  # type: ignore[attr-defined]
+    return mod
+
+
+def test_declared_devices_win(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "pynvml", fake_pynvml([80 * G]))
+    cfg = config({}, devices={"0": {"memory": "24GiB", "reserve": "1GiB"}})
+    assert memory_budget(cfg) == ({"0": 23 * G}, True)
+    named = config({}, devices={"big": {"memory": "8GiB"}})
+    assert memory_budget(named) == ({"big": 8 * G}, False)
+
+
+def test_nvml_gpus_become_cuda_indexed_devices(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "pynvml", fake_pynvml([24 * G, 16 * G]))
+    assert nvml_gpus() == {"0": 24 * G, "1": 16 * G}
+    assert memory_budget(config({})) == (
+        {"0": 24 * G - GPU_RESERVE, "1": 16 * G - GPU_RESERVE}, True,
+    )  # fmt: skip
+
+
+def test_without_usable_nvml_the_budget_is_ram(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "pynvml", fake_pynvml([24 * G], fail_init=True))
+    budget, cuda = memory_budget(config({}))
+    assert list(budget) == ["ram"] and not cuda
+    assert 0 < budget["ram"] < ram_bytes()
+    monkeypatch.setitem(sys.modules, "pynvml", fake_pynvml([]))
+    assert nvml_gpus() is None
+    none: Any = None
+    monkeypatch.setitem(sys.modules, "pynvml", none)  # import fails: not installed
+    assert nvml_gpus() is None
