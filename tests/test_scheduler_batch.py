@@ -18,6 +18,7 @@ def sched(
     **cfg: object,
 ) -> Scheduler:
     terms = {m: ModelTerms(need=n) for m, n in needs.items()}
+    cfg.setdefault("costly_load", 0.0)  # loads here take no time; count them as costly
     return Scheduler(
         terms,
         fx,
@@ -355,3 +356,18 @@ def test_room_freed_for_a_request_that_left_goes_to_the_next_one() -> None:
     s.engine_state("a", S.STOPPED, now=3)
     s.request_arrived(3, "d", now=4)
     assert ("start", "d") in fx.take()
+
+
+def test_hot_model_that_reloads_in_a_blink_is_not_protected() -> None:
+    """Batching pays only when swaps are costly: a 0.3 s load is swapped at once."""
+    fx = RecordingEffects()
+    s = sched(fx, {m: 20 * G for m in "ab"}, min_residency=60.0, costly_load=1.0)
+    s.request_arrived(1, "a", now=0)
+    s.engine_state("a", S.STARTING, now=0)
+    s.engine_state("a", S.READY, now=0.3)
+    s.request_arrived(2, "a", now=0.5)
+    s.request_done(1, now=1)
+    s.request_done(2, now=1)
+    fx.take()
+    s.request_arrived(3, "b", now=2)  # a is hot, but cheap to bring back
+    assert acts(fx.take()) == [("stop", "a", "b")]

@@ -24,9 +24,11 @@ Policies (``SchedulerConfig.policy``):
   wasted on a single request). A *hot* model — two or more requests started in
   the last ``min_residency`` seconds — is not evicted while idle for a moment
   between them as long as its recent demand exceeds the queue of the model that
-  wants its room (and nobody is overdue): requests for the other model gather
-  meanwhile and one swap serves them all. A model asked for once per turn (one
-  person alternating models) is never hot, so its swaps stay immediate.
+  wants its room (and nobody is overdue), if reloading it is costly (its last
+  load took ``costly_load`` seconds or more, or is unknown): requests for the
+  other model gather meanwhile and one swap serves them all. A model asked for
+  once per turn (one person alternating models) is never hot, and a model that
+  loads in a blink is not worth holding requests for: those swaps stay immediate.
 
 Both: a start that fails rejects the requests waiting for it; a start nobody
 waits for any more is abandoned (unless the model is pinned or was loaded on
@@ -84,6 +86,9 @@ class SchedulerConfig:
     max_wait: float = 60.0
     min_residency: float = 5.0
     retry_after: float = 1.0
+    # Holding requests back to batch them only pays when a swap is expensive: a
+    # hot model is protected only if reloading it takes at least this long.
+    costly_load: float = 1.0
 
 
 @dataclass(slots=True)
@@ -107,6 +112,8 @@ class _Model:
     pinned: bool = False
     draining: bool = False  # unload asked: no new requests, stop once idle
     started: list[float] = field(default_factory=list)  # recent dispatch times
+    starting_at: float = 0.0
+    load_time: float | None = None  # last starting -> ready, seconds
 
 
 class Scheduler:
@@ -217,9 +224,12 @@ class Scheduler:
                 self._reserved.setdefault(claimant, []).append((m.devices, self._need(m)))
             m.devices = ()
             m.draining = False
+        if state is S.STARTING:
+            m.starting_at = self._now
         if state is S.READY:
             m.loaded_at = self._now
             m.last_used = self._now
+            m.load_time = self._now - m.starting_at
         if state is S.FAILED and isinstance(error, EngineStartError):
             # A start that failed fails its waiters; after a crash while serving,
             # the requests queued for it start it again when their turn comes.
@@ -407,7 +417,8 @@ class Scheduler:
             if m.state not in (S.STARTING, S.READY, S.STOPPING) or not m.devices:
                 continue
             evictable = m.state is S.READY and m.inflight == 0 and not m.pinned
-            evictable = evictable and not (protect and self._heat(m) > waiting)
+            costly = m.load_time is None or m.load_time >= self._cfg.costly_load
+            evictable = evictable and not (protect and costly and self._heat(m) > waiting)
             # Room being freed for another model is that model's: plan around it,
             # so swaps whose evictions do not overlap run in parallel.
             stopping = m.state is S.STOPPING and self._claims.get(model, target) == target
