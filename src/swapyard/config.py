@@ -93,6 +93,7 @@ class _SchedulerIn(_Strict):
     max_queue: int = Field(0, ge=0)
     max_wait: Duration = 60.0
     min_residency: Duration = 5.0
+    costly_load: Duration = 1.0
     learn_memory: bool = True
 
 
@@ -152,6 +153,7 @@ class SchedulerSpec:
     max_wait: float = 60.0
     min_residency: float = 5.0
     learn_memory: bool = True
+    costly_load: float = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -256,8 +258,9 @@ def load_config(
             )
     sch = parsed.scheduler
     scheduler = SchedulerSpec(
-        sch.policy, sch.max_queue, sch.max_wait, sch.min_residency, sch.learn_memory
-    )
+        sch.policy, sch.max_queue, sch.max_wait, sch.min_residency, sch.learn_memory,
+        sch.costly_load,
+    )  # fmt: skip
     s = parsed.server
     server = ServerSpec(
         host=s.host,

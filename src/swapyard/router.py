@@ -118,7 +118,9 @@ def scheduler_for(
         for m in config.models.values()
     }
     sc = config.scheduler
-    cfg = SchedulerConfig(sc.policy, sc.max_queue, sc.max_wait, sc.min_residency)
+    cfg = SchedulerConfig(
+        sc.policy, sc.max_queue, sc.max_wait, sc.min_residency, costly_load=sc.costly_load
+    )
     if budget is None:
         budget = memory_budget(config)[0]
     return Scheduler(terms, effects, budget=budget, config=cfg)

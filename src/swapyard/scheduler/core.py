@@ -38,82 +38,23 @@ purpose); a ready model idle for its ``ttl`` is stopped.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import Literal, Protocol
 
 from swapyard.errors import EngineStartError, InsufficientMemory, QueueFull, SwapyardError
 from swapyard.process.state import EngineState
 from swapyard.scheduler.placement import Evict, Fit, Never, Resident, plan
+from swapyard.scheduler.terms import (
+    Effects,
+    ModelTerms,
+    ModelView,
+    Policy,
+    Queued,
+    SchedulerConfig,
+)
+
+__all__ = ["Effects", "ModelTerms", "Policy", "Scheduler", "SchedulerConfig"]
 
 S = EngineState
-Policy = Literal["fifo", "batch"]
 DEFAULT_DEVICE = "default"
-
-
-class Effects(Protocol):
-    """What the scheduler asks the world to do. Implementations must not call back
-    into the scheduler synchronously; they report outcomes as later events."""
-
-    def start(self, model: str, devices: tuple[str, ...]) -> None: ...
-
-    def stop(self, model: str, *, for_model: str | None) -> None: ...
-
-    def dispatch(self, request_id: int, model: str) -> None: ...
-
-    def reject(self, request_id: int, error: SwapyardError) -> None: ...
-
-    def arm_idle_timer(self, model: str, ttl: float, token: int) -> None: ...
-
-    def wake_at(self, when: float) -> None: ...
-
-
-@dataclass(frozen=True, slots=True)
-class ModelTerms:
-    """What the scheduler knows of one model."""
-
-    ttl: float = 0.0
-    need: int | None = None
-    count: int = 1
-    pinned: bool = False
-    priority: int = 0
-    max_concurrent: int = 0  # 0: no limit
-
-
-@dataclass(frozen=True, slots=True)
-class SchedulerConfig:
-    policy: Policy = "batch"
-    max_queue: int = 0  # 0: no bound
-    max_wait: float = 60.0
-    min_residency: float = 5.0
-    retry_after: float = 1.0
-    # Holding requests back to batch them only pays when a swap is expensive: a
-    # hot model is protected only if reloading it takes at least this long.
-    costly_load: float = 1.0
-
-
-@dataclass(slots=True)
-class _Queued:
-    request_id: int
-    model: str
-    arrived: float
-
-
-@dataclass(slots=True)
-class _Model:
-    terms: ModelTerms
-    state: EngineState = S.STOPPED
-    inflight: int = 0
-    devices: tuple[str, ...] = ()
-    loaded_at: float = 0.0
-    last_used: float = 0.0
-    token: int = 0
-    keep: bool = False  # loaded on purpose (preload/admin): not abandoned
-    need: int | None = field(default=None)
-    pinned: bool = False
-    draining: bool = False  # unload asked: no new requests, stop once idle
-    started: list[float] = field(default_factory=list)  # recent dispatch times
-    starting_at: float = 0.0
-    load_time: float | None = None  # last starting -> ready, seconds
 
 
 class Scheduler:
@@ -128,11 +69,11 @@ class Scheduler:
         self._fx = effects
         self._cfg = config or SchedulerConfig()
         self._budget = dict(budget or {DEFAULT_DEVICE: 1})
-        self._m: dict[str, _Model] = {}
+        self._m: dict[str, ModelView] = {}
         for mid, t in models.items():
             terms = t if isinstance(t, ModelTerms) else ModelTerms(ttl=float(t))
-            self._m[mid] = _Model(terms, need=terms.need, pinned=terms.pinned)
-        self._queue: list[_Queued] = []
+            self._m[mid] = ModelView(terms, need=terms.need, pinned=terms.pinned)
+        self._queue: list[Queued] = []
         self._running: dict[int, str] = {}
         self._armed_idle: dict[str, int] = {}
         self._armed_wake: float | None = None
@@ -192,7 +133,7 @@ class Scheduler:
             )
             self._fx.reject(request_id, err)
             return
-        self._queue.append(_Queued(request_id, model, self._now))
+        self._queue.append(Queued(request_id, model, self._now))
         self._step()
 
     def request_done(self, request_id: int, now: float | None = None) -> None:
@@ -303,8 +244,8 @@ class Scheduler:
         self._arm_idle_timers()
         self._arm_wake()
 
-    def _dispatch_ready(self, overdue: _Queued | None) -> None:
-        keep: list[_Queued] = []
+    def _dispatch_ready(self, overdue: Queued | None) -> None:
+        keep: list[Queued] = []
         blocked = False
         for q in self._queue:
             m = self._m[q.model]
@@ -328,7 +269,7 @@ class Scheduler:
                 keep.append(q)
         self._queue = keep
 
-    def _overdue(self) -> _Queued | None:
+    def _overdue(self) -> Queued | None:
         """The oldest request that waited ``max_wait`` for a model that is not ready."""
         if self._cfg.policy == "fifo":
             return None
@@ -342,7 +283,7 @@ class Scheduler:
                 return None
         return None
 
-    def _wanted(self, overdue: _Queued | None) -> list[str]:
+    def _wanted(self, overdue: Queued | None) -> list[str]:
         """Models to load, most urgent first."""
         if self._cfg.policy == "fifo":
             order = [self._queue[0].model] if self._queue else []
@@ -356,7 +297,7 @@ class Scheduler:
         order += [mid for mid, m in self._m.items() if m.keep and mid not in order]
         return [mid for mid in order if self._m[mid].state in (S.STOPPED, S.FAILED)]
 
-    def _start_loads(self, overdue: _Queued | None) -> None:
+    def _start_loads(self, overdue: Queued | None) -> None:
         for model in self._wanted(overdue):
             m = self._m[model]
             p = plan(self._need(m), m.terms.count, self._budget, self._residents(overdue, model))
@@ -400,13 +341,13 @@ class Scheduler:
         m = self._m[model]
         return m.state in (S.STOPPED, S.FAILED) and (m.keep or self.queued(model) > 0)
 
-    def _heat(self, m: _Model) -> int:
+    def _heat(self, m: ModelView) -> int:
         """Requests started within the last ``min_residency`` seconds (hot: 2+)."""
         since = self._now - self._cfg.min_residency
         m.started = [t for t in m.started if t > since]
         return len(m.started) if len(m.started) >= 2 else 0
 
-    def _residents(self, overdue: _Queued | None, target: str) -> list[Resident]:
+    def _residents(self, overdue: Queued | None, target: str) -> list[Resident]:
         """The resident set as ``target``'s placement sees it. Under batch, a hot
         model is kept while its recent demand exceeds the queue waiting for
         ``target`` (no request overdue): demand decides, not arrival order."""
@@ -433,10 +374,10 @@ class Scheduler:
                     out.append(Resident(f"(room for {claimant})", need, devices, False))
         return out
 
-    def _need(self, m: _Model) -> int:
+    def _need(self, m: ModelView) -> int:
         return m.need if m.need is not None else max(self._budget.values())
 
-    def _dispatch(self, q: _Queued) -> None:
+    def _dispatch(self, q: Queued) -> None:
         m = self._m[q.model]
         self._running[q.request_id] = q.model
         m.inflight += 1
@@ -498,7 +439,7 @@ class Scheduler:
             self._fx.wake_at(when)
 
     def _reject_queued(self, model: str, error: SwapyardError) -> None:
-        keep: list[_Queued] = []
+        keep: list[Queued] = []
         for q in self._queue:
             if q.model == model:
                 self._fx.reject(q.request_id, error)

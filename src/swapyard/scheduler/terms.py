@@ -1,0 +1,79 @@
+"""The scheduler's contract: what it is told about models, how it is configured,
+what it asks of the world (``Effects``), and its per-model bookkeeping."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+from swapyard.errors import SwapyardError
+from swapyard.process.state import EngineState
+
+S = EngineState
+Policy = Literal["fifo", "batch"]
+
+
+class Effects(Protocol):
+    """What the scheduler asks the world to do. Implementations must not call back
+    into the scheduler synchronously; they report outcomes as later events."""
+
+    def start(self, model: str, devices: tuple[str, ...]) -> None: ...
+
+    def stop(self, model: str, *, for_model: str | None) -> None: ...
+
+    def dispatch(self, request_id: int, model: str) -> None: ...
+
+    def reject(self, request_id: int, error: SwapyardError) -> None: ...
+
+    def arm_idle_timer(self, model: str, ttl: float, token: int) -> None: ...
+
+    def wake_at(self, when: float) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class ModelTerms:
+    """What the scheduler knows of one model."""
+
+    ttl: float = 0.0
+    need: int | None = None
+    count: int = 1
+    pinned: bool = False
+    priority: int = 0
+    max_concurrent: int = 0  # 0: no limit
+
+
+@dataclass(frozen=True, slots=True)
+class SchedulerConfig:
+    policy: Policy = "batch"
+    max_queue: int = 0  # 0: no bound
+    max_wait: float = 60.0
+    min_residency: float = 5.0
+    retry_after: float = 1.0
+    # Holding requests back to batch them only pays when a swap is expensive: a
+    # hot model is protected only if reloading it takes at least this long.
+    costly_load: float = 1.0
+
+
+@dataclass(slots=True)
+class Queued:
+    request_id: int
+    model: str
+    arrived: float
+
+
+@dataclass(slots=True)
+class ModelView:
+    terms: ModelTerms
+    state: EngineState = S.STOPPED
+    inflight: int = 0
+    devices: tuple[str, ...] = ()
+    loaded_at: float = 0.0
+    last_used: float = 0.0
+    token: int = 0
+    keep: bool = False  # loaded on purpose (preload/admin): not abandoned
+    need: int | None = field(default=None)
+    pinned: bool = False
+    draining: bool = False  # unload asked: no new requests, stop once idle
+    started: list[float] = field(default_factory=list)  # recent dispatch times
+    starting_at: float = 0.0
+    load_time: float | None = None  # last starting -> ready, seconds
