@@ -164,12 +164,13 @@ async def main() -> None:
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--rate", type=float, default=2.0, help="arrivals per second")
     ap.add_argument("--max-wait", default="20s")
+    ap.add_argument("--min-residency", default="5s", help="the config default")
     ap.add_argument("--only", default="fake,llama")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
     only = set(args.only.split(","))
     res: dict[str, Any] = {"max_wait": args.max_wait, "seed": args.seed}
-    sched = {"max_wait": args.max_wait, "min_residency": "3s"}
+    sched = {"max_wait": args.max_wait, "min_residency": args.min_residency}
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http:
         if "fake" in only:
             names = ["m1", "m2", "m3", "m4"]
