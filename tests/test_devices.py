@@ -62,3 +62,25 @@ def test_without_usable_nvml_the_budget_is_ram(monkeypatch: pytest.MonkeyPatch) 
     none: Any = None
     monkeypatch.setitem(sys.modules, "pynvml", none)  # import fails: not installed
     assert nvml_gpus() is None
+
+
+def test_gpu_memory_of_a_process_group_comes_from_nvml_per_process(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import os
+
+    from swapyard.resources.measure import group_gpu_memory
+
+    me = os.getpid()
+    mod = fake_pynvml([24 * G, 24 * G])
+    procs = {0: [types.SimpleNamespace(pid=1, usedGpuMemory=9 * G)],
+             1: [types.SimpleNamespace(pid=me, usedGpuMemory=3 * G),
+                 types.SimpleNamespace(pid=me, usedGpuMemory=None)]}  # fmt: skip
+    mod.nvmlDeviceGetComputeRunningProcesses = lambda h: procs[h]  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "pynvml", mod)
+    assert group_gpu_memory(os.getpgid(0)) == {"1": 3 * G}  # only our group, per device
+    monkeypatch.setitem(sys.modules, "pynvml", fake_pynvml([24 * G], fail_init=True))
+    assert group_gpu_memory(os.getpgid(0)) is None
+    none: Any = None
+    monkeypatch.setitem(sys.modules, "pynvml", none)
+    assert group_gpu_memory(os.getpgid(0)) is None

@@ -33,7 +33,7 @@ from swapyard.ports import PortAllocator
 from swapyard.process.actor import EngineProcess
 from swapyard.process.state import EngineState
 from swapyard.resources.devices import memory_budget
-from swapyard.resources.measure import group_rss
+from swapyard.resources.measure import group_gpu_memory, group_rss
 from swapyard.resources.needs import MemoryFigures, initial_figures
 from swapyard.resources.store import MeasuredStore
 from swapyard.scheduler.core import Effects, ModelTerms, Scheduler, SchedulerConfig
@@ -260,12 +260,21 @@ class Router:
             _Pin(model, True), model, {EngineState.READY, EngineState.FAILED}
         )
 
+    def _used_by(self, pgid: int) -> int:
+        """On GPUs, the most the group holds on any one device (a need is per
+        device); else its resident memory."""
+        if self.cuda_devices:
+            gpu = group_gpu_memory(pgid)
+            if gpu:
+                return max(gpu.values())
+        return group_rss(pgid)
+
     async def _measure(self, model: str, pgid: int) -> None:
         """What the engine's process group really holds, once it has settled."""
         await asyncio.sleep(MEASURE_AFTER_READY)
         if self.engines[model].pid != pgid or self.engines[model].state is not EngineState.READY:
             return
-        nbytes = await asyncio.to_thread(group_rss, pgid)
+        nbytes = await asyncio.to_thread(self._used_by, pgid)
         if nbytes <= 0:
             return
         figures = self.memory[model]

@@ -1,25 +1,65 @@
-"""What a running engine really uses: the resident memory of its process group."""
+"""What a running engine really uses: GPU memory of its process group per device
+(NVML), or the resident memory of its process group (CPU engines)."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 _PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
-def group_rss(pgid: int, proc: Path = Path("/proc")) -> int:
-    """Resident bytes of every live process in process group ``pgid``."""
-    total = 0
+def group_pids(pgid: int, proc: Path = Path("/proc")) -> dict[int, Path]:
+    """Live (non-zombie) processes of process group ``pgid``: pid → /proc entry."""
+    out = {}
     for entry in proc.iterdir():
         if not entry.name.isdigit():
             continue
         try:
-            stat = (entry / "stat").read_text()
-            fields = stat.rsplit(")", 1)[1].split()
-            if fields[0] == "Z" or int(fields[2]) != pgid:
-                continue
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if fields[0] != "Z" and int(fields[2]) == pgid:
+            out[int(entry.name)] = entry
+    return out
+
+
+def group_rss(pgid: int) -> int:
+    """Resident bytes of every live process in process group ``pgid``."""
+    total = 0
+    for entry in group_pids(pgid).values():
+        try:
             total += int((entry / "statm").read_text().split()[1]) * _PAGE
         except (OSError, IndexError, ValueError):
             continue
     return total
+
+
+def group_gpu_memory(pgid: int) -> dict[str, int] | None:
+    """GPU memory the group's processes hold, per CUDA index (NVML), or None when
+    NVML is missing or the group holds none."""
+    try:
+        import pynvml
+    except ImportError:
+        return None
+    nvml: Any = pynvml
+    pids = set(group_pids(pgid))
+    try:
+        nvml.nvmlInit()
+    except nvml.NVMLError:
+        return None
+    try:
+        out = {}
+        for i in range(nvml.nvmlDeviceGetCount()):
+            handle = nvml.nvmlDeviceGetHandleByIndex(i)
+            used = sum(
+                p.usedGpuMemory or 0
+                for p in nvml.nvmlDeviceGetComputeRunningProcesses(handle)
+                if p.pid in pids
+            )
+            if used:
+                out[str(i)] = int(used)
+    finally:
+        nvml.nvmlShutdown()
+    return out or None
