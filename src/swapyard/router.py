@@ -29,6 +29,17 @@ from swapyard.events import (
     RequestFinished,
     SwapStarted,
 )
+from swapyard.inbox import (
+    Arrive,
+    Done,
+    Idle,
+    Learned,
+    Load,
+    Message,
+    Pin,
+    Tick,
+    Unload,
+)
 from swapyard.ports import PortAllocator
 from swapyard.process.actor import EngineProcess
 from swapyard.process.state import EngineState
@@ -51,51 +62,6 @@ class Lease:
     waited: float
 
 
-@dataclass(frozen=True, slots=True)
-class _Arrive:
-    request_id: int
-    model: str
-
-
-@dataclass(frozen=True, slots=True)
-class _Done:
-    request_id: int
-
-
-@dataclass(frozen=True, slots=True)
-class _Idle:
-    model: str
-    token: int
-
-
-@dataclass(frozen=True, slots=True)
-class _Tick:
-    pass
-
-
-@dataclass(frozen=True, slots=True)
-class _Load:
-    model: str
-
-
-@dataclass(frozen=True, slots=True)
-class _Unload:
-    model: str
-
-
-@dataclass(frozen=True, slots=True)
-class _Pin:
-    model: str
-    pinned: bool
-
-
-@dataclass(frozen=True, slots=True)
-class _Learned:
-    model: str
-    nbytes: int
-
-
-_Msg = _Arrive | _Done | _Idle | _Tick | _Load | _Unload | _Pin | _Learned | EngineStateChanged
 MEASURE_AFTER_READY = 0.5  # seconds: let the engine settle (warm-up) before measuring
 
 
@@ -151,7 +117,7 @@ class Router:
             needs = {mid: f.declared or f.estimated for mid, f in self.memory.items()}
         budget, self.cuda_devices = memory_budget(config)
         self.scheduler = scheduler_for(config, _RouterEffects(self), needs, budget)
-        self._inbox: asyncio.Queue[_Msg] = asyncio.Queue()
+        self._inbox: asyncio.Queue[Message] = asyncio.Queue()
         self._waiting: dict[int, tuple[asyncio.Future[str], float]] = {}
         self._ids = itertools.count(1)
         self._task: asyncio.Task[None] | None = None
@@ -168,7 +134,7 @@ class Router:
         self._task = asyncio.create_task(self._run(), name="router")
         for m in self.config.models.values():
             if m.pin or m.id in self.config.preload:
-                self._inbox.put_nowait(_Load(m.id))
+                self._inbox.put_nowait(Load(m.id))
 
     def stop_admitting(self) -> None:
         """Refuse new requests and reject the queued ones; running ones go on."""
@@ -212,18 +178,18 @@ class Router:
         fut: asyncio.Future[str] = asyncio.get_running_loop().create_future()
         t0 = time.monotonic()
         self._waiting[rid] = (fut, t0)
-        self._inbox.put_nowait(_Arrive(rid, model))
+        self._inbox.put_nowait(Arrive(rid, model))
         try:
             await fut
         except BaseException:
             self._waiting.pop(rid, None)
             if not (fut.done() and not fut.cancelled() and fut.exception() is not None):
-                self._inbox.put_nowait(_Done(rid))
+                self._inbox.put_nowait(Done(rid))
             raise
         return Lease(rid, model, self.engines[model].upstream, time.monotonic() - t0)
 
     def release(self, lease: Lease) -> None:
-        self._inbox.put_nowait(_Done(lease.request_id))
+        self._inbox.put_nowait(Done(lease.request_id))
         self.bus.publish(RequestFinished(lease.request_id, lease.model))
 
     def admits(self) -> bool:
@@ -242,23 +208,21 @@ class Router:
     async def load(self, model: str) -> EngineState:
         """Load ``model`` on purpose (kept until unloaded or evicted); returns once it
         is ready or has failed."""
-        return await self._command(_Load(model), model, {EngineState.READY, EngineState.FAILED})
+        return await self._command(Load(model), model, {EngineState.READY, EngineState.FAILED})
 
     async def unload(self, model: str) -> EngineState:
         """Unpin and stop ``model`` once its running requests are done."""
         if self.engines[model].state in (EngineState.STOPPED, EngineState.FAILED):
-            self._inbox.put_nowait(_Unload(model))
+            self._inbox.put_nowait(Unload(model))
             return self.engines[model].state
-        return await self._command(_Unload(model), model, {EngineState.STOPPED, EngineState.FAILED})
+        return await self._command(Unload(model), model, {EngineState.STOPPED, EngineState.FAILED})
 
     async def pin(self, model: str, pinned: bool) -> EngineState:
         """Pin (never evicted; loaded now) or unpin ``model``."""
         if not pinned:
-            self._inbox.put_nowait(_Pin(model, False))
+            self._inbox.put_nowait(Pin(model, False))
             return self.engines[model].state
-        return await self._command(
-            _Pin(model, True), model, {EngineState.READY, EngineState.FAILED}
-        )
+        return await self._command(Pin(model, True), model, {EngineState.READY, EngineState.FAILED})
 
     def _used_by(self, pgid: int) -> int:
         """On GPUs, the most the group holds on any one device (a need is per
@@ -286,10 +250,10 @@ class Router:
             and figures.declared is None
             and figures.estimated is None
         ):
-            self._inbox.put_nowait(_Learned(model, nbytes))
+            self._inbox.put_nowait(Learned(model, nbytes))
 
-    async def _command(self, msg: _Msg, model: str, until: set[EngineState]) -> EngineState:
-        if self.engines[model].state in until and not isinstance(msg, _Unload):
+    async def _command(self, msg: Message, model: str, until: set[EngineState]) -> EngineState:
+        if self.engines[model].state in until and not isinstance(msg, Unload):
             self._inbox.put_nowait(msg)
             return self.engines[model].state
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -319,22 +283,22 @@ class Router:
             now = time.monotonic()
             try:
                 match msg:
-                    case _Arrive(rid, model):
+                    case Arrive(rid, model):
                         if rid in self._waiting:
                             sched.request_arrived(rid, model, now)
-                    case _Done(rid):
+                    case Done(rid):
                         sched.request_done(rid, now)
-                    case _Idle(model, token):
+                    case Idle(model, token):
                         sched.idle_timeout(model, token, now)
-                    case _Tick():
+                    case Tick():
                         sched.tick(now)
-                    case _Load(model):
+                    case Load(model):
                         sched.load(model, now)
-                    case _Unload(model):
+                    case Unload(model):
                         sched.unload(model, now)
-                    case _Pin(model, pinned):
+                    case Pin(model, pinned):
                         sched.set_pinned(model, pinned, now)
-                    case _Learned(model, nbytes):
+                    case Learned(model, nbytes):
                         sched.learned_need(model, nbytes, now)
                     case EngineStateChanged(model=model, new=new, error=error):
                         sched.engine_state(model, new, error, now)
@@ -366,7 +330,7 @@ class _RouterEffects:
     def dispatch(self, request_id: int, model: str) -> None:
         entry = self._r._waiting.pop(request_id, None)
         if entry is None or entry[0].done():
-            self._r._inbox.put_nowait(_Done(request_id))
+            self._r._inbox.put_nowait(Done(request_id))
             return
         fut, t0 = entry
         fut.set_result(model)
@@ -378,9 +342,9 @@ class _RouterEffects:
             entry[0].set_exception(error)
 
     def wake_at(self, when: float) -> None:
-        self._after(max(0.0, when - time.monotonic()), _Tick())
+        self._after(max(0.0, when - time.monotonic()), Tick())
 
-    def _after(self, delay: float, msg: _Msg) -> None:
+    def _after(self, delay: float, msg: Message) -> None:
         loop = asyncio.get_running_loop()
         timers = self._r._timers
 
@@ -392,7 +356,7 @@ class _RouterEffects:
         timers.add(handle)
 
     def arm_idle_timer(self, model: str, ttl: float, token: int) -> None:
-        self._after(ttl, _Idle(model, token))
+        self._after(ttl, Idle(model, token))
 
 
 async def _quiet(coro: Any) -> None:

@@ -1,0 +1,55 @@
+"""What the router's run loop receives: requests coming and going, timers, admin
+commands and measurements (engine state changes arrive as events)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from swapyard.events import EngineStateChanged
+
+
+@dataclass(frozen=True, slots=True)
+class Arrive:
+    request_id: int
+    model: str
+
+
+@dataclass(frozen=True, slots=True)
+class Done:
+    request_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class Idle:
+    model: str
+    token: int
+
+
+@dataclass(frozen=True, slots=True)
+class Tick:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Load:
+    model: str
+
+
+@dataclass(frozen=True, slots=True)
+class Unload:
+    model: str
+
+
+@dataclass(frozen=True, slots=True)
+class Pin:
+    model: str
+    pinned: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Learned:
+    model: str
+    nbytes: int
+
+
+Message = Arrive | Done | Idle | Tick | Load | Unload | Pin | Learned | EngineStateChanged
