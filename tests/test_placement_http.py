@@ -169,3 +169,30 @@ async def test_engine_sees_only_the_gpus_it_was_placed_on() -> None:
                 for m in ("one", "tp")}  # fmt: skip
     assert seen["one"] == ["[fake-engine] CUDA_VISIBLE_DEVICES=0"]
     assert seen["tp"] == ["[fake-engine] CUDA_VISIBLE_DEVICES=1,2"]
+
+
+async def test_full_queue_answers_429_with_retry_after_before_streaming() -> None:
+    models = {"slow": {"cmd": fake_engine_cmd("slow", load_delay=30), "memory": "100MiB"}}
+    cfg = config(models, devices=GPU, scheduler={"max_queue": 1})
+    async with running_server(cfg) as srv, aiohttp.ClientSession() as http:
+        body = {"model": "slow", "messages": [], "stream": True}
+        waiting = await http.post(srv.url + "/v1/chat/completions", json=body)  # queued
+        await waiting.content.readany()  # its loading status began
+        async with http.post(srv.url + "/v1/chat/completions", json=body) as r:
+            assert r.status == 429
+            assert r.headers["Retry-After"] == "1"
+            assert (await r.json())["error"]["code"] == "queue_full"
+        waiting.close()
+
+
+async def test_admin_load_of_a_failed_model_waits_for_its_new_start(tmp_path: Any) -> None:
+    flag = f"{tmp_path}/tried"
+    fake = fake_engine_cmd("flaky").replace("${PORT}", '"$1"')
+    script = f"if [ -f {flag} ]; then exec {fake}; else touch {flag}; exit 4; fi"
+    models = {"flaky": {"cmd": ["sh", "-c", script, "sh", "${PORT}"], "memory": "100MiB"}}
+    async with running_server(config(models, devices=GPU)) as srv:
+        async with aiohttp.ClientSession() as http:
+            async with http.post(srv.url + "/api/models/flaky/load") as r:
+                assert (await r.json())["state"] == "failed"
+            async with http.post(srv.url + "/api/models/flaky/load") as r:
+                assert (await r.json())["state"] == "ready"

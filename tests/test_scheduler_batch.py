@@ -220,7 +220,9 @@ def test_queue_bound_rejects_with_queue_full() -> None:
     for rid in (1, 2, 3):
         s.request_arrived(rid, "a", now=0)
     assert ("reject", 3, "QueueFull") in fx.take()
-    assert s.queued() == 2 and not s.admits()
+    assert s.queued() == 2
+    err = s.queue_full()
+    assert err is not None and err.status == 429 and "limit is 2" in err.message
 
 
 def test_model_that_can_never_fit_fails_at_once() -> None:

@@ -183,7 +183,8 @@ class Router:
             await fut
         except BaseException:
             self._waiting.pop(rid, None)
-            if not (fut.done() and not fut.cancelled() and fut.exception() is not None):
+            rejected = fut.done() and not fut.cancelled() and fut.exception() is not None
+            if not rejected:  # the scheduler still counts it (queued or dispatched)
                 self._inbox.put_nowait(Done(rid))
             raise
         return Lease(rid, model, self.engines[model].upstream, time.monotonic() - t0)
@@ -192,9 +193,14 @@ class Router:
         self._inbox.put_nowait(Done(lease.request_id))
         self.bus.publish(RequestFinished(lease.request_id, lease.model))
 
-    def admits(self) -> bool:
-        """Whether the queue has room for one more request (checked before streaming)."""
-        return not self._closing and self.scheduler.admits()
+    def check_admission(self) -> None:
+        """Raise now what ``acquire`` would answer at once: ``ShuttingDown``, or
+        ``QueueFull`` when the queue is at its bound (before any streaming starts)."""
+        if self._closing:
+            raise ShuttingDown("swapyard is shutting down")
+        err = self.scheduler.queue_full()
+        if err is not None:
+            raise err
 
     def ready_now(self, model: str) -> bool:
         """Whether a request for ``model`` would be dispatched without waiting."""
@@ -203,26 +209,22 @@ class Router:
     def position(self, request_id: int) -> int | None:
         return self.scheduler.position(request_id)
 
-    # -- the loop ---------------------------------------------------------------------
     # -- control (admin API, CLI) ----------------------------------------------------
     async def load(self, model: str) -> EngineState:
         """Load ``model`` on purpose (kept until unloaded or evicted); returns once it
-        is ready or has failed."""
-        return await self._command(Load(model), model, {EngineState.READY, EngineState.FAILED})
+        is ready or its start has failed (a failed model is started again)."""
+        return await self._command(Load(model), model, done={EngineState.READY})
 
     async def unload(self, model: str) -> EngineState:
         """Unpin and stop ``model`` once its running requests are done."""
-        if self.engines[model].state in (EngineState.STOPPED, EngineState.FAILED):
-            self._inbox.put_nowait(Unload(model))
-            return self.engines[model].state
-        return await self._command(Unload(model), model, {EngineState.STOPPED, EngineState.FAILED})
+        return await self._command(
+            Unload(model), model, done={EngineState.STOPPED, EngineState.FAILED}
+        )
 
     async def pin(self, model: str, pinned: bool) -> EngineState:
         """Pin (never evicted; loaded now) or unpin ``model``."""
-        if not pinned:
-            self._inbox.put_nowait(Pin(model, False))
-            return self.engines[model].state
-        return await self._command(Pin(model, True), model, {EngineState.READY, EngineState.FAILED})
+        done = {EngineState.READY} if pinned else set(EngineState)
+        return await self._command(Pin(model, pinned), model, done)
 
     def _used_by(self, pgid: int) -> int:
         """On GPUs, the most the group holds on any one device (a need is per
@@ -252,12 +254,14 @@ class Router:
         ):
             self._inbox.put_nowait(Learned(model, nbytes))
 
-    async def _command(self, msg: Message, model: str, until: set[EngineState]) -> EngineState:
-        if self.engines[model].state in until and not isinstance(msg, Unload):
+    async def _command(self, msg: Message, model: str, done: set[EngineState]) -> EngineState:
+        """Send ``msg``; return at once if ``model`` is already in a ``done`` state,
+        else when it next reaches one of them or fails."""
+        if self.engines[model].state in done:
             self._inbox.put_nowait(msg)
             return self.engines[model].state
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        entry = (model, frozenset(until), fut)
+        entry = (model, frozenset(done | {EngineState.FAILED}), fut)
         self._state_waiters.append(entry)
         self._inbox.put_nowait(msg)
         try:
@@ -276,6 +280,7 @@ class Router:
                 if model == event.model and event.new in until and not fut.done():
                     fut.set_result(None)
 
+    # -- the loop ---------------------------------------------------------------------
     async def _run(self) -> None:
         sched = self.scheduler
         while True:

@@ -12,7 +12,7 @@ from aiohttp import web
 from swapyard.api.loading import stream_with_loading_status
 from swapyard.api.state import STATE, AppState
 from swapyard.config import Config
-from swapyard.errors import BodyTooLarge, InvalidJSON, MissingModel, QueueFull, UnknownModel
+from swapyard.errors import BodyTooLarge, InvalidJSON, MissingModel, UnknownModel
 from swapyard.proxy import open_upstream, pipe_response
 
 
@@ -62,12 +62,7 @@ async def proxy_post(request: web.Request) -> web.StreamResponse:
     name, doc = parse_model(request.headers.get("Content-Type", ""), body)
     model = resolve(state.config, name)
     router = state.router
-    if not router.admits():
-        # Before any streaming starts, so the client gets a real 429.
-        raise QueueFull(
-            f"the queue holds {state.config.scheduler.max_queue} requests",
-            retry_after=1.0,
-        )
+    router.check_admission()  # before any streaming starts: a real 429 or 503
     if (
         doc is not None
         and doc.get("stream") is True

@@ -119,18 +119,19 @@ class Scheduler:
                 return i + 1
         return None
 
-    def admits(self) -> bool:
-        """Whether one more request fits in the queue (checked before streaming)."""
-        return not self._cfg.max_queue or len(self._queue) < self._cfg.max_queue
+    def queue_full(self) -> QueueFull | None:
+        """The error for one more request if the queue is at ``max_queue``, else None."""
+        if not self._cfg.max_queue or len(self._queue) < self._cfg.max_queue:
+            return None
+        return QueueFull(
+            f"{len(self._queue)} requests are waiting, the limit is {self._cfg.max_queue}",
+            retry_after=self._cfg.retry_after,
+        )
 
     # -- what happened ------------------------------------------------------------------
     def request_arrived(self, request_id: int, model: str, now: float | None = None) -> None:
         self._tick(now)
-        if not self.admits():
-            err = QueueFull(
-                f"{len(self._queue)} requests are waiting, the limit is {self._cfg.max_queue}",
-                retry_after=self._cfg.retry_after,
-            )
+        if (err := self.queue_full()) is not None:
             self._fx.reject(request_id, err)
             return
         self._queue.append(Queued(request_id, model, self._now))
