@@ -18,6 +18,7 @@ _SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<
 _STRING, _ARRAY = 8, 9
 RUNTIME = 32 * 2**20  # the server process itself: code, libraries, HTTP threads
 UBATCH = 512  # llama.cpp's default micro-batch
+BIG_ARRAY = 4096  # metadata arrays this long are counted, not decoded
 # Compute buffer per micro-batch token and embedding unit, fitted to llama.cpp's own
 # report for SmolLM2-135M (n_embd 576): "CPU compute buffer size = 15.51 MiB".
 COMPUTE_PER_TOKEN_EMBD = 56
@@ -109,12 +110,21 @@ def _value(f: BinaryIO, vtype: int) -> Any:
     if vtype == _STRING:
         return _string(f)
     if vtype == _ARRAY:
+        # Big arrays (the tokenizer's tokens, merges, scores) are only counted:
+        # skipped, not decoded, so reading a header stays cheap at start-up.
         itype, n = struct.unpack("<IQ", f.read(12))
         if itype == _STRING:
-            return [_string(f) for _ in range(n)]
+            if n < BIG_ARRAY:
+                return [_string(f) for _ in range(n)]
+            for _ in range(n):
+                (length,) = struct.unpack("<Q", f.read(8))
+                f.seek(length, os.SEEK_CUR)
+            return [None] * n
         fmt = _SCALARS[itype]
         size = struct.calcsize(fmt)
-        data = f.read(size * n)
-        return list(struct.unpack(f"<{n}{fmt[1]}", data)) if n < 4096 else [None] * n
+        if n >= BIG_ARRAY:
+            f.seek(size * n, os.SEEK_CUR)
+            return [None] * n
+        return list(struct.unpack(f"<{n}{fmt[1]}", f.read(size * n)))
     fmt = _SCALARS[vtype]
     return struct.unpack(fmt, f.read(struct.calcsize(fmt)))[0]
