@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from swapyard.config import Config, ModelSpec, load_config
+from swapyard.resources.measure import group_pids
 
 
 def config(
@@ -37,18 +38,7 @@ def spec(cmd: str | list[str], **fields: Any) -> ModelSpec:
 
 def group_members(pgid: int) -> list[int]:
     """Live (non-zombie) processes in process group ``pgid``."""
-    out = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        fields = stat.rsplit(")", 1)[1].split()
-        if fields[0] != "Z" and int(fields[2]) == pgid:
-            out.append(int(entry.name))
-    return out
+    return sorted(group_pids(pgid))
 
 
 def pid_alive(pid: int) -> bool:
