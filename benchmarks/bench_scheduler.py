@@ -101,6 +101,27 @@ async def starts(http: aiohttp.ClientSession, url: str, models: list[str]) -> in
     return n
 
 
+async def run_policies(
+    http: aiohttp.ClientSession, cfg: dict[str, Any], traces: list[list[Arrival]]
+) -> dict[str, dict[str, Any]]:
+    """Each policy against each trace (one per seed); latencies pooled, swaps and
+    times summed over the seeds."""
+    rows: dict[str, dict[str, Any]] = {}
+    for policy in ("fifo", "batch"):
+        runs = [await run_policy(http, cfg, policy, t) for t in traces]
+        lat = [x for r in runs for x in r.pop("latencies")]
+        rows[policy] = {
+            "p50_s": statistics.median(lat),
+            "p95_s": pct(lat, 0.95),
+            "max_s": max(lat),
+            "starts": sum(r["starts"] for r in runs),
+            "swaps": sum(r["swaps"] for r in runs),
+            "total_s": sum(r["total_s"] for r in runs),
+            "per_seed": runs,
+        }
+    return rows
+
+
 async def run_policy(
     http: aiohttp.ClientSession, cfg: dict[str, Any], policy: str, trace: list[Arrival]
 ) -> dict[str, Any]:
@@ -129,11 +150,13 @@ async def run_policy(
         "starts": n_starts,
         "swaps": n_starts - len(used),
         "total_s": total,
+        "latencies": lat,
     }
 
 
 def table(title: str, rows: dict[str, dict[str, Any]], n: int) -> str:
     f, b = rows["fifo"], rows["batch"]
+    rows = {k: v for k, v in rows.items() if k in ("fifo", "batch")}
     out = [
         f"\n### {title} ({n} requests)\n",
         "| policy | p50 s | p95 s | max s | engine starts | swaps | time to last answer s |",
@@ -162,15 +185,23 @@ async def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--requests", type=int, default=80)
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--seeds", type=int, default=1, help="traces to replay: seed, seed+1, ...")
     ap.add_argument("--rate", type=float, default=2.0, help="arrivals per second")
     ap.add_argument("--max-wait", default="20s")
     ap.add_argument("--min-residency", default="5s", help="the config default")
+    ap.add_argument("--assumed-load", default="5s", help="the config default")
+    ap.add_argument("--swap-factor", type=float, default=1.0, help="the config default")
     ap.add_argument("--only", default="fake,llama")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
     only = set(args.only.split(","))
-    res: dict[str, Any] = {"max_wait": args.max_wait, "seed": args.seed}
-    sched = {"max_wait": args.max_wait, "min_residency": args.min_residency}
+    res: dict[str, Any] = {"max_wait": args.max_wait, "seed": args.seed, "seeds": args.seeds}
+    sched = {
+        "max_wait": args.max_wait,
+        "min_residency": args.min_residency,
+        "assumed_load": args.assumed_load,
+        "swap_factor": args.swap_factor,
+    }
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http:
         if "fake" in only:
             names = ["m1", "m2", "m3", "m4"]
@@ -186,10 +217,14 @@ async def main() -> None:
                     for m in names
                 },
             }
-            trace = make_trace(names, args.requests, rate=args.rate, seed=args.seed)
-            rows = {p: await run_policy(http, cfg, p, trace) for p in ("fifo", "batch")}
+            traces = [
+                make_trace(names, args.requests, rate=args.rate, seed=args.seed + i)
+                for i in range(args.seeds)
+            ]
+            rows = await run_policies(http, cfg, traces)
             res["fake"] = rows
-            print(table("Fake engines: 4 models, memory for 2, 1.5 s loads", rows, len(trace)))
+            title = "Fake engines: 4 models, memory for 2, 1.5 s loads"
+            print(table(title, rows, sum(map(len, traces))))
         if "llama" in only and os.access(LLAMA_SERVER, os.X_OK):
             models = ensure_default_models()
             names = ["smollm2", "tiny"]
@@ -200,10 +235,13 @@ async def main() -> None:
                 "models": {m: {"cmd": llama_cmd(models[m], m)} for m in names},
             }
             n = max(20, args.requests // 2)
-            trace = make_trace(names, n, rate=args.rate, seed=args.seed)
-            rows = {p: await run_policy(http, cfg, p, trace) for p in ("fifo", "batch")}
+            traces = [
+                make_trace(names, n, rate=args.rate, seed=args.seed + i) for i in range(args.seeds)
+            ]
+            rows = await run_policies(http, cfg, traces)
             res["llama"] = rows
-            print(table("llama.cpp: smollm2 + tiny, memory for one", rows, len(trace)))
+            title = "llama.cpp: smollm2 + tiny, memory for one"
+            print(table(title, rows, sum(map(len, traces))))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(res, indent=2))

@@ -13,9 +13,10 @@ import os
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
+import aiohttp
 import pytest
 
 from swapyard.models.fetch import models_dir
@@ -62,6 +63,12 @@ def kill(procs: list[tuple[int, str]]) -> None:
     for pid, _ in procs:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, 9)
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as s:
+        yield s
 
 
 @pytest.fixture(autouse=True, scope="module")

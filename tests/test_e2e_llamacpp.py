@@ -7,6 +7,7 @@ Runs twice: with the prebuilt ``xllamacpp`` wheel (the default engine) and with
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -111,3 +112,32 @@ async def test_real_llamacpp_swaps_between_two_models(engine: str, models: dict[
             assert len(answer.split()) >= 3, answer
         finally:
             await client.close()
+
+
+async def test_engine_llamacpp_with_only_model_given(engine: str, models: dict[str, Path]) -> None:
+    """``engine: llamacpp`` + ``model:`` is all a user writes: swapyard builds the
+    command, health check and readiness; streaming usage is requested from the
+    engine and reaches the client only when it asked for it."""
+    only = {"engine": "llamacpp", "model": str(models["smollm2"])}
+    cfg = load_config(json.dumps({"models": {"smol": only}}))
+    async with running_server(cfg) as srv:
+        client = AsyncOpenAI(base_url=srv.url + "/v1", api_key="none", max_retries=0)
+        try:
+            answer, status = await ask(client, "smol", stream=True)
+            assert "blue" in answer.lower(), answer
+            assert status[-1].startswith("Model smol ready after")
+            chunks = await client.chat.completions.create(
+                model="smol", messages=[{"role": "user", "content": QUESTION}], max_tokens=8,
+                stream=True, stream_options={"include_usage": True},
+            )  # fmt: skip
+            usage = [c.usage async for c in chunks if c.usage is not None]
+            assert usage and usage[-1].completion_tokens == 8
+            plain = await client.chat.completions.create(
+                model="smol", messages=[{"role": "user", "content": QUESTION}], max_tokens=8,
+                stream=True,
+            )  # fmt: skip
+            assert [c.usage async for c in plain if c.usage is not None] == []
+        finally:
+            await client.close()
+        launched = srv.router.engines["smol"].logs.tail()[1]
+        assert "--alias smol" in launched and "--port" in launched

@@ -351,7 +351,7 @@ async def test_health_reports_swapyard_and_each_engine(http: aiohttp.ClientSessi
         assert doc["models"]["a"] == {
             "state": "stopped", "pid": None, "upstream": None,
             "state_for_s": doc["models"]["a"]["state_for_s"], "last_error": None,
-            "in_flight": 0, "queued": 0,
+            "in_flight": 0, "queued": 0, "fast_swap": None,
         }  # fmt: skip
         async with http.get(
             srv.url + "/api/models/bee/logs", headers={"Accept": "application/json"}

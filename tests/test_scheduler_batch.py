@@ -18,7 +18,6 @@ def sched(
     **cfg: object,
 ) -> Scheduler:
     terms = {m: ModelTerms(need=n) for m, n in needs.items()}
-    cfg.setdefault("costly_load", 0.0)  # loads here take no time; count them as costly
     return Scheduler(
         terms,
         fx,
@@ -28,7 +27,8 @@ def sched(
 
 
 def up(s: Scheduler, model: str, now: float = 0.0) -> None:
-    s.engine_state(model, S.STARTING, now=now)
+    """Starting since the last event, ready at ``now``."""
+    s.engine_state(model, S.STARTING)
     s.engine_state(model, S.READY, now=now)
 
 
@@ -360,16 +360,27 @@ def test_room_freed_for_a_request_that_left_goes_to_the_next_one() -> None:
     assert ("start", "d") in fx.take()
 
 
-def test_hot_model_that_reloads_in_a_blink_is_not_protected() -> None:
-    """Batching pays only when swaps are costly: a 0.3 s load is swapped at once."""
-    fx = RecordingEffects()
-    s = sched(fx, {m: 20 * G for m in "ab"}, min_residency=60.0, costly_load=1.0)
-    s.request_arrived(1, "a", now=0)
-    s.engine_state("a", S.STARTING, now=0)
-    s.engine_state("a", S.READY, now=0.3)
-    s.request_arrived(2, "a", now=0.5)
-    s.request_done(1, now=1)
-    s.request_done(2, now=1)
-    fx.take()
-    s.request_arrived(3, "b", now=2)  # a is hot, but cheap to bring back
-    assert acts(fx.take()) == [("stop", "a", "b")]
+def test_hot_model_that_reloads_in_a_blink_is_held_only_until_the_wait_pays() -> None:
+    """Rent or buy: a hot model is kept only until the requests held back for the
+    other one have waited as long as the swap costs (``swap_factor`` x both loads);
+    two waiting requests pay it twice as fast as one."""
+    for waiting, due in ((1, 3.8), (2, 2.9)):
+        fx = RecordingEffects()
+        s = sched(fx, {m: 20 * G for m in "ab"}, min_residency=60.0, assumed_load=0.3)
+        s.request_arrived(1, "a", now=0)
+        s.engine_state("a", S.STARTING, now=0)
+        s.engine_state("a", S.READY, now=0.3)  # measured: 0.3 s; b's is assumed 0.3 s
+        for rid in (10, 11):  # a is hot: three requests in a row
+            s.request_arrived(rid, "a", now=0.5)
+        for rid in (1, 10, 11):
+            s.request_done(rid, now=1)
+        fx.take()
+        for rid in range(3, 3 + waiting):
+            s.request_arrived(rid, "b", now=2)  # a is hot: b waits for now
+        calls = fx.take()
+        assert acts(calls) == []
+        assert ("wake", due) in calls  # 3 x (0.3 + 0.3) s of waiting, from t=2
+        s.tick(due - 0.01)
+        assert acts(fx.take()) == []
+        s.tick(due)
+        assert acts(fx.take()) == [("stop", "a", "b")]

@@ -26,6 +26,11 @@ ALLOWED = {
     (S.STOPPING, S.FAILED),
     (S.FAILED, S.STARTING),
     (S.FAILED, S.STOPPED),
+    # fast swaps
+    (S.STOPPING, S.SLEEPING),
+    (S.SLEEPING, S.STARTING),
+    (S.SLEEPING, S.STOPPING),
+    (S.SLEEPING, S.FAILED),
 }
 
 
@@ -45,5 +50,7 @@ def test_table_is_exactly_the_documented_edges() -> None:
 
 
 def test_states_are_lower_case_strings() -> None:
-    assert [str(s) for s in S] == ["stopped", "starting", "ready", "stopping", "failed"]
-    assert [s for s in S if is_running(s)] == [S.STARTING, S.READY, S.STOPPING]
+    assert [str(s) for s in S] == [
+        "stopped", "starting", "ready", "stopping", "failed", "sleeping",
+    ]  # fmt: skip
+    assert [s for s in S if is_running(s)] == [S.STARTING, S.READY, S.STOPPING, S.SLEEPING]

@@ -20,6 +20,8 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
+from swapyard.engines import Adapter, EngineFields, adapter
+from swapyard.engines.base import EngineKind, Launch
 from swapyard.errors import ConfigError
 
 LoadingStatus = Literal["reasoning", "content", "off"]
@@ -93,12 +95,31 @@ class _SchedulerIn(_Strict):
     max_queue: int = Field(0, ge=0)
     max_wait: Duration = 60.0
     min_residency: Duration = 5.0
-    costly_load: Duration = 1.0
+    assumed_load: Duration = 5.0
+    swap_factor: float = Field(3.0, ge=0)
+    host_memory: Size | None = None
     learn_memory: bool = True
 
 
 class _ModelIn(_Strict):
-    cmd: str | list[str]
+    engine: EngineKind = "command"
+    cmd: str | list[str] | None = None
+    model: str | None = None
+    context: int | None = Field(None, gt=0)
+    quantization: str | None = None
+    tensor_parallel: int = Field(1, ge=1)
+    gpu_memory_fraction: float | None = Field(None, gt=0, le=1)
+    extra_args: str | list[str] = []
+    launcher: str | list[str] | None = None
+    base_url: str | None = None
+    api_key_env: str | None = None
+    admin_key_env: str | None = None
+    fast_swap: bool = True
+    sleep_level: Literal[1, 2] = 1
+    sleep_memory: Size | None = None
+    host_memory: Size | None = None
+    cumulative_stream: bool = False
+    stream_usage: bool | None = None
     env: dict[str, str] = {}
     proxy: str = "http://127.0.0.1:${PORT}"
     check_endpoint: str = "/health"
@@ -110,7 +131,7 @@ class _ModelIn(_Strict):
     unlisted: bool = False
     name: str | None = None
     memory: Size | None = None
-    gpus: int = Field(1, ge=1)
+    gpus: int | None = Field(None, ge=1)
     pin: bool = False
     priority: int = 0
     max_concurrent: int = Field(0, ge=0)
@@ -153,7 +174,9 @@ class SchedulerSpec:
     max_wait: float = 60.0
     min_residency: float = 5.0
     learn_memory: bool = True
-    costly_load: float = 1.0
+    assumed_load: float = 5.0
+    swap_factor: float = 3.0
+    host_memory: int | None = None  # host RAM for sleeping engines (default: 90 % of RAM)
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,11 +201,36 @@ class ModelSpec:
     pin: bool = False
     priority: int = 0
     max_concurrent: int = 0
+    engine: str = "command"
+    fields: EngineFields | None = None
+    check_headers: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    upstream_headers: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    upstream_model: str | None = None
+    stream_usage: bool = False
+    cumulative_stream: bool = False
+    sleep_memory: int | None = None  # GPU memory held while asleep (fast swap)
+    host_memory: int | None = None  # host RAM held while asleep
 
     @property
     def needs_port(self) -> bool:
         """Whether a free port must be allocated for each start."""
-        return "${PORT}" in self.proxy or any("${PORT}" in a for a in self.cmd)
+        return "${PORT}" in self.proxy or any(
+            "${PORT}" in a for a in (*self.cmd, *self.env.values())
+        )
+
+    @property
+    def remote(self) -> bool:
+        """No process: another server (``engine: openai`` or a remote Ollama)."""
+        return not self.cmd
+
+    @property
+    def adapter(self) -> Adapter:
+        return adapter(self.engine)
+
+    @property
+    def fast(self) -> bool:
+        """Whether the engine offers a fast swap (sleep/wake, unload/load)."""
+        return self.fields is not None and self.adapter.fast(self.fields) is not None
 
 
 @dataclass(frozen=True, slots=True)
@@ -259,7 +307,7 @@ def load_config(
     sch = parsed.scheduler
     scheduler = SchedulerSpec(
         sch.policy, sch.max_queue, sch.max_wait, sch.min_residency, sch.learn_memory,
-        sch.costly_load,
+        sch.assumed_load, sch.swap_factor, sch.host_memory,
     )  # fmt: skip
     s = parsed.server
     server = ServerSpec(
@@ -369,28 +417,41 @@ def _build_model(
     if not _MODEL_ID.match(model_id):
         raise ConfigError(f"{source}: models.{model_id}: a model id cannot contain spaces")
     macros = {**user, "MODEL_ID": model_id}
-    cmd = _argv(source, model_id, "cmd", m.cmd, macros, env)
+    where = f"{source}: models.{model_id}"
+    fields, launch = _engine(where, model_id, m, macros, env)
+    if m.cmd is not None:  # a raw cmd overrides what the engine kind would run
+        cmd = _argv(source, model_id, "cmd", m.cmd, macros, env)
+    elif launch.cmd:
+        cmd = _argv(source, model_id, "cmd", list(launch.cmd), macros, env)
+    else:
+        cmd = ()
     cmd_stop = (
         None if m.cmd_stop is None else _argv(source, model_id, "cmd_stop", m.cmd_stop, macros, env)
     )
-    where = f"{source}: models.{model_id}"
-    proxy = _expand(m.proxy, macros, env, f"{where}.proxy", _RUNTIME_MACROS["proxy"])
+    given = m.model_fields_set
+    proxy_in = m.proxy if "proxy" in given else launch.proxy
+    proxy = _expand(proxy_in, macros, env, f"{where}.proxy", _RUNTIME_MACROS["proxy"])
     if not proxy.startswith(("http://", "https://")):
         raise ConfigError(f"{where}.proxy: expected an http:// or https:// URL, got {proxy!r}")
-    if "${PORT}" in proxy and not any("${PORT}" in a for a in cmd):
+    env_vars = dict(launch.env)
+    env_vars.update(
+        {k: _expand(v, macros, env, f"{where}.env.{k}", {"PORT"}) for k, v in m.env.items()}
+    )
+    port_passed = any("${PORT}" in a for a in (*cmd, *env_vars.values()))
+    if "${PORT}" in proxy and cmd and not port_passed:
         raise ConfigError(
             f"{where}.cmd: the proxy URL uses ${{PORT}} but cmd never passes ${{PORT}} to the "
-            "engine; add it to cmd or give `proxy` a fixed port"
+            "engine; add it to cmd (or env) or give `proxy` a fixed port"
         )
-    if not m.check_endpoint.startswith("/"):
+    check = m.check_endpoint if "check_endpoint" in given else launch.check_endpoint
+    if not check.startswith("/"):
         raise ConfigError(f"{where}.check_endpoint: expected a path starting with '/'")
-    env_vars = {k: _expand(v, macros, env, f"{where}.env.{k}", set()) for k, v in m.env.items()}
     return ModelSpec(
         id=model_id,
         cmd=cmd,
         env=MappingProxyType(env_vars),
         proxy=proxy.rstrip("/"),
-        check_endpoint=m.check_endpoint,
+        check_endpoint=check,
         aliases=tuple(m.aliases),
         ttl=m.ttl,
         start_timeout=m.start_timeout,
@@ -399,11 +460,89 @@ def _build_model(
         unlisted=m.unlisted,
         name=m.name,
         memory=m.memory,
-        gpus=m.gpus,
+        gpus=m.gpus or m.tensor_parallel,
         pin=m.pin,
         priority=m.priority,
         max_concurrent=m.max_concurrent,
+        engine=m.engine,
+        fields=fields,
+        check_headers=MappingProxyType(dict(launch.check_headers)),
+        upstream_headers=MappingProxyType(dict(launch.upstream_headers)),
+        upstream_model=launch.upstream_model,
+        stream_usage=launch.stream_usage if m.stream_usage is None else m.stream_usage,
+        cumulative_stream=m.cumulative_stream,
+        sleep_memory=m.sleep_memory,
+        host_memory=m.host_memory,
     )
+
+
+_ENGINE_ONLY = (
+    "model", "context", "quantization", "gpu_memory_fraction", "extra_args", "launcher",
+    "base_url", "api_key_env", "admin_key_env",
+)  # fmt: skip
+
+
+def _engine(
+    where: str, model_id: str, m: _ModelIn, macros: Mapping[str, str], env: Mapping[str, str]
+) -> tuple[EngineFields | None, Launch]:
+    """The engine kind's launch for this model (``command``: only a raw ``cmd``)."""
+    if m.engine == "command":
+        if m.cmd is None:
+            raise ConfigError(
+                f"{where}: required key 'cmd' is missing (or name an engine: "
+                "llamacpp, vllm, sglang, tabbyapi, ollama, openai)"
+            )
+        extra = [k for k in _ENGINE_ONLY if k in m.model_fields_set]
+        if extra:
+            raise ConfigError(
+                f"{where}.{extra[0]}: only used with an engine kind (`engine: llamacpp` ...); "
+                "with a raw cmd, put it in cmd"
+            )
+        return None, Launch(())
+
+    def text(key: str, value: str | None) -> str | None:
+        return None if value is None else _expand(value, macros, env, f"{where}.{key}", set())
+
+    def words(key: str, value: str | list[str] | None) -> tuple[str, ...]:
+        if value is None or value == []:
+            return ()
+        if isinstance(value, str):
+            try:
+                value = shlex.split(value)
+            except ValueError as exc:
+                raise ConfigError(f"{where}.{key}: cannot split into arguments: {exc}") from exc
+        return tuple(_expand(v, macros, env, f"{where}.{key}", set()) for v in value)
+
+    def secret(key: str, var: str | None) -> str | None:
+        if var is None:
+            return None
+        if var not in env:
+            raise ConfigError(f"{where}.{key}: environment variable {var!r} is not set")
+        return env[var]
+
+    fields = EngineFields(
+        kind=m.engine,
+        model_id=model_id,
+        model=text("model", m.model),
+        context=m.context,
+        quantization=m.quantization,
+        tensor_parallel=m.tensor_parallel,
+        gpu_memory_fraction=m.gpu_memory_fraction,
+        extra_args=words("extra_args", m.extra_args),
+        launcher=words("launcher", m.launcher) or None,
+        base_url=text("base_url", m.base_url),
+        api_key=secret("api_key_env", m.api_key_env),
+        admin_key=secret("admin_key_env", m.admin_key_env),
+        sleep_level=m.sleep_level,
+        fast_swap=m.fast_swap,
+    )
+    try:
+        launch = adapter(m.engine).launch(fields)
+    except ValueError as exc:
+        raise ConfigError(f"{where}.engine: {exc}") from exc
+    if fields.base_url is not None and not fields.base_url.startswith(("http://", "https://")):
+        raise ConfigError(f"{where}.base_url: expected an http:// or https:// URL")
+    return fields, launch
 
 
 def _check_aliases(source: str, models: Mapping[str, ModelSpec]) -> None:

@@ -5,19 +5,19 @@
 - ``tiny``: a tiny random-weight llama written locally with the ``gguf`` package
   (SmolLM2's tokenizer), loads in ~0.2 s and writes gibberish fast.
 
-The engine is llama.cpp's server from the prebuilt ``xllamacpp`` wheel, run as a
-child process; ``$SWAPYARD_LLAMA_SERVER`` names a ``llama-server`` binary to use
-instead (same flags).
+Both run with ``engine: llamacpp``: llama.cpp's server from the prebuilt
+``xllamacpp`` wheel, run as a child process, unless ``$SWAPYARD_LLAMA_SERVER`` or
+``llama-server`` on ``PATH`` names a compiled one (same flags).
 """
 
 from __future__ import annotations
 
+import json
 import os
-import shlex
-import sys
 from pathlib import Path
 
 from swapyard.config import Config, load_config
+from swapyard.engines.llamacpp import default_launcher
 from swapyard.models.fetch import SMOLLM2, ensure_packaged_model
 from swapyard.models.fetch import models_dir as default_models_dir
 from swapyard.models.tinygguf import ensure_tiny_model
@@ -33,10 +33,8 @@ def ensure_default_models(models_dir: Path | None = None) -> dict[str, Path]:
 
 
 def engine_argv() -> list[str]:
-    binary = os.environ.get("SWAPYARD_LLAMA_SERVER")
-    if binary:
-        return [binary]
-    return [sys.executable, "-m", "swapyard.engines.xllamacpp_server"]
+    """The llama.cpp server ``engine: llamacpp`` runs here (see its adapter)."""
+    return list(default_launcher())
 
 
 CONTEXT = 2048
@@ -55,7 +53,6 @@ def demo_budget(models: dict[str, Path]) -> int | None:
 
 def default_config_text(models: dict[str, Path], threads: int | None = None) -> str:
     t = threads or min(4, os.cpu_count() or 2)
-    engine = " ".join(shlex.quote(a) for a in engine_argv())
     budget = demo_budget(models)
     devices = (
         "# A demo budget with room for one of the two models at a time (their needs are\n"
@@ -67,18 +64,21 @@ def default_config_text(models: dict[str, Path], threads: int | None = None) -> 
     )
     return f"""\
 # swapyard's built-in default (see swapyard.defaults)
-{devices}macros:
-  engine: {engine}
-  args: --host 127.0.0.1 --port ${{PORT}} -c {CONTEXT} -t {t}
-models:
+{devices}models:
   smollm2:
     name: SmolLM2-135M-Instruct (Q4_1)
-    cmd: ${{engine}} ${{args}} -m {shlex.quote(str(models["smollm2"]))} --alias smollm2
+    engine: llamacpp
+    model: {json.dumps(str(models["smollm2"]))}
+    context: {CONTEXT}
+    extra_args: [-t, "{t}"]
     aliases: [smollm2-135m]
     start_timeout: 60
   tiny:
     name: tiny random-weight llama (test model, writes gibberish)
-    cmd: ${{engine}} ${{args}} -m {shlex.quote(str(models["tiny"]))} --alias tiny
+    engine: llamacpp
+    model: {json.dumps(str(models["tiny"]))}
+    context: {CONTEXT}
+    extra_args: [-t, "{t}"]
     aliases: [tiny-llama]
     start_timeout: 60
 """

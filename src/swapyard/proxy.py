@@ -18,6 +18,7 @@ from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from swapyard.errors import SwapyardError, UpstreamDied, UpstreamUnavailable
+from swapyard.quirks import StreamFix
 
 HOP_BY_HOP = frozenset(
     {
@@ -78,6 +79,7 @@ async def open_upstream(
     url: str,
     headers: Mapping[str, str],
     body: bytes,
+    extra_headers: Mapping[str, str] | None = None,
 ) -> aiohttp.ClientResponse:
     """Send the request; the caller owns the response (``close`` it on abort).
 
@@ -87,6 +89,10 @@ async def open_upstream(
     connection; a refused connection is not retried: the engine is down.
     """
     fwd = request_headers(headers)
+    if extra_headers:  # the engine's own credentials replace the client's
+        for k in ("authorization", "x-api-key"):
+            fwd.popall(k, None)
+        fwd.update(extra_headers)
     for attempt in (1, 2):
         try:
             return await session.request(method, url, data=body, headers=fwd, allow_redirects=False)
@@ -108,7 +114,7 @@ async def open_upstream(
 
 
 async def pipe_response(
-    request: web.Request, resp: aiohttp.ClientResponse, model: str
+    request: web.Request, resp: aiohttp.ClientResponse, model: str, fix: StreamFix | None = None
 ) -> web.StreamResponse:
     """Send the engine's answer to the client: status, headers and body as they come."""
     try:
@@ -124,7 +130,7 @@ async def pipe_response(
             return out
         sresp = web.StreamResponse(status=resp.status, headers=response_headers(resp.headers))
         await sresp.prepare(request)
-        await stream_body(sresp, resp, model, sse=is_sse(resp))
+        await stream_body(sresp, resp, model, sse=is_sse(resp), fix=fix)
         await sresp.write_eof()
         return sresp
     finally:
@@ -136,13 +142,29 @@ def is_sse(resp: aiohttp.ClientResponse) -> bool:
 
 
 async def stream_body(
-    out: web.StreamResponse, resp: aiohttp.ClientResponse, model: str, *, sse: bool
+    out: web.StreamResponse,
+    resp: aiohttp.ClientResponse,
+    model: str,
+    *,
+    sse: bool,
+    fix: StreamFix | None = None,
 ) -> None:
-    """Copy the body chunk by chunk as it arrives. If the engine dies mid-way, an SSE
-    stream ends with an error event (never a hang); other bodies just end."""
+    """Copy the body chunk by chunk as it arrives (through ``fix`` when the engine's
+    SSE stream needs one). If the engine dies mid-way, an SSE stream ends with an
+    error event (never a hang); other bodies just end."""
+    fixing = fix is not None and fix.active and sse
     try:
         async for chunk in resp.content.iter_any():
+            if fixing:
+                assert fix is not None
+                chunk = fix.feed(chunk)
+                if not chunk:
+                    continue
             await out.write(chunk)
+        if fixing:
+            assert fix is not None
+            if rest := fix.flush():
+                await out.write(rest)
     except (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError):
         if sse:
             err = UpstreamDied(

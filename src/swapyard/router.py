@@ -19,7 +19,7 @@ from typing import Any
 
 import aiohttp
 
-from swapyard.config import Config
+from swapyard.config import Config, ModelSpec
 from swapyard.errors import ShuttingDown, SwapyardError
 from swapyard.events import (
     EngineStateChanged,
@@ -43,7 +43,7 @@ from swapyard.inbox import (
 from swapyard.ports import PortAllocator
 from swapyard.process.actor import EngineProcess
 from swapyard.process.state import EngineState
-from swapyard.resources.devices import memory_budget
+from swapyard.resources.devices import RAM_SHARE, memory_budget, ram_bytes
 from swapyard.resources.measure import group_gpu_memory, group_rss
 from swapyard.resources.needs import MemoryFigures, initial_figures
 from swapyard.resources.store import MeasuredStore
@@ -72,24 +72,34 @@ def scheduler_for(
     budget: Mapping[str, int] | None = None,
 ) -> Scheduler:
     needs = needs or {}
-    terms = {
-        m.id: ModelTerms(
-            ttl=m.ttl,
-            need=needs.get(m.id, m.memory),
-            count=m.gpus,
-            pinned=m.pin,
-            priority=m.priority,
-            max_concurrent=m.max_concurrent,
-        )
-        for m in config.models.values()
-    }
+    terms = {m.id: model_terms(m, needs.get(m.id, m.memory)) for m in config.models.values()}
     sc = config.scheduler
     cfg = SchedulerConfig(
-        sc.policy, sc.max_queue, sc.max_wait, sc.min_residency, costly_load=sc.costly_load
-    )
+        sc.policy, sc.max_queue, sc.max_wait, sc.min_residency,
+        assumed_load=sc.assumed_load, swap_factor=sc.swap_factor,
+    )  # fmt: skip
     if budget is None:
         budget = memory_budget(config)[0]
-    return Scheduler(terms, effects, budget=budget, config=cfg)
+    host = sc.host_memory if sc.host_memory is not None else int(ram_bytes() * RAM_SHARE)
+    return Scheduler(terms, effects, budget=budget, config=cfg, host=host)
+
+
+def model_terms(m: ModelSpec, need: int | None) -> ModelTerms:
+    """What the scheduler knows of one model. A remote engine holds no memory here;
+    one with a fast swap keeps part of its need while asleep (the adapter's share,
+    unless ``sleep_memory``/``host_memory`` say)."""
+    if m.remote:
+        need = 0
+    sleep_need, host_need = None, 0
+    fast = m.adapter.fast(m.fields) if m.fields is not None else None
+    if fast is not None:
+        base = need or 0
+        sleep_need = m.sleep_memory if m.sleep_memory is not None else int(base * fast.gpu_left)
+        host_need = m.host_memory if m.host_memory is not None else int(base * fast.host_held)
+    return ModelTerms(
+        ttl=m.ttl, need=need, count=m.gpus, pinned=m.pin, priority=m.priority,
+        max_concurrent=m.max_concurrent, sleep_need=sleep_need, host_need=host_need,
+    )  # fmt: skip
 
 
 class Router:
@@ -327,10 +337,10 @@ class _RouterEffects:
             env["CUDA_VISIBLE_DEVICES"] = ",".join(devices)
         self._r._spawn(_quiet(self._r.engines[model].start(env)))
 
-    def stop(self, model: str, *, for_model: str | None) -> None:
+    def stop(self, model: str, *, for_model: str | None, sleep: bool = False) -> None:
         if for_model is not None:
             self._r.bus.publish(SwapStarted(new=for_model, old=model))
-        self._r._spawn(_quiet(self._r.engines[model].stop()))
+        self._r._spawn(_quiet(self._r.engines[model].stop(sleep=sleep)))
 
     def dispatch(self, request_id: int, model: str) -> None:
         entry = self._r._waiting.pop(request_id, None)

@@ -21,6 +21,7 @@ from swapyard.api.state import AppState
 from swapyard.errors import SwapyardError, UpstreamError
 from swapyard.process.state import EngineState
 from swapyard.proxy import SSE_HEADERS, is_sse, open_upstream, sse_error, stream_body
+from swapyard.quirks import StreamFix
 from swapyard.router import Lease
 
 STATUS_EVERY = 1.0
@@ -49,7 +50,11 @@ def status_text(state: AppState, model: str, request_id: int, waited: float) -> 
     busy = [(m, router.scheduler.inflight(m)) for m, st in others if st is EngineState.READY]
     if engine.state is EngineState.STARTING and engine.started_at is not None:
         elapsed = time.monotonic() - engine.started_at
-        text = f"Loading model {model}: {elapsed:.1f} s of {engine.spec.start_timeout:g} s"
+        verb = "Waking" if engine.waking else "Loading"
+        text = f"{verb} model {model}: {elapsed:.1f} s of {engine.spec.start_timeout:g} s"
+        if engine.progress is not None:
+            fraction, what = engine.progress
+            text += f" ({what}" + (f", {fraction:.0%})" if fraction is not None else ")")
     elif stopping:
         text = f"Unloading model {stopping[0]} to load {model}: {waited:.1f} s"
     elif any(n for _, n in busy):
@@ -66,7 +71,7 @@ def status_text(state: AppState, model: str, request_id: int, waited: float) -> 
 
 
 async def stream_with_loading_status(
-    request: web.Request, state: AppState, model: str, body: bytes
+    request: web.Request, state: AppState, model: str, body: bytes, fix: StreamFix | None = None
 ) -> web.StreamResponse:
     router = state.router
     field = "reasoning_content" if state.config.server.loading_status == "reasoning" else "content"
@@ -95,7 +100,7 @@ async def stream_with_loading_status(
         try:
             resp = await open_upstream(
                 state.http, model, request.method, lease.upstream + request.path_qs,
-                request.headers, body,
+                request.headers, body, state.config.models[model].upstream_headers,
             )  # fmt: skip
         except SwapyardError as err:
             await out.write(sse_error(err))
@@ -103,7 +108,7 @@ async def stream_with_loading_status(
             return out
         try:
             if resp.status == 200 and is_sse(resp):
-                await stream_body(out, resp, model, sse=True)
+                await stream_body(out, resp, model, sse=True, fix=fix)
             else:
                 await out.write(_upstream_error_event(model, resp.status, await resp.read()))
         finally:

@@ -14,6 +14,7 @@ from swapyard.api.state import STATE, AppState
 from swapyard.config import Config
 from swapyard.errors import BodyTooLarge, InvalidJSON, MissingModel, UnknownModel
 from swapyard.proxy import open_upstream, pipe_response
+from swapyard.quirks import adapt_request
 
 
 def parse_model(content_type: str, body: bytes) -> tuple[str, dict[str, Any] | None]:
@@ -63,14 +64,17 @@ async def proxy_post(request: web.Request) -> web.StreamResponse:
     model = resolve(state.config, name)
     router = state.router
     router.check_admission()  # before any streaming starts: a real 429 or 503
-    if (
+    use_status = (
         doc is not None
         and doc.get("stream") is True
         and request.path.endswith("/chat/completions")
         and state.config.server.loading_status != "off"
         and not router.ready_now(model)
-    ):
-        return await stream_with_loading_status(request, state, model, body)
+    )
+    spec = state.config.models[model]
+    body, fix = adapt_request(spec, doc, body)
+    if use_status:
+        return await stream_with_loading_status(request, state, model, body, fix)
     lease = await router.acquire(model)
     try:
         resp = await open_upstream(
@@ -80,8 +84,9 @@ async def proxy_post(request: web.Request) -> web.StreamResponse:
             lease.upstream + request.path_qs,
             request.headers,
             body,
+            spec.upstream_headers,
         )
-        return await pipe_response(request, resp, model)
+        return await pipe_response(request, resp, model, fix)
     finally:
         router.release(lease)
 

@@ -22,6 +22,7 @@ import aiohttp
 from yarl import URL
 
 from swapyard.config import ModelSpec, render
+from swapyard.engines.base import Control, FastSwap, FastSwapFailed
 from swapyard.errors import (
     EngineCrashed,
     EngineExitedEarly,
@@ -40,9 +41,12 @@ from swapyard.process.messages import (
     Healthy,
     KillNow,
     Message,
+    Progress,
+    Slept,
     Start,
     StartTimedOut,
     Stop,
+    Woke,
 )
 from swapyard.process.state import EngineState, check_transition
 
@@ -98,6 +102,18 @@ class EngineProcess:
         self._actor: asyncio.Task[None] | None = None
         self.state_since = time.monotonic()
         self.started_at: float | None = None
+        # Load progress the engine reported (fraction or None, what it is doing).
+        self.progress: tuple[float | None, str] | None = None
+        self._fast: FastSwap | None = (
+            spec.adapter.fast(spec.fields) if spec.fields is not None else None
+        )
+        self._then_stop = False  # a full stop was asked while a sleep was under way
+        self._warm = spec.fields is not None and spec.adapter.needs_warm(spec.fields)
+        self._pending_warm = False  # the next health 200 starts the warm-up
+        self._warming = False
+        self._waking = False
+        if spec.fields is not None and spec.engine == "llamacpp":
+            self.logs.on_line = self._log_line
 
     # -- the public, read-only view ------------------------------------------------
     @property
@@ -117,6 +133,16 @@ class EngineProcess:
     def last_error(self) -> SwapyardError | None:
         return self._failure
 
+    @property
+    def waking(self) -> bool:
+        """Starting by a fast swap in (not a cold start)."""
+        return self._state is S.STARTING and self._waking
+
+    @property
+    def fast_mode(self) -> str | None:
+        """The fast swap this engine offers ("sleep", "unload", ...), if any."""
+        return self._fast.mode if self._fast is not None else None
+
     def snapshot(self) -> dict[str, Any]:
         """A JSON-ready snapshot of this engine's state."""
         return {
@@ -125,6 +151,7 @@ class EngineProcess:
             "upstream": self.upstream if self._state in (S.STARTING, S.READY) else None,
             "state_for_s": round(time.monotonic() - self.state_since, 3),
             "last_error": self._failure.message if self._failure else None,
+            "fast_swap": self.fast_mode,
         }
 
     # -- commands ------------------------------------------------------------------
@@ -140,9 +167,12 @@ class EngineProcess:
         self._inbox.put_nowait(Start(fut, dict(env or {})))
         await fut
 
-    async def stop(self) -> None:
+    async def stop(self, sleep: bool = False) -> None:
+        """Stop the engine; with ``sleep``, put it to sleep instead if it has a fast
+        swap (falling back to a stop if that fails). Returns once it is stopped or
+        asleep."""
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._inbox.put_nowait(Stop(fut))
+        self._inbox.put_nowait(Stop(fut, sleep and self._fast is not None))
         await fut
 
     async def close(self) -> None:
@@ -159,7 +189,9 @@ class EngineProcess:
 
     def kill_now(self) -> None:
         """Shutdown backstop: SIGKILL the group without waiting for the actor."""
-        if self._proc is not None and self._state in (S.STARTING, S.READY, S.STOPPING):
+        if self._proc is not None and self._state in (
+            S.STARTING, S.READY, S.STOPPING, S.SLEEPING
+        ):  # fmt: skip
             killpg(self._proc.pid, signal.SIGKILL)
 
     # -- the actor -----------------------------------------------------------------
@@ -169,11 +201,21 @@ class EngineProcess:
             match msg:
                 case Start(reply, env):
                     await self._on_start(reply, env)
-                case Stop(reply):
-                    self._on_stop(reply)
+                case Stop(reply, sleep):
+                    self._on_stop(reply, sleep)
                 case Healthy(gen) if gen == self._gen and self._state is S.STARTING:
-                    self._set_state(S.READY)
-                    _resolve_all(self._start_waiters)
+                    if self._pending_warm:
+                        self._pending_warm = False
+                        self._warming = True
+                        self._spawn_task(self._run_warm(gen))
+                    else:
+                        self._became_ready()
+                case Woke(gen, error) if gen == self._gen and self._state is S.STARTING:
+                    self._on_woke(gen, error)
+                case Slept(gen, error) if gen == self._gen and self._state is S.STOPPING:
+                    self._on_slept(error)
+                case Progress(gen, fraction, text) if gen == self._gen:
+                    self.progress = (fraction, text)
                 case StartTimedOut(gen) if gen == self._gen and self._state is S.STARTING:
                     err = EngineStartTimeout(
                         self.spec.id,
@@ -203,35 +245,146 @@ class EngineProcess:
             self._start_waiters.append(reply)
         elif self._state is S.STOPPING:
             self._restart_after_stop.append((reply, env))
+        elif self._state is S.SLEEPING:
+            self._start_waiters.append(reply)
+            self._begin_wake()
         else:
             self._start_waiters.append(reply)
             await self._spawn(env)
 
-    def _on_stop(self, reply: asyncio.Future[None]) -> None:
+    def _on_stop(self, reply: asyncio.Future[None], sleep: bool = False) -> None:
         if self._state is S.FAILED:  # an explicit stop clears the failure
             self._failure = None
             self._set_state(S.STOPPED)
-        if self._state is S.STOPPED:
+        if self._state is S.STOPPED or (sleep and self._state is S.SLEEPING):
             _resolve(reply)
             return
         self._stop_waiters.append(reply)
         restarts, self._restart_after_stop = self._restart_after_stop, []
         _fail_all([f for f, _ in restarts], EngineStopped(self.spec.id, "engine was stopped"))
-        if self._state is not S.STOPPING:
-            _fail_all(
-                self._start_waiters,
-                EngineStopped(self.spec.id, f"model {self.spec.id!r} was stopped while starting"),
-            )
+        if self._state is S.STOPPING:
+            self._then_stop = self._then_stop or not sleep
+            return
+        _fail_all(
+            self._start_waiters,
+            EngineStopped(self.spec.id, f"model {self.spec.id!r} was stopped while starting"),
+        )
+        if sleep and self._state is S.READY:
+            self._begin_sleep()
+        else:
             self._begin_stop()
+
+    # -- fast swaps: the adapter's HTTP calls run in helper tasks -----------------------
+    def _control(self) -> Control:
+        assert self.spec.fields is not None
+        return Control(self._http, self.upstream, self.spec.fields, self.spec.check_headers)
+
+    def _report(self, gen: int) -> Any:
+        def progress(fraction: float | None, text: str) -> None:
+            self._inbox.put_nowait(Progress(gen, fraction, text))
+
+        return progress
+
+    def _begin_sleep(self) -> None:
+        assert self._fast is not None
+        self._set_state(S.STOPPING)
+        self._then_stop = False
+        self.logs.append(f"[swapyard] fast swap out ({self._fast.mode})")
+        self._spawn_task(self._run_sleep(self._gen, self._fast))
+
+    async def _run_sleep(self, gen: int, fast: FastSwap) -> None:
+        try:
+            await fast.sleep(self._control())
+        except FastSwapFailed as exc:
+            self._inbox.put_nowait(Slept(gen, str(exc)))
+        else:
+            self._inbox.put_nowait(Slept(gen, None))
+
+    def _on_slept(self, error: str | None) -> None:
+        if error is not None:
+            self.logs.append(f"[swapyard] fast swap out failed: {error}; stopping instead")
+            self._begin_stop()
+            return
+        self._set_state(S.SLEEPING)
+        if self._then_stop:
+            self._then_stop = False
+            self._begin_stop()
+            return
+        _resolve_all(self._stop_waiters)
+
+    def _begin_wake(self) -> None:
+        assert self._fast is not None
+        self._waking = True
+        self._set_state(S.STARTING)
+        self.started_at = time.monotonic()
+        self.progress = None
+        self.logs.append(f"[swapyard] fast swap in ({self._fast.mode})")
+        self._spawn_task(self._run_wake(self._gen, self._fast))
+
+    async def _run_wake(self, gen: int, fast: FastSwap) -> None:
+        try:
+            await fast.wake(self._control(), self._report(gen))
+        except FastSwapFailed as exc:
+            self._inbox.put_nowait(Woke(gen, str(exc)))
+        else:
+            self._inbox.put_nowait(Woke(gen, None))
+
+    async def _run_warm(self, gen: int) -> None:
+        assert self.spec.fields is not None
+        try:
+            await self.spec.adapter.warm(self._control(), self._report(gen))
+        except FastSwapFailed as exc:
+            self._inbox.put_nowait(Woke(gen, str(exc)))
+        else:
+            self._inbox.put_nowait(Woke(gen, None))
+
+    def _on_woke(self, gen: int, error: str | None) -> None:
+        warming, self._warming = self._warming, False
+        if error is None:
+            if warming:
+                self._became_ready()
+            else:
+                self._spawn_task(self._poll_health(gen))  # ready when it answers again
+            return
+        if warming:  # the warm-up of a cold start failed: the start failed
+            err = EngineExitedEarly(self.spec.id, f"loading the model failed: {error}",
+                                    self.logs.tail(LOG_TAIL_IN_ERRORS))  # fmt: skip
+            self._pending_failure = err
+            _fail_all(self._start_waiters, err)
+            self._begin_stop()
+            return
+        self.logs.append(f"[swapyard] fast swap in failed: {error}; restarting cold")
+        waiters, self._start_waiters = self._start_waiters, []
+        self._restart_after_stop += [(w, {}) for w in waiters]
+        self._begin_stop()
+
+    def _became_ready(self) -> None:
+        self._set_state(S.READY)
+        _resolve_all(self._start_waiters)
+
+    def _log_line(self, line: str) -> None:
+        if self._state is S.STARTING:
+            found = self.spec.adapter.log_progress(line)
+            if found is not None:
+                self.progress = found
 
     async def _spawn(self, extra_env: dict[str, str]) -> None:
         self._gen += 1
         gen = self._gen
         self._failure = None
         self._pending_failure = None
+        self._waking = False
         self._set_state(S.STARTING)
         self.started_at = time.monotonic()
+        self.progress = None
+        self._pending_warm = self._warm
+        self._warming = False
         spec = self.spec
+        if spec.remote:  # no process: ready when the other server answers
+            self._port = ""
+            self.logs.append(f"[swapyard] remote engine at {self.upstream}: checking it")
+            self._spawn_task(self._poll_health(gen))
+            return
         if spec.needs_port:
             self._port = str(self._ports.allocate())
         else:
@@ -257,7 +410,11 @@ class EngineProcess:
                 stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
-                env={**os.environ, **spec.env, **extra_env},
+                env={
+                    **os.environ,
+                    **{k: render(v, {"PORT": self._port}) for k, v in spec.env.items()},
+                    **extra_env,
+                },
             )
         except OSError as exc:
             self._fail_start(
@@ -284,7 +441,11 @@ class EngineProcess:
 
     def _begin_stop(self) -> None:
         proc = self._proc
-        self._set_state(S.STOPPING)
+        if self._state is not S.STOPPING:
+            self._set_state(S.STOPPING)
+        if self.spec.remote:
+            self._on_exited(0)
+            return
         if proc is None:  # pragma: no cover - STARTING/READY always has a child
             return
         gen = self._gen
@@ -300,7 +461,7 @@ class EngineProcess:
 
     def _on_exited(self, rc: int) -> None:
         proc = self._proc
-        if proc is not None:
+        if proc is not None and not self.spec.remote:
             # The leader is gone; anything left in its group is an orphan (house style 5).
             killpg(proc.pid, signal.SIGKILL)
         if self._state is S.STARTING:
@@ -311,10 +472,11 @@ class EngineProcess:
                     self.logs.tail(LOG_TAIL_IN_ERRORS),
                 )
             )
-        elif self._state is S.READY:
+        elif self._state in (S.READY, S.SLEEPING):
+            doing = "serving" if self._state is S.READY else "asleep"
             err = EngineCrashed(
                 self.spec.id,
-                f"the process exited with code {rc} while serving",
+                f"the process exited with code {rc} while {doing}",
                 self.logs.tail(LOG_TAIL_IN_ERRORS),
             )
             self._failure = err
@@ -325,6 +487,7 @@ class EngineProcess:
                 self._set_state(S.FAILED, self._pending_failure)
             else:
                 self._set_state(S.STOPPED)
+            self._then_stop = False
             _resolve_all(self._stop_waiters)
             if self._restart_after_stop:
                 waiters, self._restart_after_stop = self._restart_after_stop, []
@@ -365,7 +528,9 @@ class EngineProcess:
                 self._inbox.put_nowait(StartTimedOut(gen))
                 return
             try:
-                async with self._http.get(url, timeout=timeout) as resp:
+                async with self._http.get(
+                    url, timeout=timeout, headers=self.spec.check_headers
+                ) as resp:
                     await resp.read()
                     if resp.status == 200:
                         self._inbox.put_nowait(Healthy(gen))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
+from collections.abc import Callable
 
 
 class LogRing:
@@ -17,6 +18,7 @@ class LogRing:
     def __init__(self, maxlen: int = 1000) -> None:
         self._lines: deque[str] = deque(maxlen=maxlen)
         self._followers: set[asyncio.Queue[str]] = set()
+        self.on_line: Callable[[str], None] | None = None  # sees each line from the child
 
     def append(self, line: str) -> None:
         self._lines.append(line)
@@ -51,7 +53,10 @@ class LogRing:
             buf += chunk
             *lines, buf = buf.split(b"\n")
             for raw in lines:
-                self.append(raw.decode("utf-8", "replace").rstrip("\r"))
+                line = raw.decode("utf-8", "replace").rstrip("\r")
+                self.append(line)
+                if self.on_line is not None:
+                    self.on_line(line)
             if len(buf) > max_line:
                 self.append(buf.decode("utf-8", "replace"))
                 buf = b""

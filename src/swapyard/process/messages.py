@@ -16,6 +16,30 @@ class Start:
 @dataclass(frozen=True, slots=True)
 class Stop:
     reply: asyncio.Future[None]
+    sleep: bool = False  # use the engine's fast swap if it has one
+
+
+@dataclass(frozen=True, slots=True)
+class Slept:
+    """The fast swap out finished (``error`` None) or failed."""
+
+    gen: int
+    error: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Woke:
+    """The fast swap in (or the warm-up after a cold start) finished or failed."""
+
+    gen: int
+    error: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Progress:
+    gen: int
+    fraction: float | None
+    text: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,4 +63,4 @@ class KillNow:
     gen: int
 
 
-Message = Start | Stop | Healthy | StartTimedOut | Exited | KillNow
+Message = Start | Stop | Healthy | StartTimedOut | Exited | KillNow | Slept | Woke | Progress

@@ -13,6 +13,18 @@
 
 ``failed`` means the process is gone and the last start (or run) ended badly; the
 next request starts it again. ``ready → failed`` is a crash while serving.
+
+Engines with a fast swap (vLLM sleep, SGLang memory saver, TabbyAPI and Ollama
+unload) have one more state, ``sleeping``: the process is alive but has given
+back (most of) its GPU memory::
+
+    ready ──stop(sleep)──▶ stopping ──slept──▶ sleeping ──wake──▶ starting ──▶ ready
+                             │ sleep failed: stop as usual   │ stop / exited
+                             ▼                               ▼
+                          stopped                  stopping / failed
+
+A wake that fails stops the process and starts it cold (``starting → stopping →
+stopped → starting``).
 """
 
 from __future__ import annotations
@@ -26,6 +38,7 @@ class EngineState(StrEnum):
     READY = "ready"
     STOPPING = "stopping"
     FAILED = "failed"
+    SLEEPING = "sleeping"
 
 
 S = EngineState
@@ -34,8 +47,9 @@ TRANSITIONS: dict[EngineState, frozenset[EngineState]] = {
     S.STOPPED: frozenset({S.STARTING}),
     S.STARTING: frozenset({S.READY, S.STOPPING, S.FAILED}),
     S.READY: frozenset({S.STOPPING, S.FAILED}),
-    S.STOPPING: frozenset({S.STOPPED, S.FAILED}),
+    S.STOPPING: frozenset({S.STOPPED, S.FAILED, S.SLEEPING}),
     S.FAILED: frozenset({S.STARTING, S.STOPPED}),
+    S.SLEEPING: frozenset({S.STARTING, S.STOPPING, S.FAILED}),
 }
 
 
@@ -51,4 +65,4 @@ def check_transition(old: EngineState, new: EngineState) -> None:
 
 def is_running(state: EngineState) -> bool:
     """Whether a child process may exist in this state."""
-    return state in (S.STARTING, S.READY, S.STOPPING)
+    return state in (S.STARTING, S.READY, S.STOPPING, S.SLEEPING)

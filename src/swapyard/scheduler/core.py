@@ -24,24 +24,37 @@ Policies (``SchedulerConfig.policy``):
   wasted on a single request). A *hot* model — two or more requests started in
   the last ``min_residency`` seconds — is not evicted while idle for a moment
   between them as long as its recent demand exceeds the queue of the model that
-  wants its room (and nobody is overdue), if reloading it is costly (its last
-  load took ``costly_load`` seconds or more, or is unknown): requests for the
+  wants its room (and nobody is overdue), and only until the requests held back
+  have waited, in all, what the swap costs — ``swap_factor`` times the load
+  times of both models (measured at their last load; ``assumed_load`` if never
+  seen). That is rent-or-buy: waiting is paid for until it matches the price of
+  swapping, so a model that loads in seconds is held for seconds and one that
+  loads in a minute for minutes (``max_wait`` bounds both). Requests for the
   other model gather meanwhile and one swap serves them all. A model asked for
-  once per turn (one person alternating models) is never hot, and a model that
-  loads in a blink is not worth holding requests for: those swaps stay immediate.
+  once per turn (one person alternating models) is never hot: those swaps stay
+  immediate.
 
 Both: a start that fails rejects the requests waiting for it; a start nobody
 waits for any more is abandoned (unless the model is pinned or was loaded on
 purpose); a ready model idle for its ``ttl`` is stopped.
+
+Fast swaps: a model whose engine can sleep (``ModelTerms.sleep_need`` set) is put
+to sleep rather than stopped when it is evicted for another model and its
+``host_need`` fits in the host budget; asleep, it keeps ``sleep_need`` on its
+devices and is itself evictable (then stopped for good). A request for a
+sleeping model wakes it on the same devices once its full need fits there
+(evicting as usual); if it can never fit there, it is stopped and started cold
+wherever it fits. Idle timeouts and unloads stop for good.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import replace
 
 from swapyard.errors import EngineStartError, InsufficientMemory, QueueFull, SwapyardError
 from swapyard.process.state import EngineState
-from swapyard.scheduler.placement import Evict, Fit, Never, Resident, plan
+from swapyard.scheduler.placement import Evict, Fit, Never, Resident, Wait, plan
 from swapyard.scheduler.terms import (
     Effects,
     ModelTerms,
@@ -55,6 +68,7 @@ __all__ = ["Effects", "ModelTerms", "Policy", "Scheduler", "SchedulerConfig"]
 
 S = EngineState
 DEFAULT_DEVICE = "default"
+TO_LOAD = (S.STOPPED, S.FAILED, S.SLEEPING)  # a request for it needs a start or a wake
 
 
 class Scheduler:
@@ -65,10 +79,12 @@ class Scheduler:
         *,
         budget: Mapping[str, int] | None = None,
         config: SchedulerConfig | None = None,
+        host: int | None = None,
     ) -> None:
         self._fx = effects
         self._cfg = config or SchedulerConfig()
         self._budget = dict(budget or {DEFAULT_DEVICE: 1})
+        self._host = host  # host RAM for sleeping engines; None: no bound
         self._m: dict[str, ModelView] = {}
         for mid, t in models.items():
             terms = t if isinstance(t, ModelTerms) else ModelTerms(ttl=float(t))
@@ -100,6 +116,14 @@ class Scheduler:
 
     def budget(self) -> dict[str, int]:
         return dict(self._budget)
+
+    def host_used(self) -> int:
+        """Host RAM held by sleeping engines (and those going to sleep)."""
+        return sum(
+            m.terms.host_need
+            for m in self._m.values()
+            if m.state is S.SLEEPING or (m.state is S.STOPPING and m.to_sleep)
+        )
 
     def used(self) -> dict[str, int]:
         """Memory held per device by starting, ready and stopping models."""
@@ -159,7 +183,15 @@ class Scheduler:
     ) -> None:
         self._tick(now)
         m = self._m[model]
+        if state is S.SLEEPING:
+            claimant = self._claims.pop(model, None)
+            freed = self._need(m) - (m.terms.sleep_need or 0)
+            if claimant is not None and m.devices and freed > 0:
+                self._reserved.setdefault(claimant, []).append((m.devices, freed))
         m.state = state
+        m.to_sleep = m.to_sleep and state is S.STOPPING
+        if state is S.SLEEPING:
+            m.draining = False
         if state in (S.STOPPED, S.FAILED):
             claimant = self._claims.pop(model, None)
             if claimant is not None and m.devices:
@@ -213,6 +245,8 @@ class Scheduler:
         m.pinned = False
         if m.state in (S.STARTING, S.READY):
             m.draining = True
+        elif m.state is S.SLEEPING:
+            self._stop(model, None)
         self._step()
 
     def set_pinned(self, model: str, pinned: bool, now: float | None = None) -> None:
@@ -296,12 +330,27 @@ class Scheduler:
                 if q.model not in order:
                     order.append(q.model)
         order += [mid for mid, m in self._m.items() if m.keep and mid not in order]
-        return [mid for mid in order if self._m[mid].state in (S.STOPPED, S.FAILED)]
+        return [mid for mid in order if self._m[mid].state in TO_LOAD]
 
     def _start_loads(self, overdue: Queued | None) -> None:
         for model in self._wanted(overdue):
             m = self._m[model]
-            p = plan(self._need(m), m.terms.count, self._budget, self._residents(overdue, model))
+            residents = self._residents(overdue, model)
+            if m.state is S.SLEEPING:  # wakes where it sleeps, or starts cold elsewhere
+                here = {d: self._budget[d] for d in m.devices}
+                p = plan(self._full_need(m), len(m.devices), here, residents)
+                if isinstance(p, Never):
+                    self._stop(model, None)
+                    continue
+            else:
+                p = plan(self._need(m), m.terms.count, self._budget, residents)
+            sleep_ok = True
+            if isinstance(p, Wait) and any(r.residual and r.evictable for r in residents):
+                # What sleepers would keep is in the way: stop them for good instead.
+                full = [replace(r, residual=0) for r in residents]
+                if isinstance(alt := plan(self._full_need(m), m.terms.count, self._budget, full),
+                              Evict):  # fmt: skip
+                    p, sleep_ok = alt, False
             match p:
                 case Fit(devices):
                     m.state = S.STARTING
@@ -310,7 +359,7 @@ class Scheduler:
                     self._fx.start(model, devices)
                 case Evict(_, victims):
                     for v in victims:
-                        self._stop(v, model)
+                        self._stop(v, model, sleep_ok)
                 case Never(reason):
                     self._reject_queued(model, InsufficientMemory(model, reason))
                     m.keep = False
@@ -340,7 +389,7 @@ class Scheduler:
 
     def _wants(self, model: str) -> bool:
         m = self._m[model]
-        return m.state in (S.STOPPED, S.FAILED) and (m.keep or self.queued(model) > 0)
+        return m.state in TO_LOAD and (m.keep or self.queued(model) > 0)
 
     def _heat(self, m: ModelView) -> int:
         """Requests started within the last ``min_residency`` seconds (hot: 2+)."""
@@ -356,17 +405,27 @@ class Scheduler:
         protect = self._cfg.policy == "batch" and overdue is None
         waiting = self.queued(target)
         for model, m in self._m.items():
-            if m.state not in (S.STARTING, S.READY, S.STOPPING) or not m.devices:
+            if not m.devices or model == target:
                 continue
-            evictable = m.state is S.READY and m.inflight == 0 and not m.pinned
-            costly = m.load_time is None or m.load_time >= self._cfg.costly_load
-            evictable = evictable and not (protect and costly and self._heat(m) > waiting)
+            if m.state is S.SLEEPING:  # idle by definition: evicting it stops it for good
+                evictable, residual = not m.pinned, 0
+            else:
+                evictable = m.state is S.READY and m.inflight == 0 and not m.pinned
+                held = (
+                    protect
+                    and self._heat(m) > waiting
+                    and self._debt(target) < self._cost(m, target)
+                )
+                evictable = evictable and not held
+                sleeps = m.to_sleep if m.state is S.STOPPING else self._will_sleep(m)
+                residual = (m.terms.sleep_need or 0) if sleeps else 0
             # Room being freed for another model is that model's: plan around it,
             # so swaps whose evictions do not overlap run in parallel.
             stopping = m.state is S.STOPPING and self._claims.get(model, target) == target
             r = Resident(
                 model, self._need(m), m.devices, evictable, pinned=m.pinned,
                 stopping=stopping, last_used=m.last_used, priority=m.terms.priority,
+                residual=residual,
             )  # fmt: skip
             out.append(r)
         for claimant, rooms in self._reserved.items():
@@ -375,8 +434,32 @@ class Scheduler:
                     out.append(Resident(f"(room for {claimant})", need, devices, False))
         return out
 
+    def _debt(self, target: str) -> float:
+        """Seconds the requests waiting for ``target`` have waited so far."""
+        return sum(self._now - q.arrived for q in self._queue if q.model == target)
+
+    def _cost(self, m: ModelView, target: str) -> float:
+        """What evicting ``m`` for ``target`` costs: loading ``target`` now and
+        ``m`` again for its demand (a load never seen counts ``assumed_load``)."""
+        t = self._m[target].load_time
+        own = m.load_time if m.load_time is not None else self._cfg.assumed_load
+        return self._cfg.swap_factor * ((t if t is not None else self._cfg.assumed_load) + own)
+
     def _need(self, m: ModelView) -> int:
+        if m.state is S.SLEEPING:
+            return m.terms.sleep_need or 0
         return m.need if m.need is not None else max(self._budget.values())
+
+    def _full_need(self, m: ModelView) -> int:
+        return m.need if m.need is not None else max(self._budget.values())
+
+    def _will_sleep(self, m: ModelView) -> bool:
+        """Whether evicting ``m`` now would put it to sleep rather than stop it."""
+        return (
+            m.terms.sleep_need is not None
+            and m.state is S.READY
+            and (self._host is None or self.host_used() + m.terms.host_need <= self._host)
+        )
 
     def _dispatch(self, q: Queued) -> None:
         m = self._m[q.model]
@@ -387,11 +470,15 @@ class Scheduler:
         m.started.append(self._now)
         self._fx.dispatch(q.request_id, q.model)
 
-    def _stop(self, model: str, for_model: str | None) -> None:
-        self._m[model].state = S.STOPPING
+    def _stop(self, model: str, for_model: str | None, sleep_ok: bool = True) -> None:
+        """Stop ``model``; when it makes room for another, put it to sleep if it can."""
+        m = self._m[model]
+        sleep = sleep_ok and for_model is not None and self._will_sleep(m)
+        m.state = S.STOPPING
+        m.to_sleep = sleep
         if for_model is not None:
             self._claims[model] = for_model
-        self._fx.stop(model, for_model=for_model)
+        self._fx.stop(model, for_model=for_model, sleep=sleep)
 
     def _idle(self, model: str) -> bool:
         return self._m[model].inflight == 0 and self.queued(model) == 0
@@ -415,9 +502,7 @@ class Scheduler:
         if self._cfg.policy == "fifo" or not self._queue:
             return
         times = [
-            q.arrived + self._cfg.max_wait
-            for q in self._queue
-            if self._m[q.model].state in (S.STOPPED, S.FAILED)
+            q.arrived + self._cfg.max_wait for q in self._queue if self._m[q.model].state in TO_LOAD
         ]
         if self._overdue() is not None:
             times += [
@@ -425,6 +510,14 @@ class Scheduler:
                 for m in self._m.values()
                 if m.state is S.READY
             ]
+        # A request held back behind a hot model: once its wait pays for the swap.
+        ready_hot = any(m.state is S.READY and len(m.started) >= 2 for m in self._m.values())
+        for target in {q.model for q in self._queue} if ready_hot else ():
+            if self._m[target].state in TO_LOAD:
+                arrived = [q.arrived for q in self._queue if q.model == target]
+                for m in self._m.values():
+                    if m.state is S.READY and len(m.started) >= 2:
+                        times.append((self._cost(m, target) + sum(arrived)) / len(arrived))
         # When a hot model cools down, it may become a victim.
         times += [
             m.started[-2] + self._cfg.min_residency

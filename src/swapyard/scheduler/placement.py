@@ -36,6 +36,7 @@ class Resident:
     stopping: bool = False
     last_used: float = 0.0
     priority: int = 0
+    residual: int = 0  # still held once evicted or stopped (an engine put to sleep)
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,12 +63,17 @@ class Never:
 Plan = Fit | Evict | Wait | Never
 
 
-def free_memory(budget: Mapping[str, int], residents: Iterable[Resident]) -> dict[str, int]:
-    """Budget left on each device after what the residents hold."""
+def free_memory(
+    budget: Mapping[str, int], residents: Iterable[Resident], after_stops: bool = False
+) -> dict[str, int]:
+    """Budget left on each device after what the residents hold (``after_stops``:
+    once the stops under way are done, when stopping models hold their residual)."""
     free = dict(budget)
     for r in residents:
+        held = r.residual if after_stops and r.stopping else r.need
         for d in r.devices:
-            free[d] -= r.need
+            if d in free:
+                free[d] -= held
     return free
 
 
@@ -91,7 +97,7 @@ def plan(need: int, count: int, budget: Mapping[str, int], residents: Sequence[R
         )
     # 2. room once a stop under way finishes: wait for it rather than evict more.
     stopping = [r for r in residents if r.stopping]
-    after_stops = free_memory(budget, [r for r in residents if not r.stopping])
+    after_stops = free_memory(budget, residents, after_stops=True)
     if stopping and any(all(after_stops[d] >= need for d in s) for s in sets):
         return Wait("waiting for " + ", ".join(r.model for r in stopping) + " to stop")
     # 3. the smallest set of evictable models that makes room on some device set.
@@ -123,7 +129,8 @@ def _victims_for(
 
     def enough(victims: Sequence[Resident]) -> bool:
         return all(
-            free[d] + sum(v.need for v in victims if d in v.devices) >= need for d in devices
+            free[d] + sum(v.need - v.residual for v in victims if d in v.devices) >= need
+            for d in devices
         )
 
     if not enough(order):

@@ -19,7 +19,11 @@ class Effects(Protocol):
 
     def start(self, model: str, devices: tuple[str, ...]) -> None: ...
 
-    def stop(self, model: str, *, for_model: str | None) -> None: ...
+    def stop(self, model: str, *, for_model: str | None, sleep: bool = False) -> None:
+        """Stop ``model`` (to make room ``for_model``, if given); with ``sleep``, put
+        it to sleep instead (its fast swap), which keeps ``sleep_need`` on its
+        devices and ``host_need`` in host RAM."""
+        ...
 
     def dispatch(self, request_id: int, model: str) -> None: ...
 
@@ -40,6 +44,8 @@ class ModelTerms:
     pinned: bool = False
     priority: int = 0
     max_concurrent: int = 0  # 0: no limit
+    sleep_need: int | None = None  # None: no fast swap; else memory kept on its devices asleep
+    host_need: int = 0  # host RAM a sleeping engine holds
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,9 +55,11 @@ class SchedulerConfig:
     max_wait: float = 60.0
     min_residency: float = 5.0
     retry_after: float = 1.0
-    # Holding requests back to batch them only pays when a swap is expensive: a
-    # hot model is protected only if reloading it takes at least this long.
-    costly_load: float = 1.0
+    # Rent or buy: a hot model is kept while the requests held back for another
+    # one have waited less than swap_factor x (both load times) in all; a model
+    # never loaded counts assumed_load seconds.
+    assumed_load: float = 5.0
+    swap_factor: float = 3.0
 
 
 @dataclass(slots=True)
@@ -77,3 +85,4 @@ class ModelView:
     started: list[float] = field(default_factory=list)  # recent dispatch times
     starting_at: float = 0.0
     load_time: float | None = None  # last starting -> ready, seconds
+    to_sleep: bool = False  # stopping into sleep (its fast swap), not to stopped

@@ -183,6 +183,18 @@ class FakeEngine:
         await resp.write(b"data: " + json.dumps(doc).encode() + b"\n\n")
 
 
+def _key_check(key: str) -> Any:
+    @web.middleware
+    async def check(request: web.Request, handler: Any) -> web.StreamResponse:
+        got = request.headers.get("Authorization", "")
+        if got != f"Bearer {key}":
+            say(f"refused {request.path}: Authorization {got[:12]!r}")
+            return web.json_response({"error": {"message": "invalid API key"}}, status=401)
+        return await handler(request)  # type: ignore[no-any-return]
+
+    return check
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="swapyard-fake-engine", description=__doc__)
     p.add_argument("--host", default="127.0.0.1")
@@ -204,6 +216,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="close the connection after a stream while announcing keep-alive (llama-server)",
     )
     p.add_argument("--error-status", type=int, default=0, help="answer completions with it")
+    p.add_argument("--require-key", default="", help="401 unless `Authorization: Bearer KEY`")
     p.add_argument("--grandchild", action="store_true", help="spawn a child that ignores SIGTERM")
     return p.parse_args(argv)
 
@@ -225,7 +238,7 @@ def main(argv: list[str] | None = None) -> None:
         )  # fmt: skip
         say(f"grandchild pid {child.pid}")
     engine = FakeEngine(args)
-    app = web.Application()
+    app = web.Application(middlewares=[_key_check(args.require_key)] if args.require_key else [])
     app.router.add_get("/health", engine.health)
     app.router.add_get("/v1/models", engine.models)
     app.router.add_post("/v1/chat/completions", engine.completions)

@@ -18,8 +18,8 @@ class RecordingEffects:
         self.calls.append(("start", model))
         self.placements[model] = devices
 
-    def stop(self, model: str, *, for_model: str | None) -> None:
-        self.calls.append(("stop", model, for_model))
+    def stop(self, model: str, *, for_model: str | None, sleep: bool = False) -> None:
+        self.calls.append(("sleep" if sleep else "stop", model, for_model))
 
     def dispatch(self, request_id: int, model: str) -> None:
         self.calls.append(("dispatch", request_id, model))

@@ -1,0 +1,379 @@
+"""Protocol-faithful fakes of vLLM, SGLang, TabbyAPI and Ollama, for the engines
+that need a GPU. Each takes the documented command line of the real one (unknown
+flags are refused, as the real parsers do), serves the documented endpoints the
+adapters use, and refuses what the real one refuses::
+
+    python -m swapyard.testing.engine_fakes vllm serve MODEL --host H --port P ...
+    python -m swapyard.testing.engine_fakes sglang --model-path M --port P ...
+    python -m swapyard.testing.engine_fakes tabbyapi --port P --model-dir D --model-name N
+    OLLAMA_HOST=127.0.0.1:P python -m swapyard.testing.engine_fakes ollama serve
+
+Generation is the fake engine's (``swapyard.testing.fake_engine``). Knobs that
+are not flags of the real engines come from the environment, so the command line
+stays the real one: ``FAKE_LOAD_S`` (cold load), ``FAKE_WAKE_S`` (wake / resume /
+in-process load), ``FAKE_SLEEP_S``, ``FAKE_TPS`` (tokens per second),
+``FAKE_TABBY_ADMIN_KEY``.
+
+Documented behaviour reproduced:
+- vLLM: ``/sleep`` and ``/wake_up`` exist only with ``--enable-sleep-mode`` and
+  ``VLLM_SERVER_DEV_MODE=1`` (404 otherwise); ``/is_sleeping``; a level-2 sleep
+  discards the weights, so waking without ``/collective_rpc reload_weights``
+  leaves an engine that cannot generate; a sleeping engine does not generate.
+- SGLang: ``/release_memory_occupation`` needs ``--enable-memory-saver`` and is
+  refused while requests are running; released weights come back only with
+  ``--enable-weights-cpu-backup``.
+- TabbyAPI: ``GET /v1/model`` fails while no model is loaded; ``/v1/model/load``
+  streams ``module``/``modules`` progress and ``/v1/model/load|unload`` need the
+  admin key unless auth is disabled.
+- Ollama: ``/api/tags``, ``/api/ps``, ``/api/generate`` with an empty prompt loads
+  (``keep_alive`` < 0 or > 0) or unloads (``keep_alive: 0``); a chat request for a
+  model not loaded loads it first.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+
+from swapyard.testing.fake_engine import DEFAULT_TEXT, FakeEngine, say
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def _env_float(name: str, default: float) -> float:
+    return float(os.environ.get(name, default))
+
+
+def _generator(model_id: str) -> FakeEngine:
+    ns = argparse.Namespace(
+        model_id=model_id, text=DEFAULT_TEXT, max_tokens=16, load_delay=0.0,
+        tokens_per_second=_env_float("FAKE_TPS", 1000.0), memory_mib=0,
+        never_healthy=False, crash_after_tokens=0, cumulative=False,
+        close_after_stream=False, error_status=0,
+    )  # fmt: skip
+    return FakeEngine(ns)
+
+
+def _err(status: int, message: str) -> web.Response:
+    return web.json_response({"error": {"message": message, "code": status}}, status=status)
+
+
+class Base:
+    """Loading, generation with an in-flight count, and the common routes."""
+
+    def __init__(self, served: str) -> None:
+        self.served = served
+        self.gen = _generator(served)
+        self.loaded_at = time.monotonic() + _env_float("FAKE_LOAD_S", 0.0)
+        self.inflight = 0
+
+    def loaded(self) -> bool:
+        return time.monotonic() >= self.loaded_at
+
+    def refusal(self) -> web.Response | None:
+        """Why generation is refused now (None: it is not)."""
+        return None if self.loaded() else _err(503, "model is loading")
+
+    async def generate(self, request: web.Request) -> web.StreamResponse:
+        refused = self.refusal()
+        if refused is not None:
+            return refused
+        self.inflight += 1
+        try:
+            return await self.gen.completions(request)
+        finally:
+            self.inflight -= 1
+
+    async def health(self, request: web.Request) -> web.Response:
+        return web.json_response({}) if self.loaded() else _err(503, "loading")
+
+    async def models(self, request: web.Request) -> web.Response:
+        return web.json_response({"object": "list", "data": [{"id": self.served}]})
+
+    def routes(self, app: web.Application) -> None:
+        app.router.add_get("/health", self.health)
+        app.router.add_get("/v1/models", self.models)
+        app.router.add_post("/v1/chat/completions", self.generate)
+        app.router.add_post("/v1/completions", self.generate)
+
+
+class Vllm(Base):
+    def __init__(self, a: argparse.Namespace) -> None:
+        super().__init__(a.served_model_name or a.model)
+        self.args = a
+        self.mapped = {"weights": True, "kv_cache": True}  # GPU memory held, by tag
+        self.weights_ok = True
+
+    @property
+    def sleeping(self) -> bool:
+        return not all(self.mapped.values())
+
+    def refusal(self) -> web.Response | None:
+        if self.sleeping:
+            return _err(503, "the engine is sleeping")
+        if not self.weights_ok:
+            return _err(500, "weights were discarded by sleep level 2 and not reloaded")
+        return super().refusal()
+
+    async def sleep(self, request: web.Request) -> web.Response:
+        level = int(request.query.get("level", "1"))
+        if level not in (1, 2):
+            return _err(400, f"invalid sleep level {level}")
+        await asyncio.sleep(_env_float("FAKE_SLEEP_S", 0.0))
+        self.mapped = {"weights": False, "kv_cache": False}
+        self.weights_ok = level == 1  # level 1 keeps a copy in host RAM
+        say(f"sleeping at level {level}")
+        return web.Response(status=200)
+
+    async def wake_up(self, request: web.Request) -> web.Response:
+        tags = request.query.getall("tags", []) or list(self.mapped)
+        await asyncio.sleep(_env_float("FAKE_WAKE_S", 0.0) / len(tags))
+        for t in tags:
+            self.mapped[t] = True
+        say(f"wake_up tags={','.join(tags)}")
+        return web.Response(status=200)
+
+    async def collective_rpc(self, request: web.Request) -> web.Response:
+        doc = await request.json()
+        if doc.get("method") != "reload_weights":
+            return _err(400, f"unknown method {doc.get('method')!r}")
+        if not self.mapped["weights"]:
+            return _err(400, "wake up the weights before reloading them")
+        self.weights_ok = True
+        say("reloaded weights")
+        return web.json_response({"results": [None]})
+
+    async def is_sleeping(self, request: web.Request) -> web.Response:
+        return web.json_response({"is_sleeping": bool(self.sleeping)})
+
+    def routes(self, app: web.Application) -> None:
+        super().routes(app)
+        if self.args.enable_sleep_mode and os.environ.get("VLLM_SERVER_DEV_MODE") == "1":
+            app.router.add_post("/sleep", self.sleep)
+            app.router.add_post("/wake_up", self.wake_up)
+            app.router.add_post("/collective_rpc", self.collective_rpc)
+            app.router.add_get("/is_sleeping", self.is_sleeping)
+
+
+class Sglang(Base):
+    def __init__(self, a: argparse.Namespace) -> None:
+        super().__init__(a.served_model_name or a.model_path)
+        self.args = a
+        self.released = False
+        self.weights_ok = True
+
+    def refusal(self) -> web.Response | None:
+        if self.released:
+            return _err(503, "memory is released")
+        if not self.weights_ok:
+            return _err(500, "weights were released without a CPU backup")
+        return super().refusal()
+
+    async def release(self, request: web.Request) -> web.Response:
+        if not self.args.enable_memory_saver:
+            return _err(400, "release_memory_occupation needs --enable-memory-saver")
+        if self.inflight:
+            return _err(400, f"cannot release memory: {self.inflight} requests are running")
+        await asyncio.sleep(_env_float("FAKE_SLEEP_S", 0.0))
+        self.released = True
+        self.weights_ok = bool(self.args.enable_weights_cpu_backup)
+        say("released memory occupation")
+        return web.json_response({"success": True})
+
+    async def resume(self, request: web.Request) -> web.Response:
+        await asyncio.sleep(_env_float("FAKE_WAKE_S", 0.0))
+        self.released = False
+        say("resumed memory occupation")
+        return web.json_response({"success": True})
+
+    async def model_info(self, request: web.Request) -> web.Response:
+        return web.json_response({"model_path": self.args.model_path, "is_generation": True})
+
+    def routes(self, app: web.Application) -> None:
+        super().routes(app)
+        app.router.add_get("/get_model_info", self.model_info)
+        app.router.add_post("/release_memory_occupation", self.release)
+        app.router.add_post("/resume_memory_occupation", self.resume)
+
+
+class Tabby(Base):
+    MODULES = 10
+
+    def __init__(self, a: argparse.Namespace) -> None:
+        super().__init__(a.model_name)
+        self.args = a
+        self.model: str | None = a.model_name  # loading at start-up, ready after FAKE_LOAD_S
+        self.admin = os.environ.get("FAKE_TABBY_ADMIN_KEY", "")
+        self.auth = str(a.disable_auth).lower() not in ("true", "1", "yes")
+
+    def refusal(self) -> web.Response | None:
+        if self.model is None:
+            return _err(400, "No models are currently loaded.")
+        return super().refusal()
+
+    def _admin_refused(self, request: web.Request) -> web.Response | None:
+        if self.auth and request.headers.get("x-admin-key") != self.admin:
+            return _err(401, "Invalid admin key")
+        return None
+
+    async def current(self, request: web.Request) -> web.Response:
+        if self.auth and request.headers.get("x-admin-key", request.headers.get("x-api-key")) != (
+            self.admin
+        ):
+            return _err(401, "Invalid API key")
+        if self.model is None or not self.loaded():
+            return _err(400, "No models are currently loaded.")
+        return web.json_response({"id": self.model, "object": "model", "owned_by": "tabbyAPI"})
+
+    async def unload(self, request: web.Request) -> web.Response:
+        if (refused := self._admin_refused(request)) is not None:
+            return refused
+        self.model = None
+        say("unloaded model")
+        return web.Response(status=200)
+
+    async def load(self, request: web.Request) -> web.StreamResponse:
+        if (refused := self._admin_refused(request)) is not None:
+            return refused
+        doc = await request.json()
+        name = doc.get("model_name")
+        if not name:
+            return _err(400, "model_name is required")
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        step = _env_float("FAKE_WAKE_S", 0.0) / self.MODULES
+        for i in range(1, self.MODULES + 1):
+            await asyncio.sleep(step)
+            status = "finished" if i == self.MODULES else "processing"
+            ev = {"model_type": "model", "module": i, "modules": self.MODULES, "status": status}
+            await resp.write(b"data: " + json.dumps(ev).encode() + b"\n\n")
+        self.model = name
+        self.loaded_at = time.monotonic()
+        say(f"loaded model {name}")
+        return resp
+
+    def routes(self, app: web.Application) -> None:
+        super().routes(app)
+        app.router.add_get("/v1/model", self.current)
+        app.router.add_post("/v1/model/load", self.load)
+        app.router.add_post("/v1/model/unload", self.unload)
+
+
+class Ollama:
+    """One ``ollama serve``: many models, loaded on demand."""
+
+    def __init__(self) -> None:
+        self.loaded: dict[str, float] = {}  # name -> when loaded
+
+    async def tags(self, request: web.Request) -> web.Response:
+        return web.json_response({"models": []})
+
+    async def ps(self, request: web.Request) -> web.Response:
+        return web.json_response({"models": [{"name": n, "model": n} for n in self.loaded]})
+
+    async def _load(self, name: str) -> None:
+        if name not in self.loaded:
+            await asyncio.sleep(_env_float("FAKE_WAKE_S", 0.0))
+            self.loaded[name] = time.monotonic()
+            say(f"loaded {name}")
+
+    async def generate(self, request: web.Request) -> web.Response:
+        doc = await request.json()
+        name = doc.get("model")
+        if not name:
+            return _err(400, "model is required")
+        if doc.get("prompt"):
+            return _err(501, "the fake only loads and unloads through /api/generate")
+        if doc.get("keep_alive") == 0:
+            self.loaded.pop(name, None)
+            say(f"unloaded {name}")
+            return web.json_response({"model": name, "done": True, "done_reason": "unload"})
+        await self._load(name)
+        return web.json_response({"model": name, "done": True, "done_reason": "load"})
+
+    async def chat(self, request: web.Request) -> web.StreamResponse:
+        doc = await request.json()
+        name = doc.get("model", "")
+        await self._load(name)  # as Ollama does: a request loads its model first
+        return await _generator(name).completions(request)
+
+    def routes(self, app: web.Application) -> None:
+        app.router.add_get("/api/tags", self.tags)
+        app.router.add_get("/api/ps", self.ps)
+        app.router.add_get("/api/version", lambda r: _ok({"version": "0.0.0-fake"}))
+        app.router.add_post("/api/generate", self.generate)
+        app.router.add_post("/v1/chat/completions", self.chat)
+        app.router.add_post("/v1/completions", self.chat)
+
+
+async def _ok(doc: dict[str, Any]) -> web.Response:
+    return web.json_response(doc)
+
+
+def parse(argv: list[str]) -> tuple[str, argparse.Namespace]:
+    if not argv:
+        raise SystemExit("usage: engine_fakes {vllm,sglang,tabbyapi,ollama} ...")
+    kind, rest = argv[0], argv[1:]
+    p = argparse.ArgumentParser(prog=kind)
+    if kind == "vllm":
+        p.add_argument("command", choices=["serve"])
+        p.add_argument("model")
+        p.add_argument("--host", default="127.0.0.1")
+        p.add_argument("--port", type=int, default=8000)
+        p.add_argument("--served-model-name")
+        p.add_argument("--max-model-len", type=int)
+        p.add_argument("--quantization")
+        p.add_argument("--tensor-parallel-size", type=int, default=1)
+        p.add_argument("--gpu-memory-utilization", type=float)
+        p.add_argument("--enable-sleep-mode", action="store_true")
+    elif kind == "sglang":
+        p.add_argument("--model-path", required=True)
+        p.add_argument("--host", default="127.0.0.1")
+        p.add_argument("--port", type=int, default=30000)
+        p.add_argument("--served-model-name")
+        p.add_argument("--context-length", type=int)
+        p.add_argument("--quantization")
+        p.add_argument("--tp-size", type=int, default=1)
+        p.add_argument("--mem-fraction-static", type=float)
+        p.add_argument("--enable-memory-saver", action="store_true")
+        p.add_argument("--enable-weights-cpu-backup", action="store_true")
+    elif kind == "tabbyapi":
+        p.add_argument("--host", default="127.0.0.1")
+        p.add_argument("--port", type=int, default=5000)
+        p.add_argument("--model-dir", default="models")
+        p.add_argument("--model-name")
+        p.add_argument("--max-seq-len", type=int)
+        p.add_argument("--tensor-parallel")
+        p.add_argument("--gpu-split-auto")
+        p.add_argument("--disable-auth", default="false")
+    elif kind == "ollama":
+        p.add_argument("command", choices=["serve"])
+    else:
+        raise SystemExit(f"unknown engine {kind!r}")
+    return kind, p.parse_args(rest)
+
+
+def main(argv: list[str] | None = None) -> None:
+    kind, a = parse(sys.argv[1:] if argv is None else argv)
+    app = web.Application()
+    if kind == "ollama":
+        host, _, port = os.environ.get("OLLAMA_HOST", "127.0.0.1:11434").rpartition(":")
+        Ollama().routes(app)
+    else:
+        host, port = a.host, str(a.port)
+        engine = {"vllm": Vllm, "sglang": Sglang, "tabbyapi": Tabby}[kind](a)
+        engine.routes(app)
+    say(f"fake {kind} pid {os.getpid()} on {host}:{port}: {' '.join(sys.argv[1:])}")
+    web.run_app(app, host=host, port=int(port), print=None, access_log=None)
+
+
+if __name__ == "__main__":
+    main()
