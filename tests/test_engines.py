@@ -134,9 +134,9 @@ def test_raw_cmd_overrides_the_engine_launch() -> None:
     m = cfg.models["a"]
     assert m.cmd == ("my-wrapper", "--port", "${PORT}")
     assert m.engine == "vllm" and m.fast  # the fast swap still uses vLLM's routes
-    assert config({"a": {"engine": "vllm", "model": "x", "tensor_parallel": 2}}).models[
-        "a"
-    ].gpus == 2
+    assert (
+        config({"a": {"engine": "vllm", "model": "x", "tensor_parallel": 2}}).models["a"].gpus == 2
+    )
 
 
 def test_llamacpp_load_phases_come_from_its_log() -> None:
@@ -252,9 +252,7 @@ async def test_tabbyapi_load_progress_is_relayed_in_the_loading_status(
     http: aiohttp.ClientSession,
 ) -> None:
     models = two_models("tabbyapi", FAKE_WAKE_S="2.5")
-    cfg = config(
-        models, devices={"gpu0": {"memory": "10GiB"}}, scheduler={"host_memory": "64GiB"}
-    )
+    cfg = config(models, devices={"gpu0": {"memory": "10GiB"}}, scheduler={"host_memory": "64GiB"})
     async with running_server(cfg) as srv:
         await ask(http, srv.url, "m1")
         await ask(http, srv.url, "m2")

@@ -135,9 +135,7 @@ async def test_remote_openai_upstream_gets_its_own_key(http: aiohttp.ClientSessi
         async with running_server(config(models, loading_status="off")) as srv:
             body = {"model": "remote", "messages": [{"role": "user", "content": "hi"}]}
             headers = {"Authorization": "Bearer client-key"}  # not forwarded
-            async with http.post(
-                srv.url + "/v1/chat/completions", json=body, headers=headers
-            ) as r:
+            async with http.post(srv.url + "/v1/chat/completions", json=body, headers=headers) as r:
                 assert r.status == 200, await r.text()
                 assert (await r.json())["choices"][0]["message"]["content"].startswith(
                     "gpt-remote:"
