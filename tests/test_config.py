@@ -14,10 +14,12 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_example_config_loads() -> None:
     """The annotated config.example.yaml shipped in the repo is valid."""
-    cfg = load_config_file(
-        ROOT / "config.example.yaml",
-    )
+    path = ROOT / "config.example.yaml"
+    env = {"TABBY_ADMIN_KEY": "admin", "EXAMPLE_API_KEY": "sk-example"}
+    cfg = load_config(path.read_text(), source=str(path), environ=env)
     assert "smollm2" in cfg.models
+    assert cfg.models["big-tp"].gpus == 2 and cfg.models["big-tp"].fast
+    assert dict(cfg.models["hosted"].upstream_headers) == {"Authorization": "Bearer sk-example"}
     assert cfg.resolve("default-chat") is not None
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sys
 from typing import Any
 
@@ -13,8 +14,10 @@ import aiohttp
 import pytest
 
 from swapyard.engines import EngineFields, adapter
+from swapyard.engines.base import Control, FastSwapFailed
 from swapyard.engines.llamacpp import LlamaCpp
 from swapyard.errors import ConfigError
+from swapyard.ports import PortAllocator
 from swapyard.process.state import EngineState
 from swapyard.router import model_terms
 from swapyard.testing import running_server
@@ -275,3 +278,67 @@ async def test_engine_with_no_room_to_sleep_is_stopped(http: aiohttp.ClientSessi
         await ask(http, srv.url, "m1")
         await ask(http, srv.url, "m2")
         await wait_state(srv.router, "m1", EngineState.STOPPED)
+
+
+async def start_fake(argv: list[str], env: dict[str, str]) -> tuple[Any, str]:
+    port = PortAllocator().allocate()
+    argv = [a.replace("${PORT}", str(port)) for a in argv]
+    proc = await asyncio.create_subprocess_exec(
+        *argv, env={**os.environ, **env}, stdout=asyncio.subprocess.DEVNULL
+    )
+    base = f"http://127.0.0.1:{port}"
+    async with aiohttp.ClientSession() as http:
+        for _ in range(500):
+            try:
+                async with http.get(base + "/health") as r:
+                    if r.status == 200:
+                        return proc, base
+            except aiohttp.ClientError:
+                pass
+            await asyncio.sleep(0.02)
+    proc.kill()
+    raise AssertionError("fake did not come up")
+
+
+async def test_sglang_refuses_to_release_while_busy_and_the_adapter_gives_up(
+    http: aiohttp.ClientSession,
+) -> None:
+    f = EngineFields("sglang", "m1", model="/models/m1", launcher=(*FAKES, "sglang"))
+    proc, base = await start_fake(list(adapter("sglang").launch(f).cmd), {"FAKE_TPS": "5"})
+    try:
+        body = {"model": "m1", "messages": [], "max_tokens": 10}  # ~2 s of generation
+        busy = asyncio.ensure_future(http.post(base + "/v1/chat/completions", json=body))
+        await asyncio.sleep(0.3)
+        fast = adapter("sglang").fast(f)
+        assert fast is not None
+        with pytest.raises(FastSwapFailed, match="requests are running"):
+            await fast.sleep(Control(http, base, f))  # refused, retried once, refused
+        (await busy).release()
+        await fast.sleep(Control(http, base, f))  # idle now: released
+        async with http.post(base + "/v1/chat/completions", json=body) as r:
+            assert r.status == 503  # released memory: no generation
+        await fast.wake(Control(http, base, f), lambda *_: None)
+    finally:
+        proc.terminate()
+        await proc.wait()
+
+
+async def test_tabbyapi_admin_routes_need_the_admin_key(http: aiohttp.ClientSession) -> None:
+    f = EngineFields("tabbyapi", "m1", model="/models/m1", launcher=(*FAKES, "tabbyapi"),
+                     admin_key="right")  # fmt: skip
+    launch = adapter("tabbyapi").launch(f)
+    proc, base = await start_fake(list(launch.cmd), {"FAKE_TABBY_ADMIN_KEY": "right"})
+    try:
+        fast = adapter("tabbyapi").fast(f)
+        assert fast is not None
+        with pytest.raises(FastSwapFailed, match="401"):
+            await fast.sleep(Control(http, base, f, {"x-admin-key": "wrong"}))
+        await fast.sleep(Control(http, base, f, launch.check_headers))
+        async with http.get(base + "/v1/model", headers=launch.check_headers) as r:
+            assert r.status == 400  # not ready: no model loaded
+        seen: list[float | None] = []
+        await fast.wake(Control(http, base, f, launch.check_headers), lambda p, _: seen.append(p))
+        assert seen[-1] == 1.0 and len(seen) == 10  # module 1..10 of 10
+    finally:
+        proc.terminate()
+        await proc.wait()

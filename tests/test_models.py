@@ -66,9 +66,12 @@ def test_default_config_serves_both_models_through_the_engine(
     cfg = load_config(default_config_text(models, threads=3))
     assert list(cfg.models) == ["smollm2", "tiny"]
     assert cfg.resolve("smollm2-135m") == "smollm2"
-    cmd = cfg.models["tiny"].cmd
+    tiny = cfg.models["tiny"]
+    cmd = tiny.cmd
+    assert tiny.engine == "llamacpp" and tiny.fields and tiny.fields.model == str(models["tiny"])
     assert cmd[: len(engine_argv())] == tuple(engine_argv())
-    assert cmd[-4:] == ("-m", str(tmp_path / "t.gguf"), "--alias", "tiny")
+    assert cmd[len(engine_argv()) : len(engine_argv()) + 2] == ("-m", str(tmp_path / "t.gguf"))
+    assert cmd[cmd.index("--alias") + 1] == "tiny" and cmd[cmd.index("-c") + 1] == "2048"
     assert "-t" in cmd and cmd[cmd.index("-t") + 1] == "3"
     monkeypatch.setenv("SWAPYARD_LLAMA_SERVER", "/opt/llama/llama-server")
     assert load_config(default_config_text(models)).models["tiny"].cmd[0] == (

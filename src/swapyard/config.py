@@ -31,7 +31,7 @@ _MACRO_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")
 _MODEL_ID = re.compile(r"^[^\s/][^\s]*$")
 # Macros only known when the engine is started (or stopped), per field.
 _RUNTIME_MACROS = {"cmd": {"PORT"}, "proxy": {"PORT"}, "cmd_stop": {"PORT", "PID"}}
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B|B)?\s*$", re.IGNORECASE)
 _SIZE_UNITS = {
     "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
@@ -40,7 +40,7 @@ _SIZE_UNITS = {
 
 
 def parse_duration(value: Any) -> float:
-    """Seconds from ``30``, ``2.5``, ``"500ms"``, ``"30s"``, ``"5m"`` or ``"1h"``."""
+    """Seconds from ``30``, ``2.5``, ``"500ms"``, ``"30s"``, ``"5m"``, ``"1h"`` or ``"7d"``."""
     if isinstance(value, bool):
         raise ValueError(f"expected a duration like 30, '30s' or '5m', got {value!r}")
     if isinstance(value, int | float):
@@ -50,7 +50,7 @@ def parse_duration(value: Any) -> float:
     m = _DURATION.match(str(value))
     if not m:
         raise ValueError(f"expected a duration like 30, '30s' or '5m', got {value!r}")
-    scale = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}[m.group(2) or "s"]
+    scale = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}[m.group(2) or "s"]
     return float(m.group(1)) * scale
 
 
@@ -83,6 +83,8 @@ class _ServerIn(_Strict):
     loading_status: LoadingStatus = "reasoning"
     list_aliases: bool = False
     shutdown_timeout: Duration = 30.0
+    footer: bool = False
+    allow_unauthenticated: bool = False
 
 
 class _DeviceIn(_Strict):
@@ -97,7 +99,7 @@ class _SchedulerIn(_Strict):
     min_residency: Duration = 5.0
     assumed_load: Duration = 5.0
     swap_factor: float = Field(3.0, ge=0)
-    host_memory: Size | None = None
+    host_memory: Annotated[int, Field(ge=0)] | Size | None = None
     learn_memory: bool = True
 
 
@@ -120,6 +122,7 @@ class _ModelIn(_Strict):
     host_memory: Size | None = None
     cumulative_stream: bool = False
     stream_usage: bool | None = None
+    footer: bool | None = None
     env: dict[str, str] = {}
     proxy: str = "http://127.0.0.1:${PORT}"
     check_endpoint: str = "/health"
@@ -137,10 +140,31 @@ class _ModelIn(_Strict):
     max_concurrent: int = Field(0, ge=0)
 
 
+class _UsageIn(_Strict):
+    enabled: bool = True
+    path: str | None = None  # default: usage.db in the data dir
+    retention: Duration = 90 * 86400.0
+
+
+class _KeyIn(_Strict):
+    name: str | None = None
+    key: str | None = None
+    key_env: str | None = None
+    models: list[str] | None = None  # allow-list (ids or aliases); None: all
+
+
+class _AuthIn(_Strict):
+    keys: list[_KeyIn] = []
+    admin_key: str | None = None
+    admin_key_env: str | None = None
+
+
 class _ConfigIn(_Strict):
     server: _ServerIn = Field(default_factory=lambda: _ServerIn.model_validate({}))
     scheduler: _SchedulerIn = Field(default_factory=lambda: _SchedulerIn.model_validate({}))
     devices: dict[str, _DeviceIn] = {}
+    usage: _UsageIn = Field(default_factory=lambda: _UsageIn.model_validate({}))
+    auth: _AuthIn = Field(default_factory=lambda: _AuthIn.model_validate({}))
     preload: list[str] = []
     macros: dict[str, str | int | float] = {}
     models: dict[str, _ModelIn]
@@ -154,6 +178,32 @@ class ServerSpec:
     loading_status: LoadingStatus = "reasoning"
     list_aliases: bool = False
     shutdown_timeout: float = 30.0
+    footer: bool = False  # append "⚡ tok/s" to every answer
+    allow_unauthenticated: bool = False  # listen beyond loopback with no API keys
+
+
+@dataclass(frozen=True, slots=True)
+class KeySpec:
+    name: str
+    key: str = field(repr=False)
+    models: frozenset[str] | None = None  # model ids it may use; None: all
+
+
+@dataclass(frozen=True, slots=True)
+class AuthSpec:
+    keys: tuple[KeySpec, ...] = ()
+    admin_key: str | None = field(default=None, repr=False)
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.keys) or self.admin_key is not None
+
+
+@dataclass(frozen=True, slots=True)
+class UsageSpec:
+    enabled: bool = True
+    path: str | None = None
+    retention: float = 90 * 86400.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,6 +258,7 @@ class ModelSpec:
     upstream_model: str | None = None
     stream_usage: bool = False
     cumulative_stream: bool = False
+    footer: bool | None = None  # None: server.footer
     sleep_memory: int | None = None  # GPU memory held while asleep (fast swap)
     host_memory: int | None = None  # host RAM held while asleep
 
@@ -241,6 +292,8 @@ class Config:
     scheduler: SchedulerSpec = SchedulerSpec()
     devices: tuple[DeviceSpec, ...] = ()
     preload: tuple[str, ...] = ()
+    usage: UsageSpec = UsageSpec()
+    auth: AuthSpec = AuthSpec()
 
     @property
     def aliases(self) -> Mapping[str, str]:
@@ -317,11 +370,65 @@ def load_config(
         loading_status=s.loading_status,
         list_aliases=s.list_aliases,
         shutdown_timeout=s.shutdown_timeout,
+        footer=s.footer,
+        allow_unauthenticated=s.allow_unauthenticated,
     )
-    return Config(
+    config = Config(
         models=MappingProxyType(models), server=server, source=source, scheduler=scheduler,
         devices=devices, preload=tuple(parsed.preload),
+        usage=UsageSpec(parsed.usage.enabled, parsed.usage.path, parsed.usage.retention),
+        auth=_auth(source, parsed.auth, models, env),
     )  # fmt: skip
+    check_exposure(config, server.host)
+    return config
+
+
+LOOPBACK = ("127.0.0.1", "::1", "localhost")
+
+
+def check_exposure(config: Config, host: str) -> None:
+    """No API keys means loopback only, unless the operator says otherwise."""
+    if host in LOOPBACK or host.startswith("127.") or config.auth.enabled:
+        return
+    if config.server.allow_unauthenticated:
+        return
+    raise ConfigError(
+        f"{config.source}: server.host: {host} would expose every model without API keys; "
+        "configure auth.keys / auth.admin_key_env, or set server.allow_unauthenticated: true"
+    )
+
+
+def _auth(
+    source: str, a: _AuthIn, models: Mapping[str, ModelSpec], env: Mapping[str, str]
+) -> AuthSpec:
+    def secret(where: str, value: str | None, var: str | None) -> str | None:
+        if value is not None and var is not None:
+            raise ConfigError(f"{source}: {where}: give the key or its variable, not both")
+        if var is not None:
+            if not env.get(var):
+                raise ConfigError(f"{source}: {where}: environment variable {var!r} is not set")
+            return env[var]
+        return value
+
+    keys = []
+    aliases = {a: m.id for m in models.values() for a in m.aliases}
+    for i, k in enumerate(a.keys):
+        where = f"auth.keys[{i}]"
+        value = secret(where, k.key, k.key_env)
+        if not value:
+            raise ConfigError(f"{source}: {where}: needs `key` or `key_env`")
+        allowed = None
+        if k.models is not None:
+            ids = set()
+            for name in k.models:
+                mid = name if name in models else aliases.get(name)
+                if mid is None:
+                    raise ConfigError(f"{source}: {where}.models: {name!r} is not a model")
+                ids.add(mid)
+            allowed = frozenset(ids)
+        keys.append(KeySpec(k.name or f"key{i + 1}", value, allowed))
+    admin = secret("auth.admin_key", a.admin_key, a.admin_key_env)
+    return AuthSpec(tuple(keys), admin)
 
 
 def config_json_schema() -> dict[str, Any]:
@@ -471,6 +578,7 @@ def _build_model(
         upstream_model=launch.upstream_model,
         stream_usage=launch.stream_usage if m.stream_usage is None else m.stream_usage,
         cumulative_stream=m.cumulative_stream,
+        footer=m.footer,
         sleep_memory=m.sleep_memory,
         host_memory=m.host_memory,
     )
@@ -506,9 +614,10 @@ def _engine(
     def words(key: str, value: str | list[str] | None) -> tuple[str, ...]:
         if value is None or value == []:
             return ()
-        if isinstance(value, str):
+        if isinstance(value, str):  # expand, then split: a macro may hold several words
+            text = _expand(value, macros, env, f"{where}.{key}", set())
             try:
-                value = shlex.split(value)
+                return tuple(shlex.split(text))
             except ValueError as exc:
                 raise ConfigError(f"{where}.{key}: cannot split into arguments: {exc}") from exc
         return tuple(_expand(v, macros, env, f"{where}.{key}", set()) for v in value)

@@ -109,6 +109,22 @@ class BodyTooLarge(RequestError):
         self.limit = limit
 
 
+class Unauthorized(RequestError):
+    """No API key, or not one of ours (401)."""
+
+    status = 401
+    code = "invalid_api_key"
+
+
+class Forbidden(RequestError):
+    """A valid key that may not do this: a model outside its allow-list, or an
+    admin route with a plain key (403)."""
+
+    status = 403
+    type = "permission_error"
+    code = "forbidden"
+
+
 class NotFound(RequestError):
     status = 404
     code = "not_found"

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 from swapyard.errors import SwapyardError
 from swapyard.process.state import EngineState
+from swapyard.usage.meter import RequestRecord
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,7 +51,16 @@ class RequestFinished:
     at: float = field(default_factory=time.monotonic)
 
 
-Event = EngineStateChanged | SwapStarted | RequestAdmitted | RequestFinished
+@dataclass(frozen=True, slots=True)
+class RequestCompleted:
+    """A proxied request's figures (``swapyard.usage.meter.RequestRecord``), once
+    its answer has been sent (or failed)."""
+
+    record: RequestRecord
+    at: float = field(default_factory=time.monotonic)
+
+
+Event = EngineStateChanged | SwapStarted | RequestAdmitted | RequestFinished | RequestCompleted
 
 
 class EventBus:

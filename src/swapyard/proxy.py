@@ -19,6 +19,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 
 from swapyard.errors import SwapyardError, UpstreamDied, UpstreamUnavailable
 from swapyard.quirks import StreamFix
+from swapyard.usage.meter import DONE, Metering, add_footer, footer_chunk
 
 HOP_BY_HOP = frozenset(
     {
@@ -33,7 +34,8 @@ HOP_BY_HOP = frozenset(
         "upgrade",
     }
 )
-_REQUEST_DROP = HOP_BY_HOP | {"host", "content-length"}
+# The client's own key never reaches an engine (an engine's key is added per model).
+_REQUEST_DROP = HOP_BY_HOP | {"host", "content-length", "authorization", "x-api-key"}
 _RESPONSE_DROP = HOP_BY_HOP | {"content-length"}
 CONNECT_TIMEOUT = 10.0
 
@@ -89,9 +91,7 @@ async def open_upstream(
     connection; a refused connection is not retried: the engine is down.
     """
     fwd = request_headers(headers)
-    if extra_headers:  # the engine's own credentials replace the client's
-        for k in ("authorization", "x-api-key"):
-            fwd.popall(k, None)
+    if extra_headers:  # the engine's own credentials
         fwd.update(extra_headers)
     for attempt in (1, 2):
         try:
@@ -114,23 +114,35 @@ async def open_upstream(
 
 
 async def pipe_response(
-    request: web.Request, resp: aiohttp.ClientResponse, model: str, fix: StreamFix | None = None
+    request: web.Request,
+    resp: aiohttp.ClientResponse,
+    model: str,
+    fix: StreamFix | None = None,
+    metering: Metering | None = None,
 ) -> web.StreamResponse:
-    """Send the engine's answer to the client: status, headers and body as they come."""
+    """Send the engine's answer to the client: status, headers and body as they come
+    (a non-streaming answer also gets the request's figures as headers)."""
+    if metering is not None:
+        metering.base.status = resp.status
     try:
         if not is_streaming(resp):
             try:
                 body = await resp.read()
             except (aiohttp.ClientError, OSError) as exc:
                 raise UpstreamDied(model, f"the engine of {model!r} dropped the response") from exc
-            out = web.Response(
-                status=resp.status, headers=response_headers(resp.headers), body=body
-            )
+            headers = response_headers(resp.headers)
+            if metering is not None:
+                metering.meter.body(body)
+                rec = metering.final()
+                headers.update(rec.headers())
+                if metering.footer and resp.status == 200:
+                    body = add_footer(body, rec.footer()) or body
+            out = web.Response(status=resp.status, headers=headers, body=body)
             resp.release()
             return out
         sresp = web.StreamResponse(status=resp.status, headers=response_headers(resp.headers))
         await sresp.prepare(request)
-        await stream_body(sresp, resp, model, sse=is_sse(resp), fix=fix)
+        await stream_body(sresp, resp, model, sse=is_sse(resp), fix=fix, metering=metering)
         await sresp.write_eof()
         return sresp
     finally:
@@ -148,11 +160,16 @@ async def stream_body(
     *,
     sse: bool,
     fix: StreamFix | None = None,
+    metering: Metering | None = None,
 ) -> None:
     """Copy the body chunk by chunk as it arrives (through ``fix`` when the engine's
-    SSE stream needs one). If the engine dies mid-way, an SSE stream ends with an
-    error event (never a hang); other bodies just end."""
+    SSE stream needs one, past the meter when there is one). With the footer on,
+    one extra delta goes out just before ``data: [DONE]`` (or at the end). If the
+    engine dies mid-way, an SSE stream ends with an error event (never a hang);
+    other bodies just end."""
     fixing = fix is not None and fix.active and sse
+    meter = metering.meter if metering is not None else None
+    footer = metering is not None and metering.footer and sse and resp.status == 200
     try:
         async for chunk in resp.content.iter_any():
             if fixing:
@@ -160,17 +177,35 @@ async def stream_body(
                 chunk = fix.feed(chunk)
                 if not chunk:
                     continue
+            if meter is not None:
+                meter.feed(chunk)
+            if footer and (at := chunk.find(DONE)) >= 0:
+                assert metering is not None
+                await out.write(chunk[:at] + _footer(metering, fix, model) + chunk[at:])
+                footer = False
+                continue
             await out.write(chunk)
         if fixing:
             assert fix is not None
             if rest := fix.flush():
+                if meter is not None:
+                    meter.feed(rest)
                 await out.write(rest)
+        if footer:
+            assert metering is not None
+            await out.write(_footer(metering, fix, model))
     except (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError):
         if sse:
             err = UpstreamDied(
                 model, f"the engine of {model!r} stopped in the middle of the answer"
             )
             await out.write(sse_error(err))
+
+
+def _footer(metering: Metering, fix: StreamFix | None, model: str) -> bytes:
+    if fix is not None and fix.usage is not None:
+        metering.usage = fix.usage
+    return footer_chunk(model, metering.final().footer())
 
 
 def error_response(err: SwapyardError, headers: Mapping[str, Any] | None = None) -> web.Response:

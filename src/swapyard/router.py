@@ -43,7 +43,7 @@ from swapyard.inbox import (
 from swapyard.ports import PortAllocator
 from swapyard.process.actor import EngineProcess
 from swapyard.process.state import EngineState
-from swapyard.resources.devices import RAM_SHARE, memory_budget, ram_bytes
+from swapyard.resources.devices import RAM_SHARE, memory_budget, nvml_usage, ram_bytes
 from swapyard.resources.measure import group_gpu_memory, group_rss
 from swapyard.resources.needs import MemoryFigures, initial_figures
 from swapyard.resources.store import MeasuredStore
@@ -114,6 +114,7 @@ class Router:
     ) -> None:
         self.config = config
         self.store = store
+        self.started_at = time.time()
         self.memory: dict[str, MemoryFigures] = {
             m.id: initial_figures(m, store) for m in config.models.values()
         }
@@ -235,6 +236,10 @@ class Router:
         """Pin (never evicted; loaded now) or unpin ``model``."""
         done = {EngineState.READY} if pinned else set(EngineState)
         return await self._command(Pin(model, pinned), model, done)
+
+    def device_usage(self) -> dict[str, tuple[int, int]]:
+        """(used, total) bytes per GPU as NVML reports them; {} without GPUs."""
+        return nvml_usage() if self.cuda_devices else {}
 
     def _used_by(self, pgid: int) -> int:
         """On GPUs, the most the group holds on any one device (a need is per

@@ -6,6 +6,7 @@ import time
 
 from aiohttp import web
 
+from swapyard.api.live import follow_ring
 from swapyard.api.state import STATE
 from swapyard.errors import UnknownModel
 
@@ -42,14 +43,24 @@ async def resident(request: web.Request) -> web.Response:
         d: {"budget": budget[d], "used": used[d], "free": budget[d] - used[d]} for d in budget
     }
     models = {}
+    now = time.monotonic()
     for mid, engine in state.router.engines.items():
+        spec = state.config.models[mid]
+        idle = sched.idle_since(mid)
         models[mid] = {
+            "name": spec.name or mid,
+            "engine": spec.engine,
             "state": str(engine.state),
+            "state_for_s": round(now - engine.state_since, 3),
+            "pid": engine.pid,
             "devices": list(sched.devices(mid)),
             "memory": {**state.router.memory[mid].as_dict(), "scheduled": sched.need(mid)},
             "pinned": sched.pinned(mid),
             "in_flight": sched.inflight(mid),
             "queued": sched.queued(mid),
+            "idle_s": round(now - idle, 3) if idle is not None else None,
+            "fast_swap": engine.fast_mode,
+            "progress": engine.progress,
         }
     return web.json_response({"devices": devices, "models": models})
 
@@ -73,11 +84,14 @@ async def pin(request: web.Request) -> web.Response:
     return web.json_response({"model": model, "pinned": pinned, "state": str(result)})
 
 
-async def logs(request: web.Request) -> web.Response:
-    """The engine's last output lines (``?lines=N``, default 200) as text or JSON."""
+async def logs(request: web.Request) -> web.StreamResponse:
+    """The engine's last output lines (``?lines=N``, default 200) as text or JSON;
+    ``?follow=1`` streams them and every new line (server-sent events)."""
     state = request.app[STATE]
     model = _model_of(request)
     n = int(request.query.get("lines", "200"))
+    if request.query.get("follow") in ("1", "true"):
+        return await follow_ring(request, state.router.engines[model].logs, n)
     lines = state.router.engines[model].logs.tail(n)
     if "application/json" in request.headers.get("Accept", ""):
         return web.json_response({"model": model, "lines": lines})

@@ -17,15 +17,18 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
 
-from swapyard.api import admin, openai
+from swapyard.api import admin, live, openai
+from swapyard.api.auth import auth_middleware
 from swapyard.api.state import CONFIG, STATE, AppState
-from swapyard.config import Config
+from swapyard.config import Config, check_exposure
 from swapyard.errors import NotFound, QueueFull, RequestError, SwapyardError
 from swapyard.events import EventBus
 from swapyard.models.fetch import data_dir
 from swapyard.proxy import error_response, new_upstream_session
 from swapyard.resources.store import MeasuredStore
 from swapyard.router import Router
+from swapyard.usage.metrics import Metrics
+from swapyard.usage.store import UsageStore
 
 log = logging.getLogger("swapyard")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -54,8 +57,18 @@ async def _lifespan(app: web.Application) -> AsyncIterator[None]:
     http = new_upstream_session()
     store = MeasuredStore(data_dir() / "measured-memory.json")
     router = Router(config, bus, http, store)
+    metrics = Metrics(router)
+    bus.add_listener(metrics.on_event)
+    usage: UsageStore | None = None
+    if config.usage.enabled:
+        usage = UsageStore(config.usage.path or data_dir() / "usage.db", config.usage.retention)
+        bus.add_listener(usage.on_event)
+        usage.run()
+    state = AppState(config=config, bus=bus, http=http, router=router, metrics=metrics,
+                     broadcast=live.Broadcast(bus), usage=usage)  # fmt: skip
+    ring = live.RingHandler(state.log)
+    logging.getLogger("swapyard").addHandler(ring.handler)
     router.run()
-    state = AppState(config=config, bus=bus, http=http, router=router)
     app[STATE] = state
     try:
         yield
@@ -63,6 +76,9 @@ async def _lifespan(app: web.Application) -> AsyncIterator[None]:
         deadline = state.shutdown_deadline or (time.monotonic() + config.server.shutdown_timeout)
         await router.shutdown(deadline)
         await http.close()
+        if usage is not None:
+            await usage.close()
+        logging.getLogger("swapyard").removeHandler(ring.handler)
 
 
 async def _stop_admitting(app: web.Application) -> None:
@@ -73,13 +89,15 @@ async def _stop_admitting(app: web.Application) -> None:
 
 def build_app(config: Config) -> web.Application:
     app = web.Application(
-        middlewares=[errors_middleware], client_max_size=config.server.max_body_bytes
+        middlewares=[errors_middleware, auth_middleware],
+        client_max_size=config.server.max_body_bytes,
     )
     app[CONFIG] = config
     app.cleanup_ctx.append(_lifespan)
     app.on_shutdown.append(_stop_admitting)
     openai.add_routes(app)
     admin.add_routes(app)
+    live.add_routes(app)
     return app
 
 
@@ -104,6 +122,7 @@ async def start_server(config: Config, host: str, port: int) -> web.AppRunner:
 
 async def serve(config: Config, host: str, port: int) -> None:
     """Run until SIGINT/SIGTERM, then shut down in order."""
+    check_exposure(config, host)
     runner = await start_server(config, host, port)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

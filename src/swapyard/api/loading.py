@@ -23,6 +23,7 @@ from swapyard.process.state import EngineState
 from swapyard.proxy import SSE_HEADERS, is_sse, open_upstream, sse_error, stream_body
 from swapyard.quirks import StreamFix
 from swapyard.router import Lease
+from swapyard.usage.meter import Metering
 
 STATUS_EVERY = 1.0
 
@@ -71,7 +72,12 @@ def status_text(state: AppState, model: str, request_id: int, waited: float) -> 
 
 
 async def stream_with_loading_status(
-    request: web.Request, state: AppState, model: str, body: bytes, fix: StreamFix | None = None
+    request: web.Request,
+    state: AppState,
+    model: str,
+    body: bytes,
+    fix: StreamFix | None = None,
+    metering: Metering | None = None,
 ) -> web.StreamResponse:
     router = state.router
     field = "reasoning_content" if state.config.server.loading_status == "reasoning" else "content"
@@ -95,6 +101,8 @@ async def stream_with_loading_status(
             await out.write(sse_error(err))
             await out.write_eof()
             return out
+        if metering is not None:
+            metering.base.request_id, metering.base.wait_s = lease.request_id, lease.waited
         ready = f"Model {model} ready after {time.monotonic() - t0:.1f} s"
         await out.write(status_chunk(chunk_id, model, ready, field, first))
         try:
@@ -106,9 +114,11 @@ async def stream_with_loading_status(
             await out.write(sse_error(err))
             await out.write_eof()
             return out
+        if metering is not None:
+            metering.base.status = resp.status
         try:
             if resp.status == 200 and is_sse(resp):
-                await stream_body(out, resp, model, sse=True, fix=fix)
+                await stream_body(out, resp, model, sse=True, fix=fix, metering=metering)
             else:
                 await out.write(_upstream_error_event(model, resp.status, await resp.read()))
         finally:

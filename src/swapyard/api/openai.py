@@ -2,19 +2,24 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 from email import policy
 from email.parser import BytesParser
 from typing import Any
 
 from aiohttp import web
 
+from swapyard.api.auth import check_model_allowed
 from swapyard.api.loading import stream_with_loading_status
-from swapyard.api.state import STATE, AppState
+from swapyard.api.state import KEY_MODELS, KEY_NAME, STATE, AppState
 from swapyard.config import Config
-from swapyard.errors import BodyTooLarge, InvalidJSON, MissingModel, UnknownModel
+from swapyard.errors import BodyTooLarge, InvalidJSON, MissingModel, SwapyardError, UnknownModel
+from swapyard.events import RequestCompleted
 from swapyard.proxy import open_upstream, pipe_response
 from swapyard.quirks import adapt_request
+from swapyard.usage.meter import Metering, RequestRecord
 
 
 def parse_model(content_type: str, body: bytes) -> tuple[str, dict[str, Any] | None]:
@@ -55,6 +60,7 @@ def resolve(config: Config, name: str) -> str:
 
 
 async def proxy_post(request: web.Request) -> web.StreamResponse:
+    t0 = time.perf_counter()
     state: AppState = request.app[STATE]
     try:
         body = await request.read()
@@ -62,6 +68,7 @@ async def proxy_post(request: web.Request) -> web.StreamResponse:
         raise BodyTooLarge(state.config.server.max_body_bytes) from exc
     name, doc = parse_model(request.headers.get("Content-Type", ""), body)
     model = resolve(state.config, name)
+    check_model_allowed(request, model)
     router = state.router
     router.check_admission()  # before any streaming starts: a real 429 or 503
     use_status = (
@@ -73,22 +80,40 @@ async def proxy_post(request: web.Request) -> web.StreamResponse:
     )
     spec = state.config.models[model]
     body, fix = adapt_request(spec, doc, body)
-    if use_status:
-        return await stream_with_loading_status(request, state, model, body, fix)
-    lease = await router.acquire(model)
+    base = RequestRecord(
+        0, model, spec.engine, request.path, 0, stream=bool(doc and doc.get("stream") is True),
+        key=request.get(KEY_NAME), loaded=not router.ready_now(model),
+    )  # fmt: skip
+    footer = spec.footer if spec.footer is not None else state.config.server.footer
+    metering = Metering(base, t0, footer=footer and request.path.endswith("completions"))
     try:
-        resp = await open_upstream(
-            state.http,
-            model,
-            request.method,
-            lease.upstream + request.path_qs,
-            request.headers,
-            body,
-            spec.upstream_headers,
-        )
-        return await pipe_response(request, resp, model, fix)
+        if use_status:
+            return await stream_with_loading_status(request, state, model, body, fix, metering)
+        lease = await router.acquire(model)
+        base.request_id, base.wait_s = lease.request_id, lease.waited
+        try:
+            resp = await open_upstream(
+                state.http,
+                model,
+                request.method,
+                lease.upstream + request.path_qs,
+                request.headers,
+                body,
+                spec.upstream_headers,
+            )
+            return await pipe_response(request, resp, model, fix, metering)
+        finally:
+            router.release(lease)
+    except SwapyardError as err:
+        base.status, base.error = err.status, err.code
+        raise
+    except asyncio.CancelledError:
+        base.status, base.error = base.status or 499, "client_closed"
+        raise
     finally:
-        router.release(lease)
+        if metering.usage is None and fix.usage is not None:
+            metering.usage = fix.usage
+        state.bus.publish(RequestCompleted(metering.final()))
 
 
 async def list_models(request: web.Request) -> web.Response:
@@ -96,8 +121,9 @@ async def list_models(request: web.Request) -> web.Response:
     cfg = state.config
     created = int(state.started_at)
     data: list[dict[str, Any]] = []
+    allowed = request.get(KEY_MODELS)
     for m in cfg.models.values():
-        if m.unlisted:
+        if m.unlisted or (allowed is not None and m.id not in allowed):
             continue
         engine_state = str(state.router.engines[m.id].state)
         entry = {"id": m.id, "object": "model", "created": created, "owned_by": "swapyard"}

@@ -70,5 +70,16 @@ def fetch_models() -> None:
         click.echo(f"{model_id}\t{path}")
 
 
+def _register() -> None:
+    from swapyard.cli import bench, ops, scan, service
+
+    for cmd in (ops.ps, ops.load, ops.unload, ops.logs, ops.usage, bench.bench, scan.scan,
+                service.config, service.service):  # fmt: skip
+        cli.add_command(cmd)
+
+
+_register()
+
+
 def main() -> None:
     cli()

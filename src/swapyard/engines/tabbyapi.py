@@ -73,7 +73,9 @@ class TabbyApi(BaseAdapter):
         args += ["--model-dir", model_dir, "--model-name", name]
         flag(args, "--max-seq-len", f.context)
         if f.tensor_parallel > 1:
-            args += ["--tensor-parallel", "true", "--gpu-split-auto", "true"]
+            args += ["--tensor-parallel", "true"]
+            if "--gpu-split" not in f.extra_args:  # an explicit split wins
+                args += ["--gpu-split-auto", "true"]
         headers: dict[str, str] = {}
         if f.admin_key:
             headers["x-admin-key"] = f.admin_key

@@ -36,6 +36,27 @@ def nvml_gpus() -> dict[str, int] | None:
     return gpus or None
 
 
+def nvml_usage() -> dict[str, tuple[int, int]]:
+    """CUDA index → (used, total) bytes as NVML reports them now; {} without NVML."""
+    try:
+        import pynvml
+    except ImportError:
+        return {}
+    nvml: Any = pynvml
+    try:
+        nvml.nvmlInit()
+    except nvml.NVMLError:
+        return {}
+    try:
+        out = {}
+        for i in range(nvml.nvmlDeviceGetCount()):
+            info = nvml.nvmlDeviceGetMemoryInfo(nvml.nvmlDeviceGetHandleByIndex(i))
+            out[str(i)] = (int(info.used), int(info.total))
+        return out
+    finally:
+        nvml.nvmlShutdown()
+
+
 def ram_bytes() -> int:
     try:
         with open("/proc/meminfo") as f:

@@ -31,6 +31,7 @@ class GGUFInfo:
     data_offset: int
     architecture: str
     metadata: dict[str, Any]
+    n_params: int = 0  # elements of all tensors
 
     def arch(self, key: str, default: Any = None) -> Any:
         return self.metadata.get(f"{self.architecture}.{key}", default)
@@ -61,13 +62,19 @@ def read_info(path: str | os.PathLike[str]) -> GGUFInfo:
             key = _string(f)
             (vtype,) = struct.unpack("<I", f.read(4))
             meta[key] = _value(f, vtype)
+        n_params = 0
         for _ in range(n_tensors):  # name, dims, type, offset
             _string(f)
             (n_dims,) = struct.unpack("<I", f.read(4))
-            f.read(8 * n_dims + 4 + 8)
+            count = 1
+            for dim in struct.unpack(f"<{n_dims}Q", f.read(8 * n_dims)):
+                count *= dim
+            n_params += count
+            f.read(4 + 8)
         align = int(meta.get("general.alignment", 32))
         offset = -(-f.tell() // align) * align
-    return GGUFInfo(p, p.stat().st_size, offset, str(meta.get("general.architecture", "")), meta)
+    arch = str(meta.get("general.architecture", ""))
+    return GGUFInfo(p, p.stat().st_size, offset, arch, meta, n_params)
 
 
 def estimate(info: GGUFInfo, context: int | None = None, parallel: int = 4) -> Estimate:

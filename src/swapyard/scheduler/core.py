@@ -114,6 +114,13 @@ class Scheduler:
     def pinned(self, model: str) -> bool:
         return self._m[model].pinned
 
+    def idle_since(self, model: str) -> float | None:
+        """When a ready model last finished a request (None: busy, or not ready)."""
+        m = self._m[model]
+        if m.state is not S.READY or m.inflight:
+            return None
+        return m.last_used
+
     def budget(self) -> dict[str, int]:
         return dict(self._budget)
 
@@ -402,8 +409,9 @@ class Scheduler:
         model is kept while its recent demand exceeds the queue waiting for
         ``target`` (no request overdue): demand decides, not arrival order."""
         out = []
-        protect = self._cfg.policy == "batch" and overdue is None
         waiting = self.queued(target)
+        # An explicit load (preload, admin, pin) is the operator's call: no holding.
+        protect = self._cfg.policy == "batch" and overdue is None and waiting > 0
         for model, m in self._m.items():
             if not m.devices or model == target:
                 continue
@@ -499,7 +507,7 @@ class Scheduler:
         """Ask to be woken when a deadline passes that could change a decision: a
         request waiting for a load becoming overdue, or, once one is overdue, a
         young model losing its minimum-residency exemption."""
-        if self._cfg.policy == "fifo" or not self._queue:
+        if self._cfg.policy == "fifo":
             return
         times = [
             q.arrived + self._cfg.max_wait for q in self._queue if self._m[q.model].state in TO_LOAD

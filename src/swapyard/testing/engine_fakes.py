@@ -135,7 +135,8 @@ class Vllm(Base):
 
     async def wake_up(self, request: web.Request) -> web.Response:
         tags = request.query.getall("tags", []) or list(self.mapped)
-        await asyncio.sleep(_env_float("FAKE_WAKE_S", 0.0) / len(tags))
+        # FAKE_WAKE_S for the whole engine; each tag is half of it.
+        await asyncio.sleep(_env_float("FAKE_WAKE_S", 0.0) * len(set(tags)) / len(self.mapped))
         for t in tags:
             self.mapped[t] = True
         say(f"wake_up tags={','.join(tags)}")

@@ -90,7 +90,9 @@ class FakeEngine:
         say(f"request {request.path_qs} {len(body)} bytes")
         return web.json_response(
             {"engine": self.args.model_id, "path": request.path_qs,
-             "content_type": request.content_type, "bytes": len(body)},
+             "content_type": request.content_type, "bytes": len(body),
+             "saw_client_key": "Authorization" in request.headers
+                               or "x-api-key" in request.headers},
             headers={"X-Fake-Engine": self.args.model_id},
         )  # fmt: skip
 

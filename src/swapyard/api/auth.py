@@ -1,0 +1,85 @@
+"""API keys: ``Authorization: Bearer KEY`` or ``x-api-key: KEY``.
+
+- ``/v1/*`` needs one of ``auth.keys`` (or the admin key) once any key is
+  configured: none or an unknown one → 401; a key with a model allow-list asking
+  for another model → 403 (checked where the model is resolved).
+- Control and operator routes (``/api/*``, ``/metrics``) need the admin key: a
+  plain key → 403, none → 401. With keys but no admin key, they answer loopback
+  clients only.
+- ``/health`` and the dashboard page itself are open (the page asks for the key).
+
+Keys are compared in constant time, never logged, and stripped before anything
+is forwarded to an engine (``proxy.request_headers``).
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+
+from swapyard.api.state import CONFIG, KEY_MODELS, KEY_NAME
+from swapyard.config import LOOPBACK, AuthSpec, KeySpec
+from swapyard.errors import Forbidden, Unauthorized
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+OPEN = ("/health", "/", "/dashboard")
+
+
+def presented_key(request: web.Request) -> str | None:
+    auth = request.headers.get("Authorization", "")
+    if auth[:7].lower() == "bearer ":
+        return auth[7:].strip() or None
+    return request.headers.get("x-api-key") or None
+
+
+def _match(auth: AuthSpec, key: str) -> KeySpec | None:
+    found = None
+    for k in auth.keys:
+        if hmac.compare_digest(k.key.encode(), key.encode()):
+            found = k
+    return found
+
+
+def _is_admin(auth: AuthSpec, key: str) -> bool:
+    return auth.admin_key is not None and hmac.compare_digest(auth.admin_key.encode(), key.encode())
+
+
+@web.middleware
+async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    auth = request.app[CONFIG].auth
+    path = request.path
+    if not auth.enabled or path in OPEN or path.startswith("/static/"):
+        return await handler(request)
+    key = presented_key(request)
+    if path.startswith("/v1/"):
+        if key is None:
+            raise Unauthorized("an API key is required (Authorization: Bearer KEY)")
+        if _is_admin(auth, key):
+            request[KEY_NAME] = "admin"
+            return await handler(request)
+        spec = _match(auth, key)
+        if spec is None:
+            raise Unauthorized("the API key is not valid")
+        request[KEY_NAME] = spec.name
+        if spec.models is not None:
+            request[KEY_MODELS] = spec.models
+        return await handler(request)
+    # control and operator routes
+    if auth.admin_key is None:
+        remote = request.remote or ""
+        if remote in LOOPBACK or remote.startswith("127."):
+            return await handler(request)
+        raise Forbidden("admin routes answer loopback clients only (no admin key is configured)")
+    if key is None:
+        raise Unauthorized("the admin key is required for this route")
+    if not _is_admin(auth, key):
+        raise Forbidden("this route needs the admin key, not an API key")
+    return await handler(request)
+
+
+def check_model_allowed(request: web.Request, model: str) -> None:
+    allowed = request.get(KEY_MODELS)
+    if allowed is not None and model not in allowed:
+        raise Forbidden(f"the API key {request.get(KEY_NAME)!r} may not use model {model!r}")

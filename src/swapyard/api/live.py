@@ -1,0 +1,210 @@
+"""Operator routes fed by events: ``/metrics``, the usage store's queries, and live
+streams (server-sent events) of engine logs, swapyard's own log and events."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from swapyard.api.state import STATE
+from swapyard.errors import NotFound
+from swapyard.events import (
+    EngineStateChanged,
+    Event,
+    EventBus,
+    RequestAdmitted,
+    RequestCompleted,
+    SwapStarted,
+)
+from swapyard.process.logring import LogRing
+from swapyard.proxy import SSE_HEADERS
+from swapyard.usage.metrics import CONTENT_TYPE
+
+KEEPALIVE = 15.0
+
+
+def event_json(ev: Event) -> dict[str, Any] | None:
+    """An event as the dashboard and ``GET /api/events`` see it."""
+    now = time.time()
+    if isinstance(ev, EngineStateChanged):
+        err = ev.error.message if ev.error else None
+        return {"type": "state", "at": now, "model": ev.model, "old": str(ev.old),
+                "new": str(ev.new), "error": err}  # fmt: skip
+    if isinstance(ev, SwapStarted):
+        return {"type": "swap", "at": now, "model": ev.old, "for": ev.new}
+    if isinstance(ev, RequestAdmitted):
+        return {"type": "admitted", "at": now, "model": ev.model, "waited_s": ev.waited}
+    if isinstance(ev, RequestCompleted):
+        return {"type": "request", **ev.record.as_dict()}
+    return None
+
+
+class Broadcast:
+    """Fans events out to live subscribers; a slow one loses events, never blocks."""
+
+    def __init__(self, bus: EventBus) -> None:
+        self._subs: set[asyncio.Queue[dict[str, Any]]] = set()
+        bus.add_listener(self._on_event)
+
+    def _on_event(self, ev: Event) -> None:
+        if not self._subs:
+            return
+        doc = event_json(ev)
+        if doc is None:
+            return
+        for q in tuple(self._subs):
+            if not q.full():
+                q.put_nowait(doc)
+
+    def subscribe(self) -> asyncio.Queue[dict[str, Any]]:
+        q: asyncio.Queue[dict[str, Any]] = asyncio.Queue(1000)
+        self._subs.add(q)
+        return q
+
+    def unsubscribe(self, q: asyncio.Queue[dict[str, Any]]) -> None:
+        self._subs.discard(q)
+
+
+async def sse_stream(
+    request: web.Request,
+    history: list[str],
+    queue: asyncio.Queue[Any],
+    done: Callable[[], None],
+) -> web.StreamResponse:
+    """History lines as events, then whatever arrives on ``queue`` until the client
+    goes away (a comment every 15 s keeps proxies from closing it)."""
+    out = web.StreamResponse(headers=SSE_HEADERS)
+    await out.prepare(request)
+    try:
+        for item in history:
+            await out.write(_sse(item))
+        while True:
+            try:
+                item = await asyncio.wait_for(queue.get(), KEEPALIVE)
+            except TimeoutError:
+                await out.write(b": keep-alive\n\n")
+                continue
+            await out.write(_sse(item))
+    except (ConnectionError, asyncio.CancelledError):
+        pass
+    finally:
+        done()
+    return out
+
+
+def _sse(item: Any) -> bytes:
+    return b"data: " + json.dumps(item, ensure_ascii=False).encode() + b"\n\n"
+
+
+async def follow_ring(request: web.Request, ring: LogRing, n: int) -> web.StreamResponse:
+    q = ring.follow()
+    return await sse_stream(request, ring.tail(n), q, lambda: ring.unfollow(q))
+
+
+async def metrics(request: web.Request) -> web.Response:
+    body = request.app[STATE].metrics.render()
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
+
+
+def _since(request: web.Request) -> float:
+    raw = request.query.get("since")
+    if not raw:
+        return 0.0
+    from swapyard.config import parse_duration
+
+    try:
+        value = float(raw)
+    except ValueError:
+        return time.time() - parse_duration(raw)
+    return value if value > 10**8 else time.time() - value  # a Unix time, or seconds ago
+
+
+def _store(request: web.Request) -> Any:
+    store = request.app[STATE].usage
+    if store is None:
+        raise NotFound("the usage store is off (usage.enabled: false)")
+    return store
+
+
+async def usage(request: web.Request) -> web.Response:
+    """``?since=1h|<unix time>&by=model|key``: totals from the usage store."""
+    store = _store(request)
+    await store.flush()
+    by = request.query.get("by", "model")
+    if by not in ("model", "key"):
+        raise NotFound(f"by={by!r}: expected model or key")
+    rows = store.summary(_since(request), by)
+    return web.json_response({"by": by, "since": _since(request), "rows": rows})
+
+
+async def requests_recent(request: web.Request) -> web.Response:
+    store = _store(request)
+    await store.flush()
+    limit = min(1000, int(request.query.get("limit", "50")))
+    rows = store.recent(limit, request.query.get("model"))
+    return web.json_response({"requests": rows})
+
+
+async def events(request: web.Request) -> web.StreamResponse:
+    """Live events (state changes, swaps, admissions, finished requests); with
+    ``?history=N``, the last N stored requests first."""
+    state = request.app[STATE]
+    q = state.broadcast.subscribe()
+    history: list[Any] = []
+    n = int(request.query.get("history", "0"))
+    if n and state.usage is not None:
+        await state.usage.flush()
+        history = [{"type": "request", **r} for r in reversed(state.usage.recent(n))]
+    return await sse_stream(request, history, q, lambda: state.broadcast.unsubscribe(q))
+
+
+async def own_logs(request: web.Request) -> web.StreamResponse:
+    """swapyard's own log: the last ``?lines=N``; ``?follow=1`` streams it (SSE)."""
+    ring = request.app[STATE].log
+    n = int(request.query.get("lines", "200"))
+    if request.query.get("follow") in ("1", "true"):
+        return await follow_ring(request, ring, n)
+    return web.Response(text="\n".join(ring.tail(n)) + "\n")
+
+
+DASHBOARD = Path(__file__).parent / "static" / "dashboard.html"
+
+
+async def dashboard(request: web.Request) -> web.Response:
+    """The dashboard: one static page shipped in the package, no build step."""
+    return web.Response(body=DASHBOARD.read_bytes(), content_type="text/html", charset="utf-8")
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_get("/", dashboard)
+    app.router.add_get("/dashboard", dashboard)
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/api/usage", usage)
+    app.router.add_get("/api/requests", requests_recent)
+    app.router.add_get("/api/events", events)
+    app.router.add_get("/api/logs", own_logs)
+
+
+class RingHandler:
+    """A ``logging`` handler that keeps swapyard's own log lines in a ring."""
+
+    def __init__(self, ring: LogRing) -> None:
+        import logging
+
+        self.ring = ring
+        self.handler = logging.Handler()
+        self.handler.emit = self._emit  # type: ignore[method-assign]
+        self.handler.setFormatter(
+            logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+        )
+
+    def _emit(self, record: Any) -> None:
+        with contextlib.suppress(Exception):
+            self.ring.append(self.handler.format(record))

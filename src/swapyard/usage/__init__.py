@@ -1,0 +1,1 @@
+"""Per-request figures, the usage store and the metrics built on them."""

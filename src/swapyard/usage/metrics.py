@@ -1,0 +1,132 @@
+"""``GET /metrics`` in the Prometheus text format.
+
+Counters and histograms are fed by events (house style 10): a finished request,
+a swap, a load. Gauges are read from the router when scraped: queue depth, each
+engine's state, memory per model (declared, estimated, measured, scheduled) and
+per device (budget, used by swapyard's models, and NVML's used/total where
+present).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from swapyard.events import (
+    EngineStateChanged,
+    Event,
+    RequestAdmitted,
+    RequestCompleted,
+    SwapStarted,
+)
+from swapyard.process.state import EngineState
+
+if TYPE_CHECKING:
+    from swapyard.router import Router
+
+S = EngineState
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+_TTFT = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+_TOKS = (1, 5, 10, 20, 30, 50, 75, 100, 150, 250, 500, 1000)
+_WAIT = (0.001, 0.01, 0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+_LOAD = (0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
+
+
+class Metrics:
+    def __init__(self, router: Router) -> None:
+        self.router = router
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = Counter("swapyard_requests", "Proxied requests", ["model", "status"],
+                                registry=r)  # fmt: skip
+        self.tokens = Counter("swapyard_tokens", "Tokens", ["model", "kind"], registry=r)
+        self.errors = Counter("swapyard_errors", "Failed requests", ["model", "code"], registry=r)
+        self.ttft = Histogram("swapyard_time_to_first_token_seconds", "Time to first token "
+                              "(from arrival, waits included)", ["model"], buckets=_TTFT,
+                              registry=r)  # fmt: skip
+        self.tok_s = Histogram("swapyard_generation_tokens_per_second", "Generation speed",
+                               ["model"], buckets=_TOKS, registry=r)  # fmt: skip
+        self.wait = Histogram("swapyard_queue_wait_seconds", "Time from arrival to dispatch",
+                              ["model"], buckets=_WAIT, registry=r)  # fmt: skip
+        self.swaps = Counter("swapyard_swaps", "Models evicted for another", ["model", "mode"],
+                             registry=r)  # fmt: skip
+        self.loads = Histogram("swapyard_load_seconds", "Starting -> ready", ["model", "mode"],
+                               buckets=_LOAD, registry=r)  # fmt: skip
+        self._starting: dict[str, tuple[float, str]] = {}
+        r.register(_Live(router))
+
+    def on_event(self, ev: Event) -> None:
+        if isinstance(ev, RequestCompleted):
+            rec = ev.record
+            self.requests.labels(rec.model, str(rec.status)).inc()
+            if rec.error:
+                self.errors.labels(rec.model, rec.error).inc()
+            if rec.prompt_tokens:
+                self.tokens.labels(rec.model, "prompt").inc(rec.prompt_tokens)
+            if rec.completion_tokens:
+                self.tokens.labels(rec.model, "completion").inc(rec.completion_tokens)
+            if rec.ttft_s is not None:
+                self.ttft.labels(rec.model).observe(rec.ttft_s)
+            if rec.tok_s is not None:
+                self.tok_s.labels(rec.model).observe(rec.tok_s)
+        elif isinstance(ev, RequestAdmitted):
+            self.wait.labels(ev.model).observe(ev.waited)
+        elif isinstance(ev, SwapStarted) and ev.old is not None:
+            mode = self.router.engines[ev.old].fast_mode or "stop"
+            self.swaps.labels(ev.old, mode).inc()
+        elif isinstance(ev, EngineStateChanged):
+            if ev.new is S.STARTING:
+                mode = "wake" if ev.old is S.SLEEPING else "cold"
+                self._starting[ev.model] = (ev.at, mode)
+            elif ev.new is S.READY and ev.model in self._starting:
+                t, mode = self._starting.pop(ev.model)
+                self.loads.labels(ev.model, mode).observe(ev.at - t)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class _Live(Collector):
+    """Gauges read from the router at scrape time."""
+
+    def __init__(self, router: Router) -> None:
+        self.router = router
+
+    def collect(self) -> Iterator[Metric]:
+        r = self.router
+        sched = r.scheduler
+        q = GaugeMetricFamily("swapyard_queue_depth", "Requests waiting", labels=["model"])
+        inflight = GaugeMetricFamily("swapyard_in_flight", "Requests running", labels=["model"])
+        state = GaugeMetricFamily("swapyard_engine_state", "1 for the engine's current state",
+                                  labels=["model", "state"])  # fmt: skip
+        mem = GaugeMetricFamily("swapyard_model_memory_bytes", "Memory per model",
+                                labels=["model", "kind"])  # fmt: skip
+        for model, engine in r.engines.items():
+            q.add_metric([model], sched.queued(model))
+            inflight.add_metric([model], sched.inflight(model))
+            for st in EngineState:
+                state.add_metric([model, str(st)], 1.0 if engine.state is st else 0.0)
+            fig = r.memory[model]
+            for kind in ("declared", "estimated", "measured", "scheduled"):
+                value = getattr(fig, kind)
+                if value is not None:
+                    mem.add_metric([model, kind], value)
+        dev = GaugeMetricFamily("swapyard_device_memory_bytes", "Memory per device",
+                                labels=["device", "kind"])  # fmt: skip
+        used = sched.used()
+        for d, budget in sched.budget().items():
+            dev.add_metric([d, "budget"], budget)
+            dev.add_metric([d, "used_by_models"], used.get(d, 0))
+        for d, (gpu_used, total) in r.device_usage().items():
+            dev.add_metric([d, "nvml_used"], gpu_used)
+            dev.add_metric([d, "nvml_total"], total)
+        host = GaugeMetricFamily("swapyard_host_memory_sleeping_bytes",
+                                 "Host RAM held by sleeping engines")  # fmt: skip
+        host.add_metric([], sched.host_used())
+        up = GaugeMetricFamily("swapyard_up_since_seconds", "Unix time swapyard started")
+        up.add_metric([], r.started_at)
+        yield from (q, inflight, state, mem, dev, host, up)

@@ -1,0 +1,216 @@
+"""The usage store: one row per request, plus swap and load events, in SQLite.
+
+A file in the data dir (``usage.db``), WAL journal, schema versioned by
+``PRAGMA user_version`` with migrations applied in order at open. Writes never
+block the data path: rows are queued in memory and written in batches by one
+background task, in a thread (``flush_every`` seconds, or sooner when
+``batch`` rows are waiting). Rows older than ``retention`` are deleted at start
+and then hourly. Queries are for the CLI and the dashboard.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import sqlite3
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from swapyard.events import EngineStateChanged, Event, RequestCompleted, SwapStarted
+from swapyard.process.state import EngineState
+from swapyard.usage.meter import RequestRecord
+
+log = logging.getLogger("swapyard.usage")
+S = EngineState
+
+# Each entry takes the schema from version i to i+1. Never edit a released one:
+# add a new one.
+MIGRATIONS: tuple[str, ...] = (
+    """
+    CREATE TABLE requests (
+        id INTEGER PRIMARY KEY, at REAL NOT NULL, request_id INTEGER, model TEXT NOT NULL,
+        engine TEXT, path TEXT, status INTEGER, stream INTEGER, key TEXT,
+        prompt_tokens INTEGER, completion_tokens INTEGER, ttft_s REAL, tok_s REAL,
+        total_s REAL, wait_s REAL, loaded INTEGER, error TEXT
+    );
+    CREATE INDEX requests_at ON requests(at);
+    CREATE INDEX requests_model_at ON requests(model, at);
+    CREATE TABLE events (
+        id INTEGER PRIMARY KEY, at REAL NOT NULL, kind TEXT NOT NULL, model TEXT,
+        other TEXT, seconds REAL
+    );
+    CREATE INDEX events_at ON events(at);
+    """,
+    """
+    ALTER TABLE requests ADD COLUMN tokens_counted INTEGER NOT NULL DEFAULT 0;
+    CREATE INDEX requests_key_at ON requests(key, at);
+    """,
+)
+REQUEST_COLUMNS = (
+    "at", "request_id", "model", "engine", "path", "status", "stream", "key", "prompt_tokens",
+    "completion_tokens", "ttft_s", "tok_s", "total_s", "wait_s", "loaded", "error",
+    "tokens_counted",
+)  # fmt: skip
+
+
+def connect(path: Path | str) -> sqlite3.Connection:
+    """Open (creating or migrating) the store."""
+    db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+    db.row_factory = sqlite3.Row
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=NORMAL")
+    migrate(db)
+    return db
+
+
+def schema_version(db: sqlite3.Connection) -> int:
+    return int(db.execute("PRAGMA user_version").fetchone()[0])
+
+
+def migrate(db: sqlite3.Connection, to: int | None = None) -> None:
+    target = len(MIGRATIONS) if to is None else to
+    current = schema_version(db)
+    if current > len(MIGRATIONS):
+        raise RuntimeError(f"usage store schema {current} is newer than this swapyard")
+    for version in range(current, target):
+        db.execute("BEGIN")
+        try:
+            for stmt in MIGRATIONS[version].split(";"):
+                if stmt.strip():
+                    db.execute(stmt)
+            db.execute(f"PRAGMA user_version = {version + 1}")
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+
+
+class UsageStore:
+    def __init__(
+        self,
+        path: Path | str,
+        retention: float = 90 * 86400.0,
+        flush_every: float = 0.5,
+        batch: int = 200,
+    ) -> None:
+        self.path = Path(path)
+        self.retention = retention
+        self.flush_every = flush_every
+        self.batch = batch
+        self.db = connect(self.path)
+        self._rows: list[tuple[str, tuple[Any, ...]]] = []
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._starting: dict[str, tuple[float, str]] = {}
+        self.prune()
+
+    # -- writing -------------------------------------------------------------------
+    def on_event(self, ev: Event) -> None:
+        now = time.time()
+        if isinstance(ev, RequestCompleted):
+            r = ev.record
+            values = tuple(
+                int(v) if isinstance(v, bool) else v
+                for v in (getattr(r, c) for c in REQUEST_COLUMNS)
+            )
+            self._queue("requests", values)
+        elif isinstance(ev, SwapStarted) and ev.old is not None:
+            self._queue("events", (now, "swap", ev.old, ev.new, None))
+        elif isinstance(ev, EngineStateChanged):
+            if ev.new is S.STARTING:
+                self._starting[ev.model] = (ev.at, "wake" if ev.old is S.SLEEPING else "load")
+            elif ev.new is S.READY and ev.model in self._starting:
+                t, kind = self._starting.pop(ev.model)
+                self._queue("events", (now, kind, ev.model, None, ev.at - t))
+            elif ev.new in (S.FAILED, S.SLEEPING, S.STOPPED):
+                self._queue("events", (now, str(ev.new), ev.model, None, None))
+
+    def _queue(self, table: str, values: tuple[Any, ...]) -> None:
+        self._rows.append((table, values))
+        if len(self._rows) >= self.batch:
+            self._wake.set()
+
+    def run(self) -> None:
+        self._task = asyncio.create_task(self._writer(), name="usage-store")
+
+    async def _writer(self) -> None:
+        last_prune = time.monotonic()
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.flush_every)
+            self._wake.clear()
+            await self.flush()
+            if time.monotonic() - last_prune > 3600:
+                last_prune = time.monotonic()
+                await asyncio.to_thread(self.prune)
+
+    async def flush(self) -> None:
+        rows, self._rows = self._rows, []
+        if rows:
+            try:
+                await asyncio.to_thread(self._write, rows)
+            except sqlite3.Error:  # pragma: no cover - disk full, file removed
+                log.exception("usage store: could not write %d rows", len(rows))
+
+    def _write(self, rows: Sequence[tuple[str, tuple[Any, ...]]]) -> None:
+        req = [v for t, v in rows if t == "requests"]
+        evs = [v for t, v in rows if t == "events"]
+        cols = ", ".join(REQUEST_COLUMNS)
+        marks = ", ".join("?" * len(REQUEST_COLUMNS))
+        with self.db:
+            self.db.execute("BEGIN")
+            self.db.executemany(f"INSERT INTO requests ({cols}) VALUES ({marks})", req)
+            self.db.executemany(
+                "INSERT INTO events (at, kind, model, other, seconds) VALUES (?, ?, ?, ?, ?)", evs
+            )
+
+    def prune(self) -> int:
+        cutoff = time.time() - self.retention
+        with self.db:
+            self.db.execute("BEGIN")
+            n = self.db.execute("DELETE FROM requests WHERE at < ?", (cutoff,)).rowcount
+            self.db.execute("DELETE FROM events WHERE at < ?", (cutoff,))
+        return int(n)
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        await self.flush()
+        self.db.close()
+
+    # -- reading -------------------------------------------------------------------
+    def recent(self, limit: int = 50, model: str | None = None) -> list[dict[str, Any]]:
+        sql = "SELECT * FROM requests" + (" WHERE model = ?" if model else "")
+        sql += " ORDER BY at DESC, id DESC LIMIT ?"
+        args: tuple[Any, ...] = (model, limit) if model else (limit,)
+        return [dict(row) for row in self.db.execute(sql, args)]
+
+    def summary(self, since: float = 0.0, by: str = "model") -> list[dict[str, Any]]:
+        """Requests, tokens, errors, TTFT and tok/s per model (or per key)."""
+        col = {"model": "model", "key": "COALESCE(key, '-')"}[by]
+        sql = f"""
+            SELECT {col} AS name, COUNT(*) AS requests,
+                   SUM(CASE WHEN status >= 400 OR error IS NOT NULL THEN 1 ELSE 0 END) AS errors,
+                   COALESCE(SUM(prompt_tokens), 0) AS prompt_tokens,
+                   COALESCE(SUM(completion_tokens), 0) AS completion_tokens,
+                   AVG(ttft_s) AS avg_ttft_s, AVG(tok_s) AS avg_tok_s,
+                   SUM(loaded) AS waited_for_load
+            FROM requests WHERE at >= ? GROUP BY name ORDER BY requests DESC, name"""
+        return [dict(row) for row in self.db.execute(sql, (since,))]
+
+    def events(self, since: float = 0.0, limit: int = 200) -> list[dict[str, Any]]:
+        sql = "SELECT * FROM events WHERE at >= ? ORDER BY at DESC, id DESC LIMIT ?"
+        return [dict(row) for row in self.db.execute(sql, (since, limit))]
+
+
+def record_from_row(row: dict[str, Any]) -> RequestRecord:
+    """A stored row as a record (for tests and exports)."""
+    fields = {k: row[k] for k in REQUEST_COLUMNS if k in row}
+    for b in ("stream", "loaded", "tokens_counted"):
+        fields[b] = bool(fields.get(b))
+    return RequestRecord(**fields)

@@ -1,0 +1,100 @@
+"""The dashboard in a real headless Chromium (Debian's ``chromium`` +
+``chromedriver``, driven by Selenium): the page loads and shows the models, a load
+button loads a model, and a request appears in the recent-requests table."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import aiohttp
+import pytest
+
+from swapyard.testing import fake_engine_cmd, running_server
+from tests.helpers import config
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+DRIVER = shutil.which("chromedriver")
+
+
+@pytest.fixture
+def browser() -> Iterator[Any]:
+    if not (CHROMIUM and DRIVER):
+        pytest.fail("no chromium/chromedriver: apt-get install chromium chromium-driver "
+                    "(scripts/test does it when it can)")  # fmt: skip
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = CHROMIUM
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"):
+        opts.add_argument(arg)
+    driver = webdriver.Chrome(service=Service(DRIVER), options=opts)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+async def until(check: Callable[[], Any], timeout: float = 20.0) -> Any:
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        try:
+            got = check()
+        except Exception:
+            got = None
+        if got:
+            return got
+        await asyncio_sleep(0.1)
+    raise AssertionError("the page never showed it")
+
+
+async def asyncio_sleep(s: float) -> None:
+    import asyncio
+
+    await asyncio.sleep(s)
+
+
+async def test_dashboard_shows_models_loads_one_and_lists_requests(
+    browser: Any, http: aiohttp.ClientSession
+) -> None:
+    from selenium.webdriver.common.by import By
+
+    models = {
+        "alpha": {"cmd": fake_engine_cmd("alpha", tokens_per_second=200)},
+        "beta": {"cmd": fake_engine_cmd("beta", tokens_per_second=200)},
+    }
+    async with running_server(config(models, loading_status="off")) as srv:
+        await asyncio.to_thread(browser.get, srv.url + "/")
+        assert browser.title == "swapyard"
+
+        def row(model: str) -> Any:
+            return browser.find_element(By.CSS_SELECTOR, f'#models tr[data-model="{model}"]')
+
+        await until(lambda: row("alpha") and row("beta"))
+        assert "stopped" in await asyncio.to_thread(
+            lambda: row("beta").find_element(By.CSS_SELECTOR, ".state").text
+        )
+        await asyncio.to_thread(
+            lambda: row("beta").find_element(By.CSS_SELECTOR, "button.act-load").click()
+        )
+        await until(lambda: "ready" in row("beta").find_element(By.CSS_SELECTOR, ".state").text)
+        assert srv.router.engines["beta"].state.value == "ready"
+
+        body = {"model": "beta", "messages": [{"role": "user", "content": "hi"}],
+                "max_tokens": 8, "stream": True}  # fmt: skip
+        async with http.post(srv.url + "/v1/chat/completions", json=body) as r:
+            await r.read()
+
+        def request_row() -> Any:
+            rows = browser.find_elements(By.CSS_SELECTOR, '#requests tr[data-model="beta"]')
+            return rows and rows[0].find_element(By.CSS_SELECTOR, ".toks").text not in ("", "-")
+
+        await until(request_row)
+        cells = await asyncio.to_thread(
+            lambda: browser.find_element(By.CSS_SELECTOR, '#requests tr[data-model="beta"]').text
+        )
+        assert "200" in cells and "→ 8" in cells

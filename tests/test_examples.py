@@ -1,0 +1,72 @@
+"""The example configs that reproduce the users' setups load and validate, and say
+what they promise (engines, devices, tensor parallelism, pins)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from swapyard.config import Config, load_config
+
+EXAMPLES = Path(__file__).parent.parent / "examples"
+ENV = {
+    "TABBY_ADMIN_KEY": "example-admin-key",
+    "SWAPYARD_ADMIN_KEY": "admin",
+    "OPENWEBUI_API_KEY": "sk-webui",
+}
+
+
+def load(name: str) -> Config:
+    path = EXAMPLES / name
+    return load_config(path.read_text(), source=str(path), environ=ENV)
+
+
+@pytest.mark.parametrize("path", sorted(EXAMPLES.glob("*.yaml")), ids=lambda p: p.name)
+def test_every_example_loads_and_names_the_setup_it_reproduces(path: Path) -> None:
+    text = path.read_text()
+    assert "Reproduces the users' setup" in text.splitlines()[0]
+    load(path.name)
+
+
+def test_gb200_six_models_on_sglang_awq_and_tabbyapi_exl2() -> None:
+    cfg = load("gb200-sglang-tabbyapi.yaml")
+    engines = [m.engine for m in cfg.models.values()]
+    assert len(cfg.models) == 6 and engines.count("sglang") == 5 and "tabbyapi" in engines
+    assert [d.id for d in cfg.devices] == ["0"] and cfg.devices[0].memory == 95 * 10**9
+    mistral = cfg.models["mistral-large-2411-awq"]
+    assert "--quantization" in mistral.cmd and "awq_marlin" in mistral.cmd
+    assert "--attention-backend" in mistral.cmd  # a macro holding several words
+    assert mistral.fast  # the SGLang memory saver
+
+
+def test_four_gpu_tensor_parallel_sglang() -> None:
+    cfg = load("rtx3090x4-sglang-tp4.yaml")
+    assert len(cfg.models) == 5 and [d.id for d in cfg.devices] == ["1", "2", "3", "4"]
+    for m in cfg.models.values():
+        assert m.engine == "sglang" and m.gpus == 4 and m.cumulative_stream
+        assert m.cmd[m.cmd.index("--tp-size") + 1] == "4"
+
+
+def test_tabbyapi_over_two_unequal_gpus_and_remote_ollamas() -> None:
+    cfg = load("hydra-tabby-tp-ollama-hosts.yaml")
+    tabby = cfg.models["llama-3.1-70b"]
+    assert tabby.gpus == 2 and "--gpu-split" in tabby.cmd and "--gpu-split-auto" not in tabby.cmd
+    assert dict(tabby.check_headers) == {"x-admin-key": "example-admin-key"}
+    assert {d.id: d.memory for d in cfg.devices} == {"0": 32 * 10**9, "1": 24 * 10**9}
+    remote = [m for m in cfg.models.values() if m.remote]
+    assert {m.proxy for m in remote} == {"http://hydra-compute:11434", "http://hydra-storage:11434"}
+
+
+def test_gb10_always_on_and_on_demand_slots() -> None:
+    cfg = load("gb10-spark-slots.yaml")
+    assert cfg.models["scout-17b"].pin
+    assert cfg.models["qwen-uncensored"].ttl == 1800
+    docker = cfg.models["scout-17b-vllm"]
+    assert docker.cmd[:2] == ("docker", "run") and docker.cmd_stop == (
+        "docker",
+        "stop",
+        "swapyard-vllm",
+    )
+    assert {m.engine for m in cfg.models.values()} == {"sglang", "vllm", "ollama"}
+    assert cfg.scheduler.host_memory == 0
