@@ -290,7 +290,7 @@ async def test_upstream_status_headers_and_body_pass_through(
         async with http.post(srv.url + "/v1/some/other/route?x=1", json={"model": "a"}) as r:
             assert await r.json() == {
                 "engine": "a", "path": "/v1/some/other/route?x=1",
-                "content_type": "application/json", "bytes": 14,
+                "content_type": "application/json", "bytes": 14, "saw_client_key": False,
             }  # fmt: skip
 
 
