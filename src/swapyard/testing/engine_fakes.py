@@ -373,7 +373,7 @@ def main(argv: list[str] | None = None) -> None:
         engine = {"vllm": Vllm, "sglang": Sglang, "tabbyapi": Tabby}[kind](a)
         engine.routes(app)
     say(f"fake {kind} pid {os.getpid()} on {host}:{port}: {' '.join(sys.argv[1:])}")
-    web.run_app(app, host=host, port=int(port), print=None, access_log=None)
+    web.run_app(app, host=host, port=int(port), print=None, access_log=None, shutdown_timeout=1.0)
 
 
 if __name__ == "__main__":

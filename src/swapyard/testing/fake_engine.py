@@ -251,6 +251,7 @@ def main(argv: list[str] | None = None) -> None:
     web.run_app(
         app, host=args.host, port=args.port, print=None, access_log=None,
         handler_cancellation=True, handle_signals=not args.ignore_sigterm,
+        shutdown_timeout=1.0,  # a stop is quick, as an engine's is; not aiohttp's 60 s drain
     )  # fmt: skip
 
 
