@@ -230,6 +230,9 @@ def main(argv: list[str] | None = None) -> None:
     if args.exit_on_start is not None:
         say("error: cannot load model weights: file is corrupt (simulated)")
         sys.exit(args.exit_on_start)
+    # A background parent with job control off hands its children SIGINT ignored;
+    # an engine stops on SIGINT whatever its parent did.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     if args.ignore_sigterm:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         say("ignoring SIGTERM")
