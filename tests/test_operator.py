@@ -245,3 +245,14 @@ async def test_engine_log_and_own_log_follow(http: aiohttp.ClientSession) -> Non
             assert first.startswith(b"data: ")
         async with http.get(srv.url + "/api/logs") as r:
             assert r.status == 200
+
+
+async def test_live_streams_end_when_swapyard_shuts_down(http: aiohttp.ClientSession) -> None:
+    """An open dashboard (event stream, log follow) must not hold the shutdown drain."""
+    async with running_server(config(models(), loading_status="off")) as srv:
+        events = await http.get(srv.url + "/api/events")
+        logs = await http.get(srv.url + "/api/models/a/logs?follow=1")
+    for r in (events, logs):
+        rest = await asyncio.wait_for(r.content.read(), 10)  # EOF, not a hang
+        assert b"keep-alive" not in rest
+        r.release()

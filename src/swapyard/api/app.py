@@ -83,8 +83,10 @@ async def _lifespan(app: web.Application) -> AsyncIterator[None]:
 
 async def _stop_admitting(app: web.Application) -> None:
     # Runs after the listener closed and before in-flight requests are drained:
-    # queued requests are rejected now instead of holding the drain.
+    # queued requests are rejected now instead of holding the drain; live streams
+    # (dashboard, log follows) end at once.
     app[STATE].router.stop_admitting()
+    app[STATE].closing.set()
 
 
 def build_app(config: Config) -> web.Application:

@@ -79,19 +79,27 @@ async def sse_stream(
     done: Callable[[], None],
 ) -> web.StreamResponse:
     """History lines as events, then whatever arrives on ``queue`` until the client
-    goes away (a comment every 15 s keeps proxies from closing it)."""
+    goes away or swapyard shuts down (a comment every 15 s keeps proxies from
+    closing it)."""
+    closing = request.app[STATE].closing
     out = web.StreamResponse(headers=SSE_HEADERS)
     await out.prepare(request)
     try:
         for item in history:
             await out.write(_sse(item))
-        while True:
-            try:
-                item = await asyncio.wait_for(queue.get(), KEEPALIVE)
-            except TimeoutError:
-                await out.write(b": keep-alive\n\n")
+        while not closing.is_set():
+            getter = asyncio.ensure_future(queue.get())
+            stop = asyncio.ensure_future(closing.wait())
+            finished, _ = await asyncio.wait(
+                {getter, stop}, timeout=KEEPALIVE, return_when=asyncio.FIRST_COMPLETED
+            )
+            stop.cancel()
+            if getter not in finished:
+                getter.cancel()
+                if not finished:
+                    await out.write(b": keep-alive\n\n")
                 continue
-            await out.write(_sse(item))
+            await out.write(_sse(getter.result()))
     except (ConnectionError, asyncio.CancelledError):
         pass
     finally:

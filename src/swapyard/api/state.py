@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -32,6 +33,7 @@ class AppState:
     log: LogRing = field(default_factory=LogRing)
     started_at: float = field(default_factory=time.time)
     shutdown_deadline: float | None = None
+    closing: asyncio.Event = field(default_factory=asyncio.Event)  # ends live streams
 
 
 STATE = web.AppKey("swapyard_state", AppState)
