@@ -366,7 +366,9 @@ def test_hot_model_that_reloads_in_a_blink_is_held_only_until_the_wait_pays() ->
     two waiting requests pay it twice as fast as one."""
     for waiting, due in ((1, 3.8), (2, 2.9)):
         fx = RecordingEffects()
-        s = sched(fx, {m: 20 * G for m in "ab"}, min_residency=60.0, assumed_load=0.3)
+        s = sched(
+            fx, {m: 20 * G for m in "ab"}, min_residency=60.0, assumed_load=0.3, swap_factor=3.0
+        )
         s.request_arrived(1, "a", now=0)
         s.engine_state("a", S.STARTING, now=0)
         s.engine_state("a", S.READY, now=0.3)  # measured: 0.3 s; b's is assumed 0.3 s

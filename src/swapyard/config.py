@@ -96,9 +96,9 @@ class _SchedulerIn(_Strict):
     policy: Literal["fifo", "batch"] = "batch"
     max_queue: int = Field(0, ge=0)
     max_wait: Duration = 60.0
-    min_residency: Duration = 5.0
+    min_residency: Duration = 8.0
     assumed_load: Duration = 5.0
-    swap_factor: float = Field(3.0, ge=0)
+    swap_factor: float = Field(3.5, ge=0)
     host_memory: Annotated[int, Field(ge=0)] | Size | None = None
     learn_memory: bool = True
 
@@ -222,10 +222,10 @@ class SchedulerSpec:
     policy: Literal["fifo", "batch"] = "batch"
     max_queue: int = 0
     max_wait: float = 60.0
-    min_residency: float = 5.0
+    min_residency: float = 8.0
     learn_memory: bool = True
     assumed_load: float = 5.0
-    swap_factor: float = 3.0
+    swap_factor: float = 3.5
     host_memory: int | None = None  # host RAM for sleeping engines (default: 90 % of RAM)
 
 

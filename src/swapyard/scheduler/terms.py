@@ -53,13 +53,13 @@ class SchedulerConfig:
     policy: Policy = "batch"
     max_queue: int = 0  # 0: no bound
     max_wait: float = 60.0
-    min_residency: float = 5.0
+    min_residency: float = 8.0
     retry_after: float = 1.0
     # Rent or buy: a hot model is kept while the requests held back for another
     # one have waited less than swap_factor x (both load times) in all; a model
     # never loaded counts assumed_load seconds.
     assumed_load: float = 5.0
-    swap_factor: float = 3.0
+    swap_factor: float = 3.5
 
 
 @dataclass(slots=True)
