@@ -25,6 +25,9 @@ class EngineStateChanged:
     error: SwapyardError | None = None
     pid: int | None = None
     at: float = field(default_factory=time.monotonic)
+    # On ``ready``: seconds since the start (or wake) began, and whether it woke.
+    load_s: float | None = None
+    woke: bool = False
 
 
 @dataclass(frozen=True, slots=True)

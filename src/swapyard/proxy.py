@@ -181,7 +181,7 @@ async def stream_body(
                 meter.feed(chunk)
             if footer and (at := chunk.find(DONE)) >= 0:
                 assert metering is not None
-                await out.write(chunk[:at] + _footer(metering, fix, model) + chunk[at:])
+                await out.write(chunk[:at] + _footer(metering, model) + chunk[at:])
                 footer = False
                 continue
             await out.write(chunk)
@@ -193,7 +193,7 @@ async def stream_body(
                 await out.write(rest)
         if footer:
             assert metering is not None
-            await out.write(_footer(metering, fix, model))
+            await out.write(_footer(metering, model))
     except (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError):
         if sse:
             err = UpstreamDied(
@@ -202,9 +202,7 @@ async def stream_body(
             await out.write(sse_error(err))
 
 
-def _footer(metering: Metering, fix: StreamFix | None, model: str) -> bytes:
-    if fix is not None and fix.usage is not None:
-        metering.usage = fix.usage
+def _footer(metering: Metering, model: str) -> bytes:
     return footer_chunk(model, metering.final().footer())
 
 

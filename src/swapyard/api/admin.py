@@ -6,7 +6,7 @@ import time
 
 from aiohttp import web
 
-from swapyard.api.live import follow_ring
+from swapyard.api.live import ring_response
 from swapyard.api.state import STATE
 from swapyard.errors import UnknownModel
 
@@ -87,15 +87,8 @@ async def pin(request: web.Request) -> web.Response:
 async def logs(request: web.Request) -> web.StreamResponse:
     """The engine's last output lines (``?lines=N``, default 200) as text or JSON;
     ``?follow=1`` streams them and every new line (server-sent events)."""
-    state = request.app[STATE]
     model = _model_of(request)
-    n = int(request.query.get("lines", "200"))
-    if request.query.get("follow") in ("1", "true"):
-        return await follow_ring(request, state.router.engines[model].logs, n)
-    lines = state.router.engines[model].logs.tail(n)
-    if "application/json" in request.headers.get("Accept", ""):
-        return web.json_response({"model": model, "lines": lines})
-    return web.Response(text="\n".join(lines) + ("\n" if lines else ""))
+    return await ring_response(request, request.app[STATE].router.engines[model].logs, model)
 
 
 def add_routes(app: web.Application) -> None:

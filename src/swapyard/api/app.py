@@ -67,7 +67,7 @@ async def _lifespan(app: web.Application) -> AsyncIterator[None]:
     state = AppState(config=config, bus=bus, http=http, router=router, metrics=metrics,
                      broadcast=live.Broadcast(bus), usage=usage)  # fmt: skip
     ring = live.RingHandler(state.log)
-    logging.getLogger("swapyard").addHandler(ring.handler)
+    logging.getLogger("swapyard").addHandler(ring)
     router.run()
     app[STATE] = state
     try:
@@ -78,7 +78,7 @@ async def _lifespan(app: web.Application) -> AsyncIterator[None]:
         await http.close()
         if usage is not None:
             await usage.close()
-        logging.getLogger("swapyard").removeHandler(ring.handler)
+        logging.getLogger("swapyard").removeHandler(ring)
 
 
 async def _stop_admitting(app: web.Application) -> None:

@@ -4,8 +4,8 @@ streams (server-sent events) of engine logs, swapyard's own log and events."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
+import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -14,6 +14,7 @@ from typing import Any
 from aiohttp import web
 
 from swapyard.api.state import STATE
+from swapyard.config import parse_duration
 from swapyard.errors import NotFound
 from swapyard.events import (
     EngineStateChanged,
@@ -111,9 +112,17 @@ def _sse(item: Any) -> bytes:
     return b"data: " + json.dumps(item, ensure_ascii=False).encode() + b"\n\n"
 
 
-async def follow_ring(request: web.Request, ring: LogRing, n: int) -> web.StreamResponse:
-    q = ring.follow()
-    return await sse_stream(request, ring.tail(n), q, lambda: ring.unfollow(q))
+async def ring_response(request: web.Request, ring: LogRing, name: str) -> web.StreamResponse:
+    """A log ring's last ``?lines=N`` (default 200) as text, or JSON with ``Accept:
+    application/json``; ``?follow=1`` streams them and every new line (SSE)."""
+    n = int(request.query.get("lines", "200"))
+    if request.query.get("follow") in ("1", "true"):
+        q = ring.follow()
+        return await sse_stream(request, ring.tail(n), q, lambda: ring.unfollow(q))
+    lines = ring.tail(n)
+    if "application/json" in request.headers.get("Accept", ""):
+        return web.json_response({"model": name, "lines": lines})
+    return web.Response(text="\n".join(lines) + ("\n" if lines else ""))
 
 
 async def metrics(request: web.Request) -> web.Response:
@@ -125,8 +134,6 @@ def _since(request: web.Request) -> float:
     raw = request.query.get("since")
     if not raw:
         return 0.0
-    from swapyard.config import parse_duration
-
     try:
         value = float(raw)
     except ValueError:
@@ -174,12 +181,8 @@ async def events(request: web.Request) -> web.StreamResponse:
 
 
 async def own_logs(request: web.Request) -> web.StreamResponse:
-    """swapyard's own log: the last ``?lines=N``; ``?follow=1`` streams it (SSE)."""
-    ring = request.app[STATE].log
-    n = int(request.query.get("lines", "200"))
-    if request.query.get("follow") in ("1", "true"):
-        return await follow_ring(request, ring, n)
-    return web.Response(text="\n".join(ring.tail(n)) + "\n")
+    """swapyard's own log, as ``ring_response`` serves it."""
+    return await ring_response(request, request.app[STATE].log, "swapyard")
 
 
 DASHBOARD = Path(__file__).parent / "static" / "dashboard.html"
@@ -200,19 +203,16 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/api/logs", own_logs)
 
 
-class RingHandler:
+class RingHandler(logging.Handler):
     """A ``logging`` handler that keeps swapyard's own log lines in a ring."""
 
     def __init__(self, ring: LogRing) -> None:
-        import logging
-
+        super().__init__()
         self.ring = ring
-        self.handler = logging.Handler()
-        self.handler.emit = self._emit  # type: ignore[method-assign]
-        self.handler.setFormatter(
-            logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
-        )
+        self.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
 
-    def _emit(self, record: Any) -> None:
-        with contextlib.suppress(Exception):
-            self.ring.append(self.handler.format(record))
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self.ring.append(self.format(record))
+        except Exception:
+            self.handleError(record)

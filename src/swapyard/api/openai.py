@@ -71,21 +71,22 @@ async def proxy_post(request: web.Request) -> web.StreamResponse:
     check_model_allowed(request, model)
     router = state.router
     router.check_admission()  # before any streaming starts: a real 429 or 503
+    stream = doc is not None and doc.get("stream") is True
+    ready = router.ready_now(model)
     use_status = (
-        doc is not None
-        and doc.get("stream") is True
+        stream
+        and not ready
         and request.path.endswith("/chat/completions")
         and state.config.server.loading_status != "off"
-        and not router.ready_now(model)
     )
     spec = state.config.models[model]
     body, fix = adapt_request(spec, doc, body)
     base = RequestRecord(
-        0, model, spec.engine, request.path, 0, stream=bool(doc and doc.get("stream") is True),
-        key=request.get(KEY_NAME), loaded=not router.ready_now(model),
+        0, model, spec.engine, request.path, 0, stream=stream,
+        key=request.get(KEY_NAME), loaded=not ready,
     )  # fmt: skip
     footer = spec.footer if spec.footer is not None else state.config.server.footer
-    metering = Metering(base, t0, footer=footer and request.path.endswith("completions"))
+    metering = Metering(base, t0, footer and request.path.endswith("completions"), fix)
     try:
         if use_status:
             return await stream_with_loading_status(request, state, model, body, fix, metering)
@@ -111,8 +112,6 @@ async def proxy_post(request: web.Request) -> web.StreamResponse:
         base.status, base.error = base.status or 499, "client_closed"
         raise
     finally:
-        if metering.usage is None and fix.usage is not None:
-            metering.usage = fix.usage
         state.bus.publish(RequestCompleted(metering.final()))
 
 

@@ -13,6 +13,8 @@ import urllib.request
 from collections.abc import Iterator
 from typing import Any
 
+from swapyard.scheduler import placement
+
 DEFAULT_URL = "http://127.0.0.1:8080"
 
 
@@ -74,12 +76,7 @@ def _message(exc: urllib.error.HTTPError) -> str:
 
 
 def fmt_bytes(n: int | None) -> str:
-    if n is None:
-        return "-"
-    for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
-        if n >= size:
-            return f"{n / size:.1f} {unit}"
-    return f"{n} B"
+    return "-" if n is None else placement.fmt_bytes(n)
 
 
 def fmt_secs(s: float | None) -> str:

@@ -22,7 +22,7 @@ import aiohttp
 from yarl import URL
 
 from swapyard.config import ModelSpec, render
-from swapyard.engines.base import Control, FastSwap, FastSwapFailed
+from swapyard.engines.base import Control, FastSwap, FastSwapFailed, ProgressFn
 from swapyard.errors import (
     EngineCrashed,
     EngineExitedEarly,
@@ -279,7 +279,7 @@ class EngineProcess:
         assert self.spec.fields is not None
         return Control(self._http, self.upstream, self.spec.fields, self.spec.check_headers)
 
-    def _report(self, gen: int) -> Any:
+    def _report(self, gen: int) -> ProgressFn:
         def progress(fraction: float | None, text: str) -> None:
             self._inbox.put_nowait(Progress(gen, fraction, text))
 
@@ -500,7 +500,14 @@ class EngineProcess:
         self._state = new
         self.state_since = time.monotonic()
         self.logs.append(f"[swapyard] {old} -> {new}")
-        self._bus.publish(EngineStateChanged(self.spec.id, old, new, error, self.pid))
+        load_s = None
+        if new is S.READY and self.started_at is not None:
+            load_s = self.state_since - self.started_at
+        self._bus.publish(
+            EngineStateChanged(
+                self.spec.id, old, new, error, self.pid, load_s=load_s, woke=self._waking
+            )
+        )
 
     # -- helper tasks: they only post messages ----------------------------------------
     def _spawn_task(self, coro: Awaitable[Any]) -> None:

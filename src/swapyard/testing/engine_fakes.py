@@ -38,14 +38,11 @@ import json
 import os
 import sys
 import time
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
 
 from swapyard.testing.fake_engine import DEFAULT_TEXT, FakeEngine, say
-
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def _env_float(name: str, default: float) -> float:

@@ -16,7 +16,10 @@ import json
 import re
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from swapyard.quirks import StreamFix
 
 _TEXT = re.compile(rb'"(?:content|text|reasoning_content)"\s*:\s*"(?!")')
 _DATA_USAGE = re.compile(rb"^data: ?(\{.*\"usage\".*\})\s*$", re.MULTILINE)
@@ -82,7 +85,6 @@ class Meter:
         self.last: float | None = None
         self.chunks = 0
         self.usage: dict[str, Any] | None = None
-        self.status = 0
         self.engine_tok_s: float | None = None  # llama.cpp's own "timings", when sent
 
     def feed(self, chunk: bytes) -> None:
@@ -179,14 +181,17 @@ class Metering:
     """One request's measuring on the data path: the meter, the record it makes
     (once), and whether the footer goes into the answer."""
 
-    def __init__(self, base: RequestRecord, t0: float, footer: bool = False) -> None:
+    def __init__(
+        self, base: RequestRecord, t0: float, footer: bool = False, fix: StreamFix | None = None
+    ) -> None:
         self.base = base
         self.meter = Meter(t0)
         self.footer = footer
-        self.usage: dict[str, Any] | None = None  # from a stream fix that kept it back
+        self.fix = fix  # may keep the usage chunk back from the client: its figures count
         self._final: RequestRecord | None = None
 
     def final(self) -> RequestRecord:
         if self._final is None:
-            self._final = self.meter.record(self.base, self.usage)
+            kept = self.fix.usage if self.fix is not None else None
+            self._final = self.meter.record(self.base, self.meter.usage or kept)
         return self._final

@@ -56,7 +56,6 @@ class Metrics:
                              registry=r)  # fmt: skip
         self.loads = Histogram("swapyard_load_seconds", "Starting -> ready", ["model", "mode"],
                                buckets=_LOAD, registry=r)  # fmt: skip
-        self._starting: dict[str, tuple[float, str]] = {}
         r.register(_Live(router))
 
     def on_event(self, ev: Event) -> None:
@@ -78,13 +77,8 @@ class Metrics:
         elif isinstance(ev, SwapStarted) and ev.old is not None:
             mode = self.router.engines[ev.old].fast_mode or "stop"
             self.swaps.labels(ev.old, mode).inc()
-        elif isinstance(ev, EngineStateChanged):
-            if ev.new is S.STARTING:
-                mode = "wake" if ev.old is S.SLEEPING else "cold"
-                self._starting[ev.model] = (ev.at, mode)
-            elif ev.new is S.READY and ev.model in self._starting:
-                t, mode = self._starting.pop(ev.model)
-                self.loads.labels(ev.model, mode).observe(ev.at - t)
+        elif isinstance(ev, EngineStateChanged) and ev.load_s is not None:
+            self.loads.labels(ev.model, "wake" if ev.woke else "cold").observe(ev.load_s)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

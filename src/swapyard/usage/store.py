@@ -104,7 +104,6 @@ class UsageStore:
         self._rows: list[tuple[str, tuple[Any, ...]]] = []
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
-        self._starting: dict[str, tuple[float, str]] = {}
         self.prune()
 
     # -- writing -------------------------------------------------------------------
@@ -120,11 +119,9 @@ class UsageStore:
         elif isinstance(ev, SwapStarted) and ev.old is not None:
             self._queue("events", (now, "swap", ev.old, ev.new, None))
         elif isinstance(ev, EngineStateChanged):
-            if ev.new is S.STARTING:
-                self._starting[ev.model] = (ev.at, "wake" if ev.old is S.SLEEPING else "load")
-            elif ev.new is S.READY and ev.model in self._starting:
-                t, kind = self._starting.pop(ev.model)
-                self._queue("events", (now, kind, ev.model, None, ev.at - t))
+            if ev.load_s is not None:
+                kind = "wake" if ev.woke else "load"
+                self._queue("events", (now, kind, ev.model, None, ev.load_s))
             elif ev.new in (S.FAILED, S.SLEEPING, S.STOPPED):
                 self._queue("events", (now, str(ev.new), ev.model, None, None))
 
