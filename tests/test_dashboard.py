@@ -92,7 +92,7 @@ async def test_dashboard_shows_models_loads_one_and_lists_requests(
             lambda: row("beta").find_element(By.CSS_SELECTOR, "button.act-load").click()
         )
         await until(lambda: "ready" in row("beta").find_element(By.CSS_SELECTOR, ".state").text)
-        assert srv.router.engines["beta"].state.value == "ready"
+        assert srv.router.model("beta").state.value == "ready"
 
         body = {"model": "beta", "messages": [{"role": "user", "content": "hi"}],
                 "max_tokens": 8, "stream": True}  # fmt: skip

@@ -139,5 +139,5 @@ async def test_engine_llamacpp_with_only_model_given(engine: str, models: dict[s
             assert [c.usage async for c in plain if c.usage is not None] == []
         finally:
             await client.close()
-        launched = srv.router.engines["smol"].logs.tail()[1]
+        launched = srv.router.logs("smol").tail()[1]
         assert "--alias smol" in launched and "--port" in launched

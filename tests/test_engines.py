@@ -191,10 +191,10 @@ async def ask(http: aiohttp.ClientSession, url: str, model: str, **extra: Any) -
 
 async def wait_state(router: Any, model: str, want: EngineState, timeout: float = 10) -> None:
     for _ in range(int(timeout / 0.02)):
-        if router.engines[model].state is want:
+        if router.model(model).state is want:
             return
         await asyncio.sleep(0.02)
-    raise AssertionError(f"{model} is {router.engines[model].state}, expected {want}")
+    raise AssertionError(f"{model} is {router.model(model).state}, expected {want}")
 
 
 @pytest.mark.parametrize("kind", ["vllm", "sglang", "tabbyapi", "ollama"])
@@ -207,17 +207,17 @@ async def test_adapter_start_request_fast_swap_out_and_in_stop(
         assert doc["choices"][0]["message"]["content"].startswith(
             "m1" if kind != "ollama" else "m1:7b"
         )
-        pid1 = r.engines["m1"].pid
+        pid1 = r.model("m1").engine.pid
         await ask(http, srv.url, "m2")  # no room for both awake: m1 is put to sleep
         await wait_state(r, "m1", EngineState.SLEEPING)
-        assert r.engines["m1"].pid == pid1  # same process, asleep
+        assert r.model("m1").engine.pid == pid1  # same process, asleep
         asleep = model_terms(srv.router.config.models["m1"], 6 * 2**30).sleep_need
         assert asleep is not None
-        assert r.scheduler.used() == {"gpu0": 6 * 2**30 + asleep}
+        assert r.snapshot().devices["gpu0"].used == 6 * 2**30 + asleep
         doc = await ask(http, srv.url, "m1")  # m2 sleeps, m1 wakes in place
         await wait_state(r, "m2", EngineState.SLEEPING)
-        assert r.engines["m1"].pid == pid1
-        logs = r.engines["m1"].logs.tail()
+        assert r.model("m1").engine.pid == pid1
+        logs = r.logs("m1").tail()
         assert any("fast swap out" in ln for ln in logs)
         assert any("fast swap in" in ln for ln in logs)
         assert sum("[swapyard] starting:" in ln for ln in logs) == 1  # one cold start
@@ -235,7 +235,7 @@ async def test_vllm_sleep_level_2_reloads_weights_on_wake(http: aiohttp.ClientSe
         await ask(http, srv.url, "m2")
         await wait_state(srv.router, "m1", EngineState.SLEEPING)
         await ask(http, srv.url, "m1")
-        assert any("reloaded weights" in ln for ln in srv.router.engines["m1"].logs.tail())
+        assert any("reloaded weights" in ln for ln in srv.router.logs("m1").tail())
 
 
 async def test_a_refused_fast_swap_falls_back_to_stop_and_start(
@@ -247,7 +247,7 @@ async def test_a_refused_fast_swap_falls_back_to_stop_and_start(
         await ask(http, srv.url, "m1")
         await ask(http, srv.url, "m2")
         await wait_state(srv.router, "m1", EngineState.STOPPED)
-        assert any("fast swap out failed" in ln for ln in srv.router.engines["m1"].logs.tail())
+        assert any("fast swap out failed" in ln for ln in srv.router.logs("m1").tail())
         await ask(http, srv.url, "m1")  # cold start again
 
 

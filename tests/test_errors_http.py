@@ -1,4 +1,7 @@
-"""Bad input gets a clear OpenAI-shaped error and changes nothing (no engine started)."""
+"""Bad input gets a clear OpenAI-shaped error and changes nothing (no engine started).
+
+The HTTP layer's checks need no engine process: they run against a ``FakeRouter``,
+which also shows that a bad request never asked the router for a model."""
 
 from __future__ import annotations
 
@@ -9,7 +12,7 @@ import aiohttp
 import pytest
 
 from helpers import config
-from swapyard.testing import fake_engine_cmd, running_server
+from swapyard.testing import FakeRouter, fake_engine_cmd, running_server
 
 MODELS = {
     "alpha": {"cmd": fake_engine_cmd("alpha")},
@@ -20,12 +23,15 @@ MODELS = {
 
 @pytest.fixture
 async def srv_http() -> AsyncIterator[tuple[str, aiohttp.ClientSession]]:
-    async with running_server(config(MODELS, max_body_bytes=4096)) as srv:
+    cfg = config(MODELS, max_body_bytes=4096)
+    router = FakeRouter(cfg)
+    async with running_server(cfg, router) as srv:
         async with aiohttp.ClientSession() as http:
             yield srv.url, http
             async with http.get(srv.url + "/health") as r:
                 states = {m: s["state"] for m, s in (await r.json())["models"].items()}
             assert states == dict.fromkeys(MODELS, "stopped"), "a bad request started an engine"
+            assert router.acquired == [], "a bad request reached the router"
 
 
 async def post(http: aiohttp.ClientSession, url: str, **kw: Any) -> tuple[int, dict[str, Any]]:

@@ -28,12 +28,14 @@ class Watch:
         self.loads: Counter[str] = Counter()
         self.max_ready = 0
         self.ready: set[str] = set()
+        self.admitted: set[int] = set()
 
     def __call__(self, e: Event) -> None:
         if isinstance(e, RequestAdmitted):
             self.inflight[e.model] += 1
-        elif isinstance(e, RequestFinished):
-            self.inflight[e.model] -= 1
+            self.admitted.add(e.request_id)
+        elif isinstance(e, RequestFinished) and e.record.request_id in self.admitted:
+            self.inflight[e.record.model] -= 1
         elif isinstance(e, EngineStateChanged):
             if e.new is S.STOPPING and self.inflight[e.model] > 0:
                 self.busy_stops.append(e.model)
@@ -138,17 +140,17 @@ async def test_load_nobody_waits_for_is_abandoned_and_its_engine_stopped() -> No
         body = {"model": "slow", "messages": [], "max_tokens": 2}
         task = asyncio.ensure_future(http.post(srv.url + "/v1/chat/completions", json=body))
         for _ in range(200):
-            if srv.router.engines["slow"].state is S.STARTING:
+            if srv.router.model("slow").state is S.STARTING:
                 break
             await asyncio.sleep(0.02)
-        assert srv.router.engines["slow"].state is S.STARTING
+        assert srv.router.model("slow").state is S.STARTING
         task.cancel()  # the client disconnects
         for _ in range(300):
-            if srv.router.engines["slow"].state is S.STOPPED:
+            if srv.router.model("slow").state is S.STOPPED:
                 break
             await asyncio.sleep(0.02)
-        assert srv.router.engines["slow"].state is S.STOPPED
-        log = srv.router.engines["slow"].logs.tail()
+        assert srv.router.model("slow").state is S.STOPPED
+        log = srv.router.logs("slow").tail()
         assert "[swapyard] starting -> stopping" in log
 
 
@@ -165,7 +167,7 @@ async def test_engine_sees_only_the_gpus_it_was_placed_on() -> None:
                     srv.url + "/v1/chat/completions", json={"model": m, "messages": []}
                 ) as r:
                     assert r.status == 200
-        seen = {m: [x for x in srv.router.engines[m].logs.tail() if "CUDA_VISIBLE" in x]
+        seen = {m: [x for x in srv.router.logs(m).tail() if "CUDA_VISIBLE" in x]
                 for m in ("one", "tp")}  # fmt: skip
     assert seen["one"] == ["[fake-engine] CUDA_VISIBLE_DEVICES=0"]
     assert seen["tp"] == ["[fake-engine] CUDA_VISIBLE_DEVICES=1,2"]

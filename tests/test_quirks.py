@@ -109,7 +109,7 @@ async def test_usage_is_requested_and_only_shown_when_asked(http: aiohttp.Client
     async with running_server(config(models, loading_status="off")) as srv:
         plain = await stream_text(http, srv.url, "u")
         assert '"usage"' not in plain and plain.endswith("data: [DONE]\n\n")
-        log = srv.router.engines["u"].logs.tail()
+        log = srv.router.logs("u").tail()
         asked = await stream_text(http, srv.url, "u", stream_options={"include_usage": True})
         assert '"completion_tokens": 6' in asked
         assert any("stream=True" in ln for ln in log)
@@ -139,7 +139,7 @@ async def test_remote_openai_upstream_gets_its_own_key(http: aiohttp.ClientSessi
                 assert (await r.json())["choices"][0]["message"]["content"].startswith(
                     "gpt-remote:"
                 )
-            assert srv.router.engines["remote"].pid is None  # no process of ours
+            assert srv.router.model("remote").engine.pid is None  # no process of ours
             await srv.router.unload("remote")
     finally:
         os.environ.pop("SWAPYARD_TEST_REMOTE_KEY", None)

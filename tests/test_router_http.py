@@ -395,7 +395,7 @@ async def test_shutdown_rejects_queued_requests_and_drains_running_answers(
             )
 
             async def b_queued() -> bool:
-                return srv.router.scheduler.queued("b") == 1
+                return srv.router.model("b").queued == 1
 
             await wait_for(b_queued)
             closing = asyncio.ensure_future(server.__aexit__(None, None, None))

@@ -1,20 +1,21 @@
 """Frozen event dataclasses and the in-process bus they travel on.
 
 Events are the spine (house style 10): the process actors publish state changes,
-the router publishes request admission/finish and swaps; the router listens, and
-later metrics, the usage store and the dashboard will. ``publish`` calls each
-listener synchronously; listeners must not block.
+the router publishes swaps and admissions, the API publishes each finished
+request with its figures. The router, metrics, the usage store and the live
+stream listen. ``publish`` calls each listener synchronously; listeners must not
+block. This module depends on nothing but the error tree and the state names.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from typing import Any
 
 from swapyard.errors import SwapyardError
 from swapyard.process.state import EngineState
-from swapyard.usage.meter import RequestRecord
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,10 +33,12 @@ class EngineStateChanged:
 
 @dataclass(frozen=True, slots=True)
 class SwapStarted:
-    """The scheduler decided to stop ``old`` (may be None) to make room for ``new``."""
+    """The scheduler decided to stop ``old`` (may be None) to make room for ``new``;
+    ``mode`` is how ``old`` goes: its fast swap ("sleep", "unload"...) or "stop"."""
 
     new: str
     old: str | None
+    mode: str = "stop"
     at: float = field(default_factory=time.monotonic)
 
 
@@ -48,22 +51,41 @@ class RequestAdmitted:
 
 
 @dataclass(frozen=True, slots=True)
-class RequestFinished:
+class RequestRecord:
+    """One proxied request's figures, as the usage store, metrics and headers see
+    them. Built once, by ``swapyard.usage.meter.Metering.final``."""
+
     request_id: int
     model: str
-    at: float = field(default_factory=time.monotonic)
+    engine: str
+    path: str
+    status: int
+    stream: bool
+    key: str | None = None  # the API key's name, or a fingerprint; never the key
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    tokens_counted: bool = False  # True: counted here, the engine sent no usage
+    ttft_s: float | None = None
+    tok_s: float | None = None
+    total_s: float = 0.0
+    wait_s: float = 0.0
+    loaded: bool = False  # waited for its model to load
+    error: str | None = None
+    at: float = field(default_factory=time.time)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
 
 
 @dataclass(frozen=True, slots=True)
-class RequestCompleted:
-    """A proxied request's figures (``swapyard.usage.meter.RequestRecord``), once
-    its answer has been sent (or failed)."""
+class RequestFinished:
+    """A proxied request is over (answered, failed, or its client went away)."""
 
     record: RequestRecord
     at: float = field(default_factory=time.monotonic)
 
 
-Event = EngineStateChanged | SwapStarted | RequestAdmitted | RequestFinished | RequestCompleted
+Event = EngineStateChanged | SwapStarted | RequestAdmitted | RequestFinished
 
 
 class EventBus:

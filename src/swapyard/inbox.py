@@ -15,7 +15,9 @@ class Arrive:
 
 
 @dataclass(frozen=True, slots=True)
-class Done:
+class Leave:
+    """A request left: answered, failed, or its client went away (queued or running)."""
+
     request_id: int
 
 
@@ -47,9 +49,11 @@ class Pin:
 
 
 @dataclass(frozen=True, slots=True)
-class Learned:
+class Measured:
+    """What an engine's process group was measured to hold once ready."""
+
     model: str
     nbytes: int
 
 
-Message = Arrive | Done | Idle | Tick | Load | Unload | Pin | Learned | EngineStateChanged
+Message = Arrive | Leave | Idle | Tick | Load | Unload | Pin | Measured | EngineStateChanged

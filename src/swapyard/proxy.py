@@ -17,9 +17,10 @@ import aiohttp
 from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from swapyard.errors import SwapyardError, UpstreamDied, UpstreamUnavailable
-from swapyard.quirks import StreamFix
-from swapyard.usage.meter import DONE, Metering, add_footer, footer_chunk
+from swapyard import sse
+from swapyard.errors import SwapyardError, UpstreamDied, UpstreamError, UpstreamUnavailable
+from swapyard.surface import Lease
+from swapyard.usage.meter import Metering, add_footer, footer_chunk, footer_text, record_headers
 
 HOP_BY_HOP = frozenset(
     {
@@ -38,12 +39,6 @@ HOP_BY_HOP = frozenset(
 _REQUEST_DROP = HOP_BY_HOP | {"host", "content-length", "authorization", "x-api-key"}
 _RESPONSE_DROP = HOP_BY_HOP | {"content-length"}
 CONNECT_TIMEOUT = 10.0
-
-SSE_HEADERS = {
-    "Content-Type": "text/event-stream; charset=utf-8",
-    "Cache-Control": "no-cache",
-    "X-Accel-Buffering": "no",
-}
 
 
 def new_upstream_session() -> aiohttp.ClientSession:
@@ -67,11 +62,6 @@ def response_headers(headers: CIMultiDictProxy[str]) -> CIMultiDict[str]:
 def is_streaming(resp: aiohttp.ClientResponse) -> bool:
     ctype = resp.headers.get("Content-Type", "")
     return ctype.startswith("text/event-stream") or "Content-Length" not in resp.headers
-
-
-def sse_error(err: SwapyardError) -> bytes:
-    """An SSE event carrying an OpenAI error envelope."""
-    return b"data: " + json.dumps(err.to_openai()).encode() + b"\n\n"
 
 
 async def open_upstream(
@@ -113,40 +103,87 @@ async def open_upstream(
     raise AssertionError("unreachable")  # pragma: no cover
 
 
-async def pipe_response(
+async def forward(
+    http: aiohttp.ClientSession,
     request: web.Request,
-    resp: aiohttp.ClientResponse,
-    model: str,
-    fix: StreamFix | None = None,
-    metering: Metering | None = None,
+    lease: Lease,
+    body: bytes,
+    metering: Metering,
+    *,
+    extra_headers: Mapping[str, str] | None = None,
+    into: web.StreamResponse | None = None,
 ) -> web.StreamResponse:
-    """Send the engine's answer to the client: status, headers and body as they come
-    (a non-streaming answer also gets the request's figures as headers)."""
-    if metering is not None:
-        metering.base.status = resp.status
+    """The one proxy path: send ``request`` (with ``body``) to the leased engine
+    and its answer to the client.
+
+    Without ``into``, the client gets the engine's own answer: status, headers
+    and body as they come (a non-streaming answer also gets the request's figures
+    as headers); a failure to reach the engine raises. With ``into`` — an SSE
+    response already begun (the loading status) — the engine's stream continues
+    it, and anything else (unreachable, an error status) ends it as an error event.
+    """
+    model = lease.model
     try:
-        if not is_streaming(resp):
-            try:
-                body = await resp.read()
-            except (aiohttp.ClientError, OSError) as exc:
-                raise UpstreamDied(model, f"the engine of {model!r} dropped the response") from exc
-            headers = response_headers(resp.headers)
-            if metering is not None:
-                metering.meter.body(body)
-                rec = metering.final()
-                headers.update(rec.headers())
-                if metering.footer and resp.status == 200:
-                    body = add_footer(body, rec.footer()) or body
-            out = web.Response(status=resp.status, headers=headers, body=body)
-            resp.release()
-            return out
-        sresp = web.StreamResponse(status=resp.status, headers=response_headers(resp.headers))
-        await sresp.prepare(request)
-        await stream_body(sresp, resp, model, sse=is_sse(resp), fix=fix, metering=metering)
-        await sresp.write_eof()
-        return sresp
+        resp = await open_upstream(
+            http, model, request.method, lease.upstream + request.path_qs,
+            request.headers, body, extra_headers,
+        )  # fmt: skip
+    except SwapyardError as err:
+        if into is None:
+            raise
+        metering.failed(err)
+        await into.write(sse.error_event(err))
+        await into.write_eof()
+        return into
+    metering.answered(resp.status)
+    try:
+        if into is None:
+            return await _pipe(request, resp, model, metering)
+        if resp.status == 200 and is_sse(resp):
+            await stream_body(into, resp, model, events=True, metering=metering)
+        else:
+            await into.write(_upstream_error_event(model, resp.status, await resp.read()))
+        await into.write_eof()
+        return into
     finally:
         resp.close()
+
+
+async def _pipe(
+    request: web.Request, resp: aiohttp.ClientResponse, model: str, metering: Metering
+) -> web.StreamResponse:
+    if not is_streaming(resp):
+        try:
+            body = await resp.read()
+        except (aiohttp.ClientError, OSError) as exc:
+            raise UpstreamDied(model, f"the engine of {model!r} dropped the response") from exc
+        headers = response_headers(resp.headers)
+        metering.meter.body(body)
+        rec = metering.final()
+        headers.update(record_headers(rec))
+        if metering.footer and resp.status == 200:
+            body = add_footer(body, footer_text(rec)) or body
+        out = web.Response(status=resp.status, headers=headers, body=body)
+        resp.release()
+        return out
+    sresp = web.StreamResponse(status=resp.status, headers=response_headers(resp.headers))
+    await sresp.prepare(request)
+    await stream_body(sresp, resp, model, events=is_sse(resp), metering=metering)
+    await sresp.write_eof()
+    return sresp
+
+
+def _upstream_error_event(model: str, status: int, body: bytes) -> bytes:
+    """The engine answered an error after our stream had begun: pass its error on as
+    an SSE event (its own envelope if it sent one)."""
+    try:
+        doc = json.loads(body)
+    except ValueError:
+        doc = None
+    if isinstance(doc, dict) and "error" in doc:
+        return sse.frame(doc)
+    text = body.decode("utf-8", "replace")[:500]
+    return sse.error_event(UpstreamError(model, f"the engine answered HTTP {status}: {text}"))
 
 
 def is_sse(resp: aiohttp.ClientResponse) -> bool:
@@ -158,52 +195,44 @@ async def stream_body(
     resp: aiohttp.ClientResponse,
     model: str,
     *,
-    sse: bool,
-    fix: StreamFix | None = None,
-    metering: Metering | None = None,
+    events: bool,
+    metering: Metering,
 ) -> None:
     """Copy the body chunk by chunk as it arrives (through ``fix`` when the engine's
     SSE stream needs one, past the meter when there is one). With the footer on,
     one extra delta goes out just before ``data: [DONE]`` (or at the end). If the
     engine dies mid-way, an SSE stream ends with an error event (never a hang);
     other bodies just end."""
-    fixing = fix is not None and fix.active and sse
-    meter = metering.meter if metering is not None else None
-    footer = metering is not None and metering.footer and sse and resp.status == 200
+    fix = metering.fix if events and metering.fix is not None and metering.fix.active else None
+    meter = metering.meter
+    footer = metering.footer and events and resp.status == 200
     try:
         async for chunk in resp.content.iter_any():
-            if fixing:
-                assert fix is not None
+            if fix is not None:
                 chunk = fix.feed(chunk)
                 if not chunk:
                     continue
-            if meter is not None:
-                meter.feed(chunk)
-            if footer and (at := chunk.find(DONE)) >= 0:
-                assert metering is not None
+            meter.feed(chunk)
+            if footer and (at := chunk.find(sse.DONE)) >= 0:
                 await out.write(chunk[:at] + _footer(metering, model) + chunk[at:])
                 footer = False
                 continue
             await out.write(chunk)
-        if fixing:
-            assert fix is not None
-            if rest := fix.flush():
-                if meter is not None:
-                    meter.feed(rest)
-                await out.write(rest)
+        if fix is not None and (rest := fix.flush()):
+            meter.feed(rest)
+            await out.write(rest)
         if footer:
-            assert metering is not None
             await out.write(_footer(metering, model))
     except (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError):
-        if sse:
+        if events:
             err = UpstreamDied(
                 model, f"the engine of {model!r} stopped in the middle of the answer"
             )
-            await out.write(sse_error(err))
+            await out.write(sse.error_event(err))
 
 
 def _footer(metering: Metering, model: str) -> bytes:
-    return footer_chunk(model, metering.final().footer())
+    return footer_chunk(model, footer_text(metering.final()))
 
 
 def error_response(err: SwapyardError, headers: Mapping[str, Any] | None = None) -> web.Response:

@@ -18,6 +18,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from swapyard import sse
 from swapyard.config import ModelSpec
 
 
@@ -75,7 +76,7 @@ class StreamFix:
             return event + b"\n\n"
         rest = [ln for ln in lines if not ln.startswith(b"data:")]
         body = json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode()
-        return b"\n".join([*rest, b"data: " + body]) + b"\n\n"
+        return sse.frame_data(body, rest)
 
     def _to_delta(self, doc: dict[str, Any]) -> bool:
         changed = False

@@ -1,9 +1,13 @@
 """The run loop: requests and engine events in, scheduler decisions out.
 
-One task owns the scheduler. API handlers call ``acquire``/``release``, which post
+One task owns the scheduler, the memory figures and the engine actors. API
+handlers call ``acquire``/``release`` and the control commands, which post
 messages to the inbox; process actors publish state changes on the bus, which a
 listener also posts to the inbox. The loop feeds each message to the scheduler,
-whose ``Effects`` are implemented here by talking to the process actors.
+whose ``Effects`` (``_RouterEffects``) talk to the actors, then publishes what
+the scheduler now holds as a frozen view. Readers get ``snapshot()``: that view
+plus each actor's own published view (``swapyard.surface``), never the live
+objects.
 """
 
 from __future__ import annotations
@@ -13,53 +17,34 @@ import contextlib
 import itertools
 import logging
 import time
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
 
 from swapyard.config import Config, ModelSpec
-from swapyard.errors import ShuttingDown, SwapyardError
-from swapyard.events import (
-    EngineStateChanged,
-    Event,
-    EventBus,
-    RequestAdmitted,
-    RequestFinished,
-    SwapStarted,
-)
-from swapyard.inbox import (
-    Arrive,
-    Done,
-    Idle,
-    Learned,
-    Load,
-    Message,
-    Pin,
-    Tick,
-    Unload,
-)
+from swapyard.errors import QueueFull, ShuttingDown, SwapyardError
+from swapyard.events import EngineStateChanged, Event, EventBus, RequestAdmitted, SwapStarted
+from swapyard.inbox import Arrive, Idle, Leave, Load, Measured, Message, Pin, Tick, Unload
 from swapyard.ports import PortAllocator
 from swapyard.process.actor import EngineProcess
+from swapyard.process.logring import LogRing
 from swapyard.process.state import EngineState
 from swapyard.resources.devices import RAM_SHARE, memory_budget, nvml_usage, ram_bytes
 from swapyard.resources.measure import group_gpu_memory, group_rss
 from swapyard.resources.needs import MemoryFigures, initial_figures
 from swapyard.resources.store import MeasuredStore
 from swapyard.scheduler.core import Effects, ModelTerms, Scheduler, SchedulerConfig
+from swapyard.surface import (
+    DeviceSnapshot,
+    Lease,
+    MemorySnapshot,
+    ModelSnapshot,
+    Snapshot,
+)
 
 log = logging.getLogger("swapyard.router")
-
-
-@dataclass(frozen=True, slots=True)
-class Lease:
-    """Permission to send one request to ``model``'s engine at ``upstream``."""
-
-    request_id: int
-    model: str
-    upstream: str
-    waited: float
 
 
 MEASURE_AFTER_READY = 0.5  # seconds: let the engine settle (warm-up) before measuring
@@ -102,8 +87,30 @@ def model_terms(m: ModelSpec, need: int | None) -> ModelTerms:
     )  # fmt: skip
 
 
+@dataclass(frozen=True, slots=True)
+class _Held:
+    """What the scheduler holds of one model, published after each decision."""
+
+    state: EngineState
+    in_flight: int
+    queued: int
+    devices: tuple[str, ...]
+    memory: MemorySnapshot
+    pinned: bool
+    idle_since: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class _Published:
+    models: dict[str, _Held] = field(default_factory=dict)
+    devices: dict[str, DeviceSnapshot] = field(default_factory=dict)
+    host_used: int = 0
+    queue: tuple[int, ...] = ()
+    queue_full: QueueFull | None = None
+
+
 class Router:
-    """Owns the engines and the scheduler for one config."""
+    """Owns the engines and the scheduler for one config (``RouterSurface``)."""
 
     def __init__(
         self,
@@ -113,34 +120,36 @@ class Router:
         store: MeasuredStore | None = None,
     ) -> None:
         self.config = config
-        self.store = store
-        self.started_at = time.time()
-        self.memory: dict[str, MemoryFigures] = {
+        self.bus = bus
+        self._store = store
+        self._started_at = time.time()
+        self._memory: dict[str, MemoryFigures] = {
             m.id: initial_figures(m, store) for m in config.models.values()
         }
-        self.bus = bus
         ports = PortAllocator()
-        self.engines: Mapping[str, EngineProcess] = {
+        self._engines: Mapping[str, EngineProcess] = {
             mid: EngineProcess(spec, bus, ports, http) for mid, spec in config.models.items()
         }
-        needs = {mid: f.scheduled for mid, f in self.memory.items()}
+        needs = {mid: f.scheduled for mid, f in self._memory.items()}
         if not config.scheduler.learn_memory:
-            needs = {mid: f.declared or f.estimated for mid, f in self.memory.items()}
-        budget, self.cuda_devices = memory_budget(config)
-        self.scheduler = scheduler_for(config, _RouterEffects(self), needs, budget)
+            needs = {mid: f.declared or f.estimated for mid, f in self._memory.items()}
+        budget, self._cuda = memory_budget(config)
         self._inbox: asyncio.Queue[Message] = asyncio.Queue()
-        self._waiting: dict[int, tuple[asyncio.Future[str], float]] = {}
+        self._bg: set[asyncio.Task[Any]] = set()
+        self._fx = _RouterEffects(self._engines, bus, self._inbox.put_nowait, self._spawn,
+                                  self._cuda)  # fmt: skip
+        self._scheduler = scheduler_for(config, self._fx, needs, budget)
         self._ids = itertools.count(1)
         self._task: asyncio.Task[None] | None = None
         self._closing = False
-        self._bg: set[asyncio.Task[Any]] = set()
-        self._timers: set[asyncio.TimerHandle] = set()
         self._state_waiters: list[tuple[str, frozenset[EngineState], asyncio.Future[None]]] = []
+        self._view = _Published()
+        self._publish()
         bus.add_listener(self._on_event)
 
     # -- lifecycle ------------------------------------------------------------------
     def run(self) -> None:
-        for engine in self.engines.values():
+        for engine in self._engines.values():
             engine.run()
         self._task = asyncio.create_task(self._run(), name="router")
         for m in self.config.models.values():
@@ -150,19 +159,19 @@ class Router:
     def stop_admitting(self) -> None:
         """Refuse new requests and reject the queued ones; running ones go on."""
         self._closing = True
-        self.scheduler.reject_all(ShuttingDown("swapyard is shutting down"))
+        self._scheduler.reject_all(ShuttingDown("swapyard is shutting down"))
+        self._publish()
 
     async def shutdown(self, deadline: float) -> None:
         """Reject queued requests, stop every engine, end the loop; by ``deadline``
         (a ``time.monotonic()`` value) whatever is still alive gets SIGKILL."""
         self.stop_admitting()
-        for h in self._timers:
-            h.cancel()
-        closes = [asyncio.ensure_future(e.close()) for e in self.engines.values()]
+        self._fx.cancel_timers()
+        closes = [asyncio.ensure_future(e.close()) for e in self._engines.values()]
         _, pending = await asyncio.wait(closes, timeout=max(0.1, deadline - time.monotonic()))
         if pending:
             log.warning("engines still stopping at the shutdown deadline; sending SIGKILL")
-            for e in self.engines.values():
+            for e in self._engines.values():
                 e.kill_now()
             await asyncio.wait(pending, timeout=2.0)
         if self._task is not None:
@@ -186,39 +195,74 @@ class Router:
         if self._closing:
             raise ShuttingDown("swapyard is shutting down")
         rid = self.new_request_id() if request_id is None else request_id
-        fut: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        fut = self._fx.expect(rid)
         t0 = time.monotonic()
-        self._waiting[rid] = (fut, t0)
         self._inbox.put_nowait(Arrive(rid, model))
         try:
             await fut
         except BaseException:
-            self._waiting.pop(rid, None)
+            self._fx.forget(rid)
             rejected = fut.done() and not fut.cancelled() and fut.exception() is not None
             if not rejected:  # the scheduler still counts it (queued or dispatched)
-                self._inbox.put_nowait(Done(rid))
+                self._inbox.put_nowait(Leave(rid))
             raise
-        return Lease(rid, model, self.engines[model].upstream, time.monotonic() - t0)
+        return Lease(rid, model, self._engines[model].upstream, time.monotonic() - t0)
 
     def release(self, lease: Lease) -> None:
-        self._inbox.put_nowait(Done(lease.request_id))
-        self.bus.publish(RequestFinished(lease.request_id, lease.model))
+        self._inbox.put_nowait(Leave(lease.request_id))
 
     def check_admission(self) -> None:
         """Raise now what ``acquire`` would answer at once: ``ShuttingDown``, or
         ``QueueFull`` when the queue is at its bound (before any streaming starts)."""
         if self._closing:
             raise ShuttingDown("swapyard is shutting down")
-        err = self.scheduler.queue_full()
-        if err is not None:
-            raise err
+        if self._view.queue_full is not None:
+            raise self._view.queue_full
 
     def ready_now(self, model: str) -> bool:
         """Whether a request for ``model`` would be dispatched without waiting."""
-        return self.scheduler.state(model) is EngineState.READY and self.scheduler.queued() == 0
+        view = self._view
+        return view.models[model].state is EngineState.READY and not view.queue
 
-    def position(self, request_id: int) -> int | None:
-        return self.scheduler.position(request_id)
+    # -- reads ----------------------------------------------------------------------
+    def snapshot(self) -> Snapshot:
+        """The scheduler's last published figures with each engine's own view."""
+        view = self._view
+        models = {mid: self._model(mid, view) for mid in self._engines}
+        return Snapshot(models, view.devices, view.host_used, view.queue, self._started_at)
+
+    def model(self, model: str) -> ModelSnapshot:
+        return self._model(model, self._view)
+
+    def _model(self, model: str, view: _Published) -> ModelSnapshot:
+        h = view.models[model]
+        return ModelSnapshot(
+            model, self._engines[model].view(), h.in_flight, h.queued, h.devices, h.memory,
+            h.pinned, h.idle_since,
+        )  # fmt: skip
+
+    def logs(self, model: str) -> LogRing:
+        return self._engines[model].logs
+
+    def device_usage(self) -> dict[str, tuple[int, int]]:
+        """(used, total) bytes per GPU as NVML reports them; {} without GPUs."""
+        return nvml_usage() if self._cuda else {}
+
+    def _publish(self) -> None:
+        """Freeze what the scheduler holds now (the router's task only)."""
+        sched = self._scheduler
+        models = {}
+        for mid, fig in self._memory.items():
+            mem = MemorySnapshot(fig.declared, fig.estimated, fig.measured, sched.need(mid))
+            models[mid] = _Held(
+                sched.state(mid), sched.inflight(mid), sched.queued(mid), sched.devices(mid),
+                mem, sched.pinned(mid), sched.idle_since(mid),
+            )  # fmt: skip
+        budget, used = sched.budget(), sched.used()
+        devices = {d: DeviceSnapshot(d, budget[d], used[d]) for d in budget}
+        self._view = _Published(
+            models, devices, sched.host_used(), sched.queue_ids(), sched.queue_full()
+        )
 
     # -- control (admin API, CLI) ----------------------------------------------------
     async def load(self, model: str) -> EngineState:
@@ -237,44 +281,13 @@ class Router:
         done = {EngineState.READY} if pinned else set(EngineState)
         return await self._command(Pin(model, pinned), model, done)
 
-    def device_usage(self) -> dict[str, tuple[int, int]]:
-        """(used, total) bytes per GPU as NVML reports them; {} without GPUs."""
-        return nvml_usage() if self.cuda_devices else {}
-
-    def _used_by(self, pgid: int) -> int:
-        """On GPUs, the most the group holds on any one device (a need is per
-        device); else its resident memory."""
-        if self.cuda_devices:
-            gpu = group_gpu_memory(pgid)
-            if gpu:
-                return max(gpu.values())
-        return group_rss(pgid)
-
-    async def _measure(self, model: str, pgid: int) -> None:
-        """What the engine's process group really holds, once it has settled."""
-        await asyncio.sleep(MEASURE_AFTER_READY)
-        if self.engines[model].pid != pgid or self.engines[model].state is not EngineState.READY:
-            return
-        nbytes = await asyncio.to_thread(self._used_by, pgid)
-        if nbytes <= 0:
-            return
-        figures = self.memory[model]
-        figures.measured = nbytes
-        if self.store is not None:
-            self.store.put(self.config.models[model], nbytes)
-        if (
-            self.config.scheduler.learn_memory
-            and figures.declared is None
-            and figures.estimated is None
-        ):
-            self._inbox.put_nowait(Learned(model, nbytes))
-
     async def _command(self, msg: Message, model: str, done: set[EngineState]) -> EngineState:
         """Send ``msg``; return at once if ``model`` is already in a ``done`` state,
         else when it next reaches one of them or fails."""
-        if self.engines[model].state in done:
+        engine = self._engines[model]
+        if engine.view().state in done:
             self._inbox.put_nowait(msg)
-            return self.engines[model].state
+            return engine.view().state
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         entry = (model, frozenset(done | {EngineState.FAILED}), fut)
         self._state_waiters.append(entry)
@@ -284,7 +297,40 @@ class Router:
         finally:
             if entry in self._state_waiters:
                 self._state_waiters.remove(entry)
-        return self.engines[model].state
+        return engine.view().state
+
+    # -- measuring ------------------------------------------------------------------
+    def _used_by(self, pgid: int) -> int:
+        """On GPUs, the most the group holds on any one device (a need is per
+        device); else its resident memory."""
+        if self._cuda:
+            gpu = group_gpu_memory(pgid)
+            if gpu:
+                return max(gpu.values())
+        return group_rss(pgid)
+
+    async def _measure(self, model: str, pgid: int) -> None:
+        """What the engine's process group really holds, once it has settled; the
+        figure goes to the router's task as a message."""
+        await asyncio.sleep(MEASURE_AFTER_READY)
+        view = self._engines[model].view()
+        if view.pid != pgid or view.state is not EngineState.READY:
+            return
+        nbytes = await asyncio.to_thread(self._used_by, pgid)
+        if nbytes > 0:
+            self._inbox.put_nowait(Measured(model, nbytes))
+
+    def _on_measured(self, model: str, nbytes: int, now: float) -> None:
+        figures = self._memory[model]
+        figures.measured = nbytes
+        if self._store is not None:
+            self._store.put(self.config.models[model], nbytes)
+        if (
+            self.config.scheduler.learn_memory
+            and figures.declared is None
+            and figures.estimated is None
+        ):
+            self._scheduler.learned_need(model, nbytes, now)
 
     def _on_event(self, event: Event) -> None:
         if isinstance(event, EngineStateChanged):
@@ -297,16 +343,16 @@ class Router:
 
     # -- the loop ---------------------------------------------------------------------
     async def _run(self) -> None:
-        sched = self.scheduler
+        sched = self._scheduler
         while True:
             msg = await self._inbox.get()
             now = time.monotonic()
             try:
                 match msg:
                     case Arrive(rid, model):
-                        if rid in self._waiting:
+                        if self._fx.expects(rid):
                             sched.request_arrived(rid, model, now)
-                    case Done(rid):
+                    case Leave(rid):
                         sched.request_done(rid, now)
                     case Idle(model, token):
                         sched.idle_timeout(model, token, now)
@@ -318,12 +364,13 @@ class Router:
                         sched.unload(model, now)
                     case Pin(model, pinned):
                         sched.set_pinned(model, pinned, now)
-                    case Learned(model, nbytes):
-                        sched.learned_need(model, nbytes, now)
+                    case Measured(model, nbytes):
+                        self._on_measured(model, nbytes, now)
                     case EngineStateChanged(model=model, new=new, error=error):
                         sched.engine_state(model, new, error, now)
             except Exception:  # pragma: no cover - a scheduler bug must not kill the loop
                 log.exception("scheduler failed on %r", msg)
+            self._publish()
 
     def _spawn(self, coro: Any) -> None:
         task: asyncio.Task[Any] = asyncio.ensure_future(coro)
@@ -332,51 +379,86 @@ class Router:
 
 
 class _RouterEffects:
-    def __init__(self, router: Router) -> None:
-        self._r = router
+    """The scheduler's ``Effects``: commands to the actors, answers to waiting
+    requests, timers. Owns the waiting requests' futures and the armed timers;
+    reaches the router only through the callables it was given."""
 
+    def __init__(
+        self,
+        engines: Mapping[str, EngineProcess],
+        bus: EventBus,
+        post: Callable[[Message], None],
+        spawn: Callable[[Any], None],
+        cuda: bool,
+    ) -> None:
+        self._engines = engines
+        self._bus = bus
+        self._post = post
+        self._spawn = spawn
+        self._cuda = cuda
+        self._waiting: dict[int, tuple[asyncio.Future[str], float]] = {}
+        self._timers: set[asyncio.TimerHandle] = set()
+
+    # -- waiting requests (the router's side) --
+    def expect(self, request_id: int) -> asyncio.Future[str]:
+        fut: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        self._waiting[request_id] = (fut, time.monotonic())
+        return fut
+
+    def expects(self, request_id: int) -> bool:
+        return request_id in self._waiting
+
+    def forget(self, request_id: int) -> None:
+        self._waiting.pop(request_id, None)
+
+    def cancel_timers(self) -> None:
+        for h in self._timers:
+            h.cancel()
+
+    # -- Effects --
     def start(self, model: str, devices: tuple[str, ...]) -> None:
         env = {}
-        if self._r.cuda_devices:
+        if self._cuda:
             # Devices are CUDA indexes: the engine sees only the GPUs it was placed on.
             env["CUDA_VISIBLE_DEVICES"] = ",".join(devices)
-        self._r._spawn(_quiet(self._r.engines[model].start(env)))
+        self._spawn(_quiet(self._engines[model].start(env)))
 
     def stop(self, model: str, *, for_model: str | None, sleep: bool = False) -> None:
+        engine = self._engines[model]
         if for_model is not None:
-            self._r.bus.publish(SwapStarted(new=for_model, old=model))
-        self._r._spawn(_quiet(self._r.engines[model].stop(sleep=sleep)))
+            mode = engine.view().fast_swap or "stop"
+            self._bus.publish(SwapStarted(new=for_model, old=model, mode=mode))
+        self._spawn(_quiet(engine.stop(sleep=sleep)))
 
     def dispatch(self, request_id: int, model: str) -> None:
-        entry = self._r._waiting.pop(request_id, None)
+        entry = self._waiting.pop(request_id, None)
         if entry is None or entry[0].done():
-            self._r._inbox.put_nowait(Done(request_id))
+            self._post(Leave(request_id))
             return
         fut, t0 = entry
         fut.set_result(model)
-        self._r.bus.publish(RequestAdmitted(request_id, model, time.monotonic() - t0))
+        self._bus.publish(RequestAdmitted(request_id, model, time.monotonic() - t0))
 
     def reject(self, request_id: int, error: SwapyardError) -> None:
-        entry = self._r._waiting.pop(request_id, None)
+        entry = self._waiting.pop(request_id, None)
         if entry is not None and not entry[0].done():
             entry[0].set_exception(error)
 
     def wake_at(self, when: float) -> None:
         self._after(max(0.0, when - time.monotonic()), Tick())
 
-    def _after(self, delay: float, msg: Message) -> None:
-        loop = asyncio.get_running_loop()
-        timers = self._r._timers
-
-        def fire() -> None:
-            timers.discard(handle)
-            self._r._inbox.put_nowait(msg)
-
-        handle = loop.call_later(delay, fire)
-        timers.add(handle)
-
     def arm_idle_timer(self, model: str, ttl: float, token: int) -> None:
         self._after(ttl, Idle(model, token))
+
+    def _after(self, delay: float, msg: Message) -> None:
+        loop = asyncio.get_running_loop()
+
+        def fire() -> None:
+            self._timers.discard(handle)
+            self._post(msg)
+
+        handle = loop.call_later(delay, fire)
+        self._timers.add(handle)
 
 
 async def _quiet(coro: Any) -> None:

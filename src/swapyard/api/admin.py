@@ -10,16 +10,17 @@ from swapyard.api.live import ring_response
 from swapyard.api.state import STATE
 from swapyard.errors import UnknownModel
 
+_HEALTH_KEYS = ("state", "pid", "upstream", "state_for_s", "last_error", "fast_swap",
+                "in_flight", "queued")  # fmt: skip
+
 
 async def health(request: web.Request) -> web.Response:
     state = request.app[STATE]
-    router = state.router
+    now = time.monotonic()
     models = {}
-    for mid, engine in router.engines.items():
-        snap = engine.snapshot()
-        snap["in_flight"] = router.scheduler.inflight(mid)
-        snap["queued"] = router.scheduler.queued(mid)
-        models[mid] = snap
+    for mid, m in state.router.snapshot().models.items():
+        full = m.as_json(now)
+        models[mid] = {k: full[k] for k in _HEALTH_KEYS}
     return web.json_response(
         {"status": "ok", "uptime_s": round(time.time() - state.started_at, 3), "models": models}
     )
@@ -37,31 +38,17 @@ async def resident(request: web.Request) -> web.Response:
     """The resident set: each model's state, placement and memory; each device's
     budget, use and room."""
     state = request.app[STATE]
-    sched = state.router.scheduler
-    budget, used = sched.budget(), sched.used()
+    snap = state.router.snapshot()
     devices = {
-        d: {"budget": budget[d], "used": used[d], "free": budget[d] - used[d]} for d in budget
+        d.id: {"budget": d.budget, "used": d.used, "free": d.free} for d in snap.devices.values()
     }
     models = {}
     now = time.monotonic()
-    for mid, engine in state.router.engines.items():
+    for mid, m in snap.models.items():
         spec = state.config.models[mid]
-        idle = sched.idle_since(mid)
-        models[mid] = {
-            "name": spec.name or mid,
-            "engine": spec.engine,
-            "state": str(engine.state),
-            "state_for_s": round(now - engine.state_since, 3),
-            "pid": engine.pid,
-            "devices": list(sched.devices(mid)),
-            "memory": {**state.router.memory[mid].as_dict(), "scheduled": sched.need(mid)},
-            "pinned": sched.pinned(mid),
-            "in_flight": sched.inflight(mid),
-            "queued": sched.queued(mid),
-            "idle_s": round(now - idle, 3) if idle is not None else None,
-            "fast_swap": engine.fast_mode,
-            "progress": engine.progress,
-        }
+        full = m.as_json(now)
+        del full["upstream"], full["last_error"]
+        models[mid] = {"name": spec.name or mid, "engine": spec.engine, **full}
     return web.json_response({"devices": devices, "models": models})
 
 
@@ -88,7 +75,7 @@ async def logs(request: web.Request) -> web.StreamResponse:
     """The engine's last output lines (``?lines=N``, default 200) as text or JSON;
     ``?follow=1`` streams them and every new line (server-sent events)."""
     model = _model_of(request)
-    return await ring_response(request, request.app[STATE].router.engines[model].logs, model)
+    return await ring_response(request, request.app[STATE].router.logs(model), model)
 
 
 def add_routes(app: web.Application) -> None:

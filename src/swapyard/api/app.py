@@ -19,7 +19,7 @@ from aiohttp import web
 
 from swapyard.api import admin, live, openai
 from swapyard.api.auth import auth_middleware
-from swapyard.api.state import CONFIG, STATE, AppState
+from swapyard.api.state import CONFIG, ROUTER, STATE, AppState
 from swapyard.config import Config, check_exposure
 from swapyard.errors import NotFound, QueueFull, RequestError, SwapyardError
 from swapyard.events import EventBus
@@ -27,6 +27,8 @@ from swapyard.models.fetch import data_dir
 from swapyard.proxy import error_response, new_upstream_session
 from swapyard.resources.store import MeasuredStore
 from swapyard.router import Router
+from swapyard.surface import RouterSurface
+from swapyard.usage.feed import Broadcast
 from swapyard.usage.metrics import Metrics
 from swapyard.usage.store import UsageStore
 
@@ -53,10 +55,13 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
 
 async def _lifespan(app: web.Application) -> AsyncIterator[None]:
     config = app[CONFIG]
-    bus = EventBus()
     http = new_upstream_session()
-    store = MeasuredStore(data_dir() / "measured-memory.json")
-    router = Router(config, bus, http, store)
+    given = app.get(ROUTER)
+    if given is not None:
+        router, bus = given, given.bus
+    else:
+        bus = EventBus()
+        router = Router(config, bus, http, MeasuredStore(data_dir() / "measured-memory.json"))
     metrics = Metrics(router)
     bus.add_listener(metrics.on_event)
     usage: UsageStore | None = None
@@ -65,7 +70,7 @@ async def _lifespan(app: web.Application) -> AsyncIterator[None]:
         bus.add_listener(usage.on_event)
         usage.run()
     state = AppState(config=config, bus=bus, http=http, router=router, metrics=metrics,
-                     broadcast=live.Broadcast(bus), usage=usage)  # fmt: skip
+                     broadcast=Broadcast(bus), usage=usage)  # fmt: skip
     ring = live.RingHandler(state.log)
     logging.getLogger("swapyard").addHandler(ring)
     router.run()
@@ -89,12 +94,16 @@ async def _stop_admitting(app: web.Application) -> None:
     app[STATE].closing.set()
 
 
-def build_app(config: Config) -> web.Application:
+def build_app(config: Config, router: RouterSurface | None = None) -> web.Application:
+    """The app for ``config``; its lifespan builds a ``Router`` unless one is given
+    (``swapyard.testing.FakeRouter`` for HTTP tests without engine processes)."""
     app = web.Application(
         middlewares=[errors_middleware, auth_middleware],
         client_max_size=config.server.max_body_bytes,
     )
     app[CONFIG] = config
+    if router is not None:
+        app[ROUTER] = router
     app.cleanup_ctx.append(_lifespan)
     app.on_shutdown.append(_stop_admitting)
     openai.add_routes(app)
@@ -103,9 +112,11 @@ def build_app(config: Config) -> web.Application:
     return app
 
 
-async def start_server(config: Config, host: str, port: int) -> web.AppRunner:
+async def start_server(
+    config: Config, host: str, port: int, router: RouterSurface | None = None
+) -> web.AppRunner:
     """Start serving on ``host:port``; the caller must ``cleanup()`` the runner."""
-    app = build_app(config)
+    app = build_app(config, router)
     runner = web.AppRunner(
         app,
         handler_cancellation=True,
@@ -131,7 +142,9 @@ async def serve(config: Config, host: str, port: int) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     names = ", ".join(config.models)
-    print(f"swapyard listening on http://{host}:{port}/v1 — models: {names}", file=sys.stderr)
+    kind = type(loop).__module__.split(".")[0]  # "uvloop" or "asyncio"
+    print(f"swapyard listening on http://{host}:{port}/v1 — models: {names} "
+          f"(event loop: {kind})", file=sys.stderr)  # fmt: skip
     await stop.wait()
     print("swapyard: shutting down, stopping engines", file=sys.stderr)
     runner.app[STATE].shutdown_deadline = time.monotonic() + config.server.shutdown_timeout

@@ -4,7 +4,6 @@ streams (server-sent events) of engine logs, swapyard's own log and events."""
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from collections.abc import Callable
@@ -13,64 +12,14 @@ from typing import Any
 
 from aiohttp import web
 
+from swapyard import sse
 from swapyard.api.state import STATE
 from swapyard.config import parse_duration
 from swapyard.errors import NotFound
-from swapyard.events import (
-    EngineStateChanged,
-    Event,
-    EventBus,
-    RequestAdmitted,
-    RequestCompleted,
-    SwapStarted,
-)
 from swapyard.process.logring import LogRing
-from swapyard.proxy import SSE_HEADERS
 from swapyard.usage.metrics import CONTENT_TYPE
 
 KEEPALIVE = 15.0
-
-
-def event_json(ev: Event) -> dict[str, Any] | None:
-    """An event as the dashboard and ``GET /api/events`` see it."""
-    now = time.time()
-    if isinstance(ev, EngineStateChanged):
-        err = ev.error.message if ev.error else None
-        return {"type": "state", "at": now, "model": ev.model, "old": str(ev.old),
-                "new": str(ev.new), "error": err}  # fmt: skip
-    if isinstance(ev, SwapStarted):
-        return {"type": "swap", "at": now, "model": ev.old, "for": ev.new}
-    if isinstance(ev, RequestAdmitted):
-        return {"type": "admitted", "at": now, "model": ev.model, "waited_s": ev.waited}
-    if isinstance(ev, RequestCompleted):
-        return {"type": "request", **ev.record.as_dict()}
-    return None
-
-
-class Broadcast:
-    """Fans events out to live subscribers; a slow one loses events, never blocks."""
-
-    def __init__(self, bus: EventBus) -> None:
-        self._subs: set[asyncio.Queue[dict[str, Any]]] = set()
-        bus.add_listener(self._on_event)
-
-    def _on_event(self, ev: Event) -> None:
-        if not self._subs:
-            return
-        doc = event_json(ev)
-        if doc is None:
-            return
-        for q in tuple(self._subs):
-            if not q.full():
-                q.put_nowait(doc)
-
-    def subscribe(self) -> asyncio.Queue[dict[str, Any]]:
-        q: asyncio.Queue[dict[str, Any]] = asyncio.Queue(1000)
-        self._subs.add(q)
-        return q
-
-    def unsubscribe(self, q: asyncio.Queue[dict[str, Any]]) -> None:
-        self._subs.discard(q)
 
 
 async def sse_stream(
@@ -83,11 +32,11 @@ async def sse_stream(
     goes away or swapyard shuts down (a comment every 15 s keeps proxies from
     closing it)."""
     closing = request.app[STATE].closing
-    out = web.StreamResponse(headers=SSE_HEADERS)
+    out = web.StreamResponse(headers=sse.HEADERS)
     await out.prepare(request)
     try:
         for item in history:
-            await out.write(_sse(item))
+            await out.write(sse.frame(item))
         while not closing.is_set():
             getter = asyncio.ensure_future(queue.get())
             stop = asyncio.ensure_future(closing.wait())
@@ -98,18 +47,14 @@ async def sse_stream(
             if getter not in finished:
                 getter.cancel()
                 if not finished:
-                    await out.write(b": keep-alive\n\n")
+                    await out.write(sse.KEEPALIVE)
                 continue
-            await out.write(_sse(getter.result()))
+            await out.write(sse.frame(getter.result()))
     except (ConnectionError, asyncio.CancelledError):
         pass
     finally:
         done()
     return out
-
-
-def _sse(item: Any) -> bytes:
-    return b"data: " + json.dumps(item, ensure_ascii=False).encode() + b"\n\n"
 
 
 async def ring_response(request: web.Request, ring: LogRing, name: str) -> web.StreamResponse:

@@ -12,17 +12,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import time
 
 from aiohttp import web
 
+from swapyard import sse
 from swapyard.api.state import AppState
-from swapyard.errors import SwapyardError, UpstreamError
+from swapyard.errors import SwapyardError
 from swapyard.process.state import EngineState
-from swapyard.proxy import SSE_HEADERS, is_sse, open_upstream, sse_error, stream_body
-from swapyard.quirks import StreamFix
-from swapyard.router import Lease
+from swapyard.proxy import forward
+from swapyard.surface import Lease, Snapshot
 from swapyard.usage.meter import Metering
 
 STATUS_EVERY = 1.0
@@ -38,21 +37,22 @@ def status_chunk(chunk_id: str, model: str, text: str, field: str, first: bool) 
         "model": model,
         "choices": [{"index": 0, "delta": delta, "finish_reason": None}],
     }
-    return b"data: " + json.dumps(doc, ensure_ascii=False).encode() + b"\n\n"
+    return sse.frame(doc)
 
 
-def status_text(state: AppState, model: str, request_id: int, waited: float) -> str:
-    """One line saying what this request waits for right now."""
-    router = state.router
-    engine = router.engines[model]
-    pos = router.position(request_id)
-    others = [(m, e.state) for m, e in router.engines.items() if m != model]
-    stopping = [m for m, st in others if st is EngineState.STOPPING]
-    busy = [(m, router.scheduler.inflight(m)) for m, st in others if st is EngineState.READY]
-    if engine.state is EngineState.STARTING and engine.started_at is not None:
-        elapsed = time.monotonic() - engine.started_at
+def status_text(
+    snap: Snapshot, model: str, start_timeout: float, request_id: int, waited: float
+) -> str:
+    """One line saying what this request waits for right now (from one snapshot)."""
+    engine = snap.models[model].engine
+    pos = snap.position(request_id)
+    others = [m for m in snap.models.values() if m.id != model]
+    stopping = [m.id for m in others if m.state is EngineState.STOPPING]
+    busy = [(m.id, m.in_flight) for m in others if m.state is EngineState.READY]
+    if engine.state is EngineState.STARTING and engine.loading_since is not None:
+        elapsed = time.monotonic() - engine.loading_since
         verb = "Waking" if engine.waking else "Loading"
-        text = f"{verb} model {model}: {elapsed:.1f} s of {engine.spec.start_timeout:g} s"
+        text = f"{verb} model {model}: {elapsed:.1f} s of {start_timeout:g} s"
         if engine.progress is not None:
             fraction, what = engine.progress
             text += f" ({what}" + (f", {fraction:.0%})" if fraction is not None else ")")
@@ -72,59 +72,42 @@ def status_text(state: AppState, model: str, request_id: int, waited: float) -> 
 
 
 async def stream_with_loading_status(
-    request: web.Request,
-    state: AppState,
-    model: str,
-    body: bytes,
-    fix: StreamFix | None = None,
-    metering: Metering | None = None,
+    request: web.Request, state: AppState, model: str, body: bytes, metering: Metering
 ) -> web.StreamResponse:
+    """Begin the SSE answer at once, say what the request waits for until its
+    model is ready, then continue with the engine's own stream (``proxy.forward``)."""
     router = state.router
     field = "reasoning_content" if state.config.server.loading_status == "reasoning" else "content"
+    spec = state.config.models[model]
     rid = router.new_request_id()
     chunk_id = f"swapyard-status-{rid}"
     t0 = time.monotonic()
     acquiring = asyncio.ensure_future(router.acquire(model, rid))
     lease: Lease | None = None
-    out = web.StreamResponse(headers=SSE_HEADERS)
+    out = web.StreamResponse(headers=sse.HEADERS)
     try:
         await out.prepare(request)
         first = True
         while not acquiring.done():
-            text = status_text(state, model, rid, time.monotonic() - t0)
+            text = status_text(router.snapshot(), model, spec.start_timeout, rid,
+                               time.monotonic() - t0)  # fmt: skip
             await out.write(status_chunk(chunk_id, model, text, field, first))
             first = False
             await asyncio.wait({acquiring}, timeout=STATUS_EVERY)
         try:
             lease = acquiring.result()
         except SwapyardError as err:
-            await out.write(sse_error(err))
+            metering.failed(err)
+            await out.write(sse.error_event(err))
             await out.write_eof()
             return out
-        if metering is not None:
-            metering.base.request_id, metering.base.wait_s = lease.request_id, lease.waited
+        metering.admitted(lease.request_id, lease.waited)
         ready = f"Model {model} ready after {time.monotonic() - t0:.1f} s"
         await out.write(status_chunk(chunk_id, model, ready, field, first))
-        try:
-            resp = await open_upstream(
-                state.http, model, request.method, lease.upstream + request.path_qs,
-                request.headers, body, state.config.models[model].upstream_headers,
-            )  # fmt: skip
-        except SwapyardError as err:
-            await out.write(sse_error(err))
-            await out.write_eof()
-            return out
-        if metering is not None:
-            metering.base.status = resp.status
-        try:
-            if resp.status == 200 and is_sse(resp):
-                await stream_body(out, resp, model, sse=True, fix=fix, metering=metering)
-            else:
-                await out.write(_upstream_error_event(model, resp.status, await resp.read()))
-        finally:
-            resp.close()
-        await out.write_eof()
-        return out
+        return await forward(
+            state.http, request, lease, body, metering,
+            extra_headers=spec.upstream_headers, into=out,
+        )  # fmt: skip
     finally:
         if lease is not None:
             router.release(lease)
@@ -132,16 +115,3 @@ async def stream_with_loading_status(
             acquiring.cancel()
             with contextlib.suppress(asyncio.CancelledError, SwapyardError):
                 await acquiring
-
-
-def _upstream_error_event(model: str, status: int, body: bytes) -> bytes:
-    """The engine answered an error after our stream had begun: pass its error on as
-    an SSE event (its own envelope if it sent one)."""
-    try:
-        doc = json.loads(body)
-    except ValueError:
-        doc = None
-    if isinstance(doc, dict) and "error" in doc:
-        return b"data: " + json.dumps(doc).encode() + b"\n\n"
-    text = body.decode("utf-8", "replace")[:500]
-    return sse_error(UpstreamError(model, f"the engine answered HTTP {status}: {text}"))

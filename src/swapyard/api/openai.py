@@ -16,10 +16,10 @@ from swapyard.api.loading import stream_with_loading_status
 from swapyard.api.state import KEY_MODELS, KEY_NAME, STATE, AppState
 from swapyard.config import Config
 from swapyard.errors import BodyTooLarge, InvalidJSON, MissingModel, SwapyardError, UnknownModel
-from swapyard.events import RequestCompleted
-from swapyard.proxy import open_upstream, pipe_response
+from swapyard.events import RequestFinished
+from swapyard.proxy import forward
 from swapyard.quirks import adapt_request
-from swapyard.usage.meter import Metering, RequestRecord
+from swapyard.usage.meter import Metering, Ticket
 
 
 def parse_model(content_type: str, body: bytes) -> tuple[str, dict[str, Any] | None]:
@@ -81,38 +81,28 @@ async def proxy_post(request: web.Request) -> web.StreamResponse:
     )
     spec = state.config.models[model]
     body, fix = adapt_request(spec, doc, body)
-    base = RequestRecord(
-        0, model, spec.engine, request.path, 0, stream=stream,
-        key=request.get(KEY_NAME), loaded=not ready,
-    )  # fmt: skip
+    ticket = Ticket(model, spec.engine, request.path, stream, request.get(KEY_NAME), not ready)
     footer = spec.footer if spec.footer is not None else state.config.server.footer
-    metering = Metering(base, t0, footer and request.path.endswith("completions"), fix)
+    metering = Metering(ticket, t0, footer and request.path.endswith("completions"), fix)
     try:
         if use_status:
-            return await stream_with_loading_status(request, state, model, body, fix, metering)
+            return await stream_with_loading_status(request, state, model, body, metering)
         lease = await router.acquire(model)
-        base.request_id, base.wait_s = lease.request_id, lease.waited
+        metering.admitted(lease.request_id, lease.waited)
         try:
-            resp = await open_upstream(
-                state.http,
-                model,
-                request.method,
-                lease.upstream + request.path_qs,
-                request.headers,
-                body,
-                spec.upstream_headers,
+            return await forward(
+                state.http, request, lease, body, metering, extra_headers=spec.upstream_headers
             )
-            return await pipe_response(request, resp, model, fix, metering)
         finally:
             router.release(lease)
     except SwapyardError as err:
-        base.status, base.error = err.status, err.code
+        metering.failed(err)
         raise
     except asyncio.CancelledError:
-        base.status, base.error = base.status or 499, "client_closed"
+        metering.client_gone()
         raise
     finally:
-        state.bus.publish(RequestCompleted(metering.final()))
+        state.bus.publish(RequestFinished(metering.final()))
 
 
 async def list_models(request: web.Request) -> web.Response:
@@ -121,10 +111,11 @@ async def list_models(request: web.Request) -> web.Response:
     created = int(state.started_at)
     data: list[dict[str, Any]] = []
     allowed = request.get(KEY_MODELS)
+    snap = state.router.snapshot()
     for m in cfg.models.values():
         if m.unlisted or (allowed is not None and m.id not in allowed):
             continue
-        engine_state = str(state.router.engines[m.id].state)
+        engine_state = str(snap.models[m.id].state)
         entry = {"id": m.id, "object": "model", "created": created, "owned_by": "swapyard"}
         data.append({**entry, "name": m.name or m.id, "state": engine_state})
         if cfg.server.list_aliases:
@@ -142,7 +133,7 @@ async def get_model(request: web.Request) -> web.Response:
             "object": "model",
             "created": int(state.started_at),
             "owned_by": "swapyard",
-            "state": str(state.router.engines[model].state),
+            "state": str(state.router.model(model).state),
         }
     )
 

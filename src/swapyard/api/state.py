@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 import aiohttp
 from aiohttp import web
@@ -13,12 +12,10 @@ from aiohttp import web
 from swapyard.config import Config
 from swapyard.events import EventBus
 from swapyard.process.logring import LogRing
-from swapyard.router import Router
+from swapyard.surface import RouterSurface
+from swapyard.usage.feed import Broadcast
 from swapyard.usage.metrics import Metrics
 from swapyard.usage.store import UsageStore
-
-if TYPE_CHECKING:
-    from swapyard.api.live import Broadcast
 
 
 @dataclass(slots=True)
@@ -26,7 +23,7 @@ class AppState:
     config: Config
     bus: EventBus
     http: aiohttp.ClientSession
-    router: Router
+    router: RouterSurface
     metrics: Metrics
     broadcast: Broadcast
     usage: UsageStore | None = None
@@ -42,3 +39,4 @@ STATE = web.AppKey("swapyard_state", AppState)
 KEY_NAME = web.RequestKey("swapyard_key_name", str)
 KEY_MODELS = web.RequestKey("swapyard_key_models", frozenset)
 CONFIG = web.AppKey("swapyard_config", Config)
+ROUTER = web.AppKey("swapyard_router", RouterSurface)  # given instead of built (tests)

@@ -49,6 +49,7 @@ from swapyard.process.messages import (
     Woke,
 )
 from swapyard.process.state import EngineState, check_transition
+from swapyard.surface import EngineView
 
 S = EngineState
 LOG_TAIL_IN_ERRORS = 20
@@ -143,16 +144,20 @@ class EngineProcess:
         """The fast swap this engine offers ("sleep", "unload", ...), if any."""
         return self._fast.mode if self._fast is not None else None
 
-    def snapshot(self) -> dict[str, Any]:
-        """A JSON-ready snapshot of this engine's state."""
-        return {
-            "state": str(self._state),
-            "pid": self.pid,
-            "upstream": self.upstream if self._state in (S.STARTING, S.READY) else None,
-            "state_for_s": round(time.monotonic() - self.state_since, 3),
-            "last_error": self._failure.message if self._failure else None,
-            "fast_swap": self.fast_mode,
-        }
+    def view(self) -> EngineView:
+        """A frozen view of this engine now (what the router's snapshots carry)."""
+        live = self._state in (S.STARTING, S.READY)
+        return EngineView(
+            state=self._state,
+            state_since=self.state_since,
+            pid=self.pid,
+            upstream=self.upstream if live else None,
+            last_error=self._failure.message if self._failure else None,
+            fast_swap=self.fast_mode,
+            loading_since=self.started_at,
+            waking=self.waking,
+            progress=self.progress,
+        )
 
     # -- commands ------------------------------------------------------------------
     def run(self) -> None:
@@ -214,7 +219,9 @@ class EngineProcess:
                     self._on_woke(gen, error)
                 case Slept(gen, error) if gen == self._gen and self._state is S.STOPPING:
                     self._on_slept(error)
-                case Progress(gen, fraction, text) if gen == self._gen:
+                case Progress(gen, fraction, text) if (
+                    gen == self._gen and self._state is S.STARTING
+                ):
                     self.progress = (fraction, text)
                 case StartTimedOut(gen) if gen == self._gen and self._state is S.STARTING:
                     err = EngineStartTimeout(
@@ -363,10 +370,10 @@ class EngineProcess:
         _resolve_all(self._start_waiters)
 
     def _log_line(self, line: str) -> None:
-        if self._state is S.STARTING:
-            found = self.spec.adapter.log_progress(line)
-            if found is not None:
-                self.progress = found
+        # Called by the pipe reader (a helper task): it only posts a message.
+        found = self.spec.adapter.log_progress(line)
+        if found is not None:
+            self._inbox.put_nowait(Progress(self._gen, *found))
 
     async def _spawn(self, extra_env: dict[str, str]) -> None:
         self._gen += 1

@@ -143,6 +143,10 @@ class Scheduler:
     def queued(self, model: str | None = None) -> int:
         return sum(1 for q in self._queue if model is None or q.model == model)
 
+    def queue_ids(self) -> tuple[int, ...]:
+        """The waiting requests' ids, in queue order."""
+        return tuple(q.request_id for q in self._queue)
+
     def position(self, request_id: int) -> int | None:
         """1-based place in the queue, or None once dispatched (or unknown)."""
         for i, q in enumerate(self._queue):

@@ -12,7 +12,7 @@ from swapyard.api.app import start_server
 from swapyard.api.state import STATE
 from swapyard.config import Config
 from swapyard.ports import PortAllocator
-from swapyard.router import Router
+from swapyard.surface import RouterSurface
 
 
 def fake_engine_cmd(model_id: str = "fake", **flags: object) -> str:
@@ -30,16 +30,19 @@ def fake_engine_cmd(model_id: str = "fake", **flags: object) -> str:
 
 
 class RunningServer:
-    def __init__(self, url: str, router: Router) -> None:
+    def __init__(self, url: str, router: RouterSurface) -> None:
         self.url = url
         self.router = router
 
 
 @asynccontextmanager
-async def running_server(config: Config) -> AsyncIterator[RunningServer]:
-    """Serve ``config`` on a free loopback port; stop everything on exit."""
+async def running_server(
+    config: Config, router: RouterSurface | None = None
+) -> AsyncIterator[RunningServer]:
+    """Serve ``config`` on a free loopback port (through ``router``, e.g. a
+    ``FakeRouter``, when given); stop everything on exit."""
     port = PortAllocator().allocate()
-    runner = await start_server(config, "127.0.0.1", port)
+    runner = await start_server(config, "127.0.0.1", port, router)
     try:
         yield RunningServer(f"http://127.0.0.1:{port}", runner.app[STATE].router)
     finally:

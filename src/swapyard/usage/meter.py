@@ -15,65 +15,44 @@ from __future__ import annotations
 import json
 import re
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
+
+from swapyard import sse
+from swapyard.errors import SwapyardError
+from swapyard.events import RequestRecord
 
 if TYPE_CHECKING:
     from swapyard.quirks import StreamFix
 
 _TEXT = re.compile(rb'"(?:content|text|reasoning_content)"\s*:\s*"(?!")')
 _DATA_USAGE = re.compile(rb"^data: ?(\{.*\"usage\".*\})\s*$", re.MULTILINE)
-DONE = b"data: [DONE]"
 
 
-@dataclass(slots=True)
-class RequestRecord:
-    """One proxied request, as the usage store, metrics and headers see it."""
+def record_headers(r: RequestRecord) -> dict[str, str]:
+    """A record's figures as response headers (non-streaming answers)."""
+    out = {"X-Swapyard-Total-Ms": f"{r.total_s * 1000:.1f}",
+           "X-Swapyard-Wait-Ms": f"{r.wait_s * 1000:.1f}",
+           "X-Swapyard-Loaded": "true" if r.loaded else "false"}  # fmt: skip
+    if r.prompt_tokens is not None:
+        out["X-Swapyard-Prompt-Tokens"] = str(r.prompt_tokens)
+    if r.completion_tokens is not None:
+        out["X-Swapyard-Completion-Tokens"] = str(r.completion_tokens)
+    if r.ttft_s is not None:
+        out["X-Swapyard-TTFT-Ms"] = f"{r.ttft_s * 1000:.1f}"
+    if r.tok_s is not None:
+        out["X-Swapyard-Tokens-Per-Second"] = f"{r.tok_s:.2f}"
+    return out
 
-    request_id: int
-    model: str
-    engine: str
-    path: str
-    status: int
-    stream: bool
-    key: str | None = None  # the API key's name, or a fingerprint; never the key
-    prompt_tokens: int | None = None
-    completion_tokens: int | None = None
-    tokens_counted: bool = False  # True: counted here, the engine sent no usage
-    ttft_s: float | None = None
-    tok_s: float | None = None
-    total_s: float = 0.0
-    wait_s: float = 0.0
-    loaded: bool = False  # waited for its model to load
-    error: str | None = None
-    at: float = field(default_factory=time.time)
 
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    def headers(self) -> dict[str, str]:
-        """The figures as response headers (non-streaming answers)."""
-        out = {"X-Swapyard-Total-Ms": f"{self.total_s * 1000:.1f}",
-               "X-Swapyard-Wait-Ms": f"{self.wait_s * 1000:.1f}",
-               "X-Swapyard-Loaded": "true" if self.loaded else "false"}  # fmt: skip
-        if self.prompt_tokens is not None:
-            out["X-Swapyard-Prompt-Tokens"] = str(self.prompt_tokens)
-        if self.completion_tokens is not None:
-            out["X-Swapyard-Completion-Tokens"] = str(self.completion_tokens)
-        if self.ttft_s is not None:
-            out["X-Swapyard-TTFT-Ms"] = f"{self.ttft_s * 1000:.1f}"
-        if self.tok_s is not None:
-            out["X-Swapyard-Tokens-Per-Second"] = f"{self.tok_s:.2f}"
-        return out
-
-    def footer(self) -> str:
-        """The line users' routers append to answers: "⚡ 25.6 tok/s (...)"."""
-        n = self.completion_tokens or 0
-        speed = f"{self.tok_s:.1f} tok/s" if self.tok_s is not None else "— tok/s"
-        gen = self.total_s - (self.ttft_s or 0.0)
-        ttft = f", first token {self.ttft_s:.2f}s" if self.ttft_s is not None else ""
-        load = f", waited {self.wait_s:.1f}s for the model" if self.loaded else ""
-        return f"\n\n⚡ {speed} ({n} tokens in {gen:.1f}s{ttft}{load})"
+def footer_text(r: RequestRecord) -> str:
+    """The line users' routers append to answers: "⚡ 25.6 tok/s (...)"."""
+    n = r.completion_tokens or 0
+    speed = f"{r.tok_s:.1f} tok/s" if r.tok_s is not None else "— tok/s"
+    gen = r.total_s - (r.ttft_s or 0.0)
+    ttft = f", first token {r.ttft_s:.2f}s" if r.ttft_s is not None else ""
+    load = f", waited {r.wait_s:.1f}s for the model" if r.loaded else ""
+    return f"\n\n⚡ {speed} ({n} tokens in {gen:.1f}s{ttft}{load})"
 
 
 class Meter:
@@ -121,29 +100,30 @@ class Meter:
         if isinstance(timings, dict) and isinstance(timings.get("predicted_per_second"), float):
             self.engine_tok_s = timings["predicted_per_second"]
 
-    def record(self, base: RequestRecord, usage: dict[str, Any] | None = None) -> RequestRecord:
-        """Fill ``base`` (ids, status, wait) with what was seen."""
+    def figures(self, stream: bool, wait_s: float, usage: dict[str, Any] | None) -> dict[str, Any]:
+        """What was seen, as ``RequestRecord`` fields: tokens, TTFT, tok/s, total."""
         now = time.perf_counter()
         usage = usage or self.usage
-        r = base
-        r.total_s = now - self.t0
+        out: dict[str, Any] = {"total_s": now - self.t0}
+        completion = None
         if usage is not None:
-            r.prompt_tokens = _int(usage.get("prompt_tokens"))
-            r.completion_tokens = _int(usage.get("completion_tokens"))
-        elif r.stream and self.chunks:
-            r.completion_tokens, r.tokens_counted = self.chunks, True
-        if r.stream and self.first is not None:
-            r.ttft_s = self.first - self.t0
+            out["prompt_tokens"] = _int(usage.get("prompt_tokens"))
+            out["completion_tokens"] = completion = _int(usage.get("completion_tokens"))
+        elif stream and self.chunks:
+            out["completion_tokens"] = completion = self.chunks
+            out["tokens_counted"] = True
+        if stream and self.first is not None:
+            out["ttft_s"] = self.first - self.t0
             span = (self.last or self.first) - self.first
-            if r.completion_tokens and r.completion_tokens > 1 and span > 0:
-                r.tok_s = (r.completion_tokens - 1) / span  # intervals between tokens
-        elif not r.stream and self.engine_tok_s is not None:
-            r.tok_s = self.engine_tok_s  # the engine timed its own generation
-        elif not r.stream and r.completion_tokens and self.first is not None:
+            if completion and completion > 1 and span > 0:
+                out["tok_s"] = (completion - 1) / span  # intervals between tokens
+        elif not stream and self.engine_tok_s is not None:
+            out["tok_s"] = self.engine_tok_s  # the engine timed its own generation
+        elif not stream and completion and self.first is not None:
             # No stream to time: tokens over the time the engine took (prompt included).
-            gen = self.first - self.t0 - r.wait_s
-            r.tok_s = r.completion_tokens / gen if gen > 0 else None
-        return r
+            gen = self.first - self.t0 - wait_s
+            out["tok_s"] = completion / gen if gen > 0 else None
+        return out
 
 
 def _int(v: Any) -> int | None:
@@ -155,7 +135,7 @@ def footer_chunk(model: str, text: str) -> bytes:
     doc = {"id": "swapyard-footer", "object": "chat.completion.chunk", "created": int(time.time()),
            "model": model, "choices": [{"index": 0, "delta": {"content": text},
                                         "finish_reason": None}]}  # fmt: skip
-    return b"data: " + json.dumps(doc, ensure_ascii=False).encode() + b"\n\n"
+    return sse.frame(doc)
 
 
 def add_footer(body: bytes, text: str) -> bytes | None:
@@ -177,21 +157,60 @@ def add_footer(body: bytes, text: str) -> bytes | None:
     return json.dumps(doc, ensure_ascii=False).encode()
 
 
+@dataclass(slots=True)
+class Ticket:
+    """What is known of a request before its answer is measured: who asked for
+    what, and what happened on the way (filled by ``Metering``'s methods only)."""
+
+    model: str
+    engine: str
+    path: str
+    stream: bool
+    key: str | None
+    loaded: bool
+    request_id: int = 0
+    wait_s: float = 0.0
+    status: int = 0
+    error: str | None = None
+
+
 class Metering:
-    """One request's measuring on the data path: the meter, the record it makes
-    (once), and whether the footer goes into the answer."""
+    """One request's measuring on the data path: the meter, whether the footer goes
+    into the answer, and the one place its ``RequestRecord`` is built (``final``)."""
 
     def __init__(
-        self, base: RequestRecord, t0: float, footer: bool = False, fix: StreamFix | None = None
+        self, ticket: Ticket, t0: float, footer: bool = False, fix: StreamFix | None = None
     ) -> None:
-        self.base = base
+        self.ticket = ticket
         self.meter = Meter(t0)
         self.footer = footer
         self.fix = fix  # may keep the usage chunk back from the client: its figures count
         self._final: RequestRecord | None = None
 
+    def admitted(self, request_id: int, waited: float) -> None:
+        self.ticket.request_id, self.ticket.wait_s = request_id, waited
+
+    def answered(self, status: int) -> None:
+        """The engine's HTTP status."""
+        self.ticket.status = status
+
+    def failed(self, err: SwapyardError) -> None:
+        self.ticket.status, self.ticket.error = err.status, err.code
+
+    def client_gone(self) -> None:
+        """The client went away (its answer may have begun: keep the engine's status)."""
+        self.ticket.status = self.ticket.status or 499
+        self.ticket.error = "client_closed"
+
     def final(self) -> RequestRecord:
+        """The record, built on the first call; later calls return the same one."""
         if self._final is None:
+            t = self.ticket
             kept = self.fix.usage if self.fix is not None else None
-            self._final = self.meter.record(self.base, self.meter.usage or kept)
+            seen = self.meter.figures(t.stream, t.wait_s, self.meter.usage or kept)
+            self._final = RequestRecord(
+                request_id=t.request_id, model=t.model, engine=t.engine, path=t.path,
+                status=t.status, stream=t.stream, key=t.key, wait_s=t.wait_s,
+                loaded=t.loaded, error=t.error, **seen,
+            )  # fmt: skip
         return self._final

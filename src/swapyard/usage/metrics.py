@@ -20,13 +20,13 @@ from swapyard.events import (
     EngineStateChanged,
     Event,
     RequestAdmitted,
-    RequestCompleted,
+    RequestFinished,
     SwapStarted,
 )
 from swapyard.process.state import EngineState
 
 if TYPE_CHECKING:
-    from swapyard.router import Router
+    from swapyard.surface import RouterSurface
 
 S = EngineState
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -37,8 +37,7 @@ _LOAD = (0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
 
 
 class Metrics:
-    def __init__(self, router: Router) -> None:
-        self.router = router
+    def __init__(self, router: RouterSurface) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.requests = Counter("swapyard_requests", "Proxied requests", ["model", "status"],
@@ -59,7 +58,7 @@ class Metrics:
         r.register(_Live(router))
 
     def on_event(self, ev: Event) -> None:
-        if isinstance(ev, RequestCompleted):
+        if isinstance(ev, RequestFinished):
             rec = ev.record
             self.requests.labels(rec.model, str(rec.status)).inc()
             if rec.error:
@@ -75,8 +74,7 @@ class Metrics:
         elif isinstance(ev, RequestAdmitted):
             self.wait.labels(ev.model).observe(ev.waited)
         elif isinstance(ev, SwapStarted) and ev.old is not None:
-            mode = self.router.engines[ev.old].fast_mode or "stop"
-            self.swaps.labels(ev.old, mode).inc()
+            self.swaps.labels(ev.old, ev.mode).inc()
         elif isinstance(ev, EngineStateChanged) and ev.load_s is not None:
             self.loads.labels(ev.model, "wake" if ev.woke else "cold").observe(ev.load_s)
 
@@ -85,42 +83,38 @@ class Metrics:
 
 
 class _Live(Collector):
-    """Gauges read from the router at scrape time."""
+    """Gauges read from one router snapshot at scrape time."""
 
-    def __init__(self, router: Router) -> None:
+    def __init__(self, router: RouterSurface) -> None:
         self.router = router
 
     def collect(self) -> Iterator[Metric]:
-        r = self.router
-        sched = r.scheduler
+        snap = self.router.snapshot()
         q = GaugeMetricFamily("swapyard_queue_depth", "Requests waiting", labels=["model"])
         inflight = GaugeMetricFamily("swapyard_in_flight", "Requests running", labels=["model"])
         state = GaugeMetricFamily("swapyard_engine_state", "1 for the engine's current state",
                                   labels=["model", "state"])  # fmt: skip
         mem = GaugeMetricFamily("swapyard_model_memory_bytes", "Memory per model",
                                 labels=["model", "kind"])  # fmt: skip
-        for model, engine in r.engines.items():
-            q.add_metric([model], sched.queued(model))
-            inflight.add_metric([model], sched.inflight(model))
+        for model, m in snap.models.items():
+            q.add_metric([model], m.queued)
+            inflight.add_metric([model], m.in_flight)
             for st in EngineState:
-                state.add_metric([model, str(st)], 1.0 if engine.state is st else 0.0)
-            fig = r.memory[model]
-            for kind in ("declared", "estimated", "measured", "scheduled"):
-                value = getattr(fig, kind)
+                state.add_metric([model, str(st)], 1.0 if m.state is st else 0.0)
+            for kind, value in m.memory.as_dict().items():
                 if value is not None:
                     mem.add_metric([model, kind], value)
         dev = GaugeMetricFamily("swapyard_device_memory_bytes", "Memory per device",
                                 labels=["device", "kind"])  # fmt: skip
-        used = sched.used()
-        for d, budget in sched.budget().items():
-            dev.add_metric([d, "budget"], budget)
-            dev.add_metric([d, "used_by_models"], used.get(d, 0))
-        for d, (gpu_used, total) in r.device_usage().items():
-            dev.add_metric([d, "nvml_used"], gpu_used)
-            dev.add_metric([d, "nvml_total"], total)
+        for d in snap.devices.values():
+            dev.add_metric([d.id, "budget"], d.budget)
+            dev.add_metric([d.id, "used_by_models"], d.used)
+        for gpu, (gpu_used, total) in self.router.device_usage().items():
+            dev.add_metric([gpu, "nvml_used"], gpu_used)
+            dev.add_metric([gpu, "nvml_total"], total)
         host = GaugeMetricFamily("swapyard_host_memory_sleeping_bytes",
                                  "Host RAM held by sleeping engines")  # fmt: skip
-        host.add_metric([], sched.host_used())
+        host.add_metric([], snap.host_used)
         up = GaugeMetricFamily("swapyard_up_since_seconds", "Unix time swapyard started")
-        up.add_metric([], r.started_at)
+        up.add_metric([], snap.started_at)
         yield from (q, inflight, state, mem, dev, host, up)

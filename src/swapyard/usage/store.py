@@ -19,9 +19,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from swapyard.events import EngineStateChanged, Event, RequestCompleted, SwapStarted
+from swapyard.events import EngineStateChanged, Event, RequestFinished, RequestRecord, SwapStarted
 from swapyard.process.state import EngineState
-from swapyard.usage.meter import RequestRecord
 
 log = logging.getLogger("swapyard.usage")
 S = EngineState
@@ -109,7 +108,7 @@ class UsageStore:
     # -- writing -------------------------------------------------------------------
     def on_event(self, ev: Event) -> None:
         now = time.time()
-        if isinstance(ev, RequestCompleted):
+        if isinstance(ev, RequestFinished):
             r = ev.record
             values = tuple(
                 int(v) if isinstance(v, bool) else v
