@@ -101,6 +101,26 @@ def test_signal_stops_every_engine_before_exit(tmp_path: Path, sig: signal.Signa
         proc.communicate()
 
 
+@pytest.mark.parametrize("loop", ["auto", "asyncio"])
+def test_serve_runs_on_uvloop_unless_asked_for_asyncio(tmp_path: Path, loop: str) -> None:
+    """`serve` runs on uvloop by default (the benchmarks' figures are taken on it);
+    `--loop asyncio` gives the standard loop. Regression: issue 9."""
+    cfg = write_config(tmp_path, f"models:\n  m:\n    cmd: {fake_engine_cmd('m')}\n")
+    port = PortAllocator().allocate()
+    argv = [*SWAPYARD, "serve", "-c", str(cfg), "--port", str(port), "--loop", loop]
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        wait_listening(port, proc)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    want = "uvloop" if loop == "auto" else "asyncio"
+    assert f"(event loop: {want})" in err.decode()
+
+
 def test_version_and_help() -> None:
     out = subprocess.run([*SWAPYARD, "--version"], capture_output=True, timeout=30)
     assert out.returncode == 0 and b"swapyard" in out.stdout

@@ -33,7 +33,16 @@ def cli() -> None:
     "--port", type=int, default=None, help="Port to listen on (default: config, else 8080)."
 )
 @click.option("-v", "--verbose", is_flag=True, help="Log debug messages.")
-def serve(config_path: str | None, host: str | None, port: int | None, verbose: bool) -> None:
+@click.option(
+    "--loop",
+    type=click.Choice(["auto", "uvloop", "asyncio"]),
+    default="auto",
+    show_default=True,
+    help="Event loop: uvloop where installed (auto), or the standard asyncio loop.",
+)
+def serve(
+    config_path: str | None, host: str | None, port: int | None, verbose: bool, loop: str
+) -> None:
     """Serve the configured models on one OpenAI-compatible endpoint."""
     from swapyard.api.app import serve as run_server
     from swapyard.config import load_config_file
@@ -46,17 +55,23 @@ def serve(config_path: str | None, host: str | None, port: int | None, verbose: 
     logging.getLogger("gguf").setLevel(logging.WARNING)
     try:
         config = load_config_file(config_path) if config_path else default_config()
-        asyncio.run(run_server(config, host or config.server.host, port or config.server.port))
+        with asyncio.Runner(loop_factory=loop_factory(loop)) as runner:
+            runner.run(run_server(config, host or config.server.host, port or config.server.port))
     except SwapyardError as err:
         click.echo(f"swapyard: {err.message}", err=True)
         sys.exit(1)
 
 
-def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
-    """uvloop where it is installed (it roughly halves the proxy's per-request cost)."""
+def loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """The event loop ``serve`` runs on: uvloop unless ``asyncio`` is asked for (or
+    uvloop is missing and ``auto`` was); ``benchmarks/README.md`` measures both."""
+    if choice == "asyncio":
+        return None
     try:
         import uvloop
-    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux/macOS
+    except ImportError as exc:  # pragma: no cover - uvloop is a dependency on Linux/macOS
+        if choice == "uvloop":
+            raise click.UsageError("--loop uvloop: uvloop is not installed") from exc
         return None
     return uvloop.new_event_loop
 
