@@ -1,0 +1,149 @@
+"""``load_config``: YAML text in, a frozen ``Config`` out, or a ``ConfigError``
+naming the file, the key and why.
+
+It never touches the disk (``load_config_file`` reads the file), so tests pass
+text. Macros are expanded here, except the runtime ones (``${PORT}``, ``${PID}``).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from types import MappingProxyType
+
+import yaml
+from pydantic import ValidationError
+
+from swapyard.config.macros import user_macros
+from swapyard.config.models import build_model, check_aliases
+from swapyard.config.schema import _AuthIn, _ConfigIn, explain
+from swapyard.config.values import (
+    AuthSpec,
+    Config,
+    DeviceSpec,
+    KeySpec,
+    ModelSpec,
+    SchedulerSpec,
+    ServerSpec,
+    UsageSpec,
+)
+from swapyard.errors import ConfigError
+
+LOOPBACK = ("127.0.0.1", "::1", "localhost")
+
+
+def load_config_file(path: str | Path) -> Config:
+    """Read and validate a config file; errors name the file."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{p}: cannot read config file: {exc.strerror}") from exc
+    return load_config(text, source=str(p))
+
+
+def load_config(
+    text: str, *, source: str = "<text>", environ: Mapping[str, str] | None = None
+) -> Config:
+    """Validate ``text`` (YAML) and return the frozen config. Raises ``ConfigError``."""
+    env = os.environ if environ is None else environ
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{source}: not valid YAML: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: expected a mapping with a `models:` key at the top level")
+    try:
+        parsed = _ConfigIn.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(explain(source, exc)) from exc
+    macros = user_macros(source, parsed.macros, env)
+    models: dict[str, ModelSpec] = {}
+    for model_id, m in parsed.models.items():
+        models[model_id] = build_model(source, model_id, m, macros, env)
+    check_aliases(source, models)
+    devices = tuple(DeviceSpec(did, d.memory, d.reserve) for did, d in parsed.devices.items())
+    for d in devices:
+        if d.budget <= 0:
+            raise ConfigError(f"{source}: devices.{d.id}.reserve: must be less than its memory")
+    for i, mid in enumerate(parsed.preload):
+        if mid not in models:
+            raise ConfigError(
+                f"{source}: preload[{i}]: {mid!r} is not a model id; models: {', '.join(models)}"
+            )
+    for spec in models.values():
+        if devices and spec.gpus > len(devices):
+            raise ConfigError(
+                f"{source}: models.{spec.id}.gpus: asks for {spec.gpus} devices, "
+                f"{len(devices)} are declared"
+            )
+    sch = parsed.scheduler
+    scheduler = SchedulerSpec(
+        sch.policy, sch.max_queue, sch.max_wait, sch.min_residency, sch.learn_memory,
+        sch.assumed_load, sch.swap_factor, sch.host_memory,
+    )  # fmt: skip
+    s = parsed.server
+    server = ServerSpec(
+        host=s.host,
+        port=s.port,
+        max_body_bytes=s.max_body_bytes,
+        loading_status=s.loading_status,
+        list_aliases=s.list_aliases,
+        shutdown_timeout=s.shutdown_timeout,
+        footer=s.footer,
+        allow_unauthenticated=s.allow_unauthenticated,
+    )
+    config = Config(
+        models=MappingProxyType(models), server=server, source=source, scheduler=scheduler,
+        devices=devices, preload=tuple(parsed.preload),
+        usage=UsageSpec(parsed.usage.enabled, parsed.usage.path, parsed.usage.retention),
+        auth=_auth(source, parsed.auth, models, env),
+    )  # fmt: skip
+    check_exposure(config, server.host)
+    return config
+
+
+def check_exposure(config: Config, host: str) -> None:
+    """No API keys means loopback only, unless the operator says otherwise."""
+    if host in LOOPBACK or host.startswith("127.") or config.auth.enabled:
+        return
+    if config.server.allow_unauthenticated:
+        return
+    raise ConfigError(
+        f"{config.source}: server.host: {host} would expose every model without API keys; "
+        "configure auth.keys / auth.admin_key_env, or set server.allow_unauthenticated: true"
+    )
+
+
+def _auth(
+    source: str, a: _AuthIn, models: Mapping[str, ModelSpec], env: Mapping[str, str]
+) -> AuthSpec:
+    def secret(where: str, value: str | None, var: str | None) -> str | None:
+        if value is not None and var is not None:
+            raise ConfigError(f"{source}: {where}: give the key or its variable, not both")
+        if var is not None:
+            if not env.get(var):
+                raise ConfigError(f"{source}: {where}: environment variable {var!r} is not set")
+            return env[var]
+        return value
+
+    keys = []
+    aliases = {a: m.id for m in models.values() for a in m.aliases}
+    for i, k in enumerate(a.keys):
+        where = f"auth.keys[{i}]"
+        value = secret(where, k.key, k.key_env)
+        if not value:
+            raise ConfigError(f"{source}: {where}: needs `key` or `key_env`")
+        allowed = None
+        if k.models is not None:
+            ids = set()
+            for name in k.models:
+                mid = name if name in models else aliases.get(name)
+                if mid is None:
+                    raise ConfigError(f"{source}: {where}.models: {name!r} is not a model")
+                ids.add(mid)
+            allowed = frozenset(ids)
+        keys.append(KeySpec(k.name or f"key{i + 1}", value, allowed))
+    admin = secret("auth.admin_key", a.admin_key, a.admin_key_env)
+    return AuthSpec(tuple(keys), admin)
