@@ -6,7 +6,20 @@ from pathlib import Path
 
 import pytest
 
-from swapyard.config import config_json_schema, load_config, load_config_file, parse_size, render
+from swapyard.config import (
+    AuthSpec,
+    DeviceSpec,
+    ModelSpec,
+    SchedulerSpec,
+    ServerSpec,
+    UsageSpec,
+    config_json_schema,
+    load_config,
+    load_config_file,
+    parse_size,
+    render,
+)
+from swapyard.engines import EngineFields
 from swapyard.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -32,6 +45,21 @@ def test_minimum_config_is_three_lines() -> None:
     assert m.proxy == "http://127.0.0.1:${PORT}"
     assert m.check_endpoint == "/health"
     assert m.needs_port
+
+
+def test_keys_left_out_take_the_value_objects_defaults() -> None:
+    """Each default lives on its value object; the file's schema reads it from there."""
+    cfg = load_config(
+        "models:\n  m: {cmd: 'x ${PORT}'}\n  v: {engine: vllm, model: org/v}\n"
+        "devices: {g: {memory: 1GiB}}\n"
+    )
+    assert cfg.server == ServerSpec()
+    assert cfg.scheduler == SchedulerSpec()
+    assert cfg.usage == UsageSpec()
+    assert cfg.auth == AuthSpec()
+    assert cfg.devices == (DeviceSpec(id="g", memory=2**30),)
+    assert cfg.models["m"] == ModelSpec(id="m", cmd=("x", "${PORT}"))
+    assert cfg.models["v"].fields == EngineFields(kind="vllm", model_id="v", model="org/v")
 
 
 def test_unknown_model_key_names_key_and_model() -> None:

@@ -48,6 +48,29 @@ def load_config(
 ) -> Config:
     """Validate ``text`` (YAML) and return the frozen config. Raises ``ConfigError``."""
     env = os.environ if environ is None else environ
+    parsed = _parse(text, source)
+    macros = user_macros(source, parsed.macros, env)
+    models = {mid: build_model(source, mid, m, macros, env) for mid, m in parsed.models.items()}
+    check_aliases(source, models)
+    devices = _devices(source, parsed)
+    _check_preload(source, parsed.preload, models)
+    _check_gpus(source, models, devices)
+    # The flat sections' boundary classes carry the value objects' field names.
+    config = Config(
+        models=MappingProxyType(models),
+        server=ServerSpec(**parsed.server.model_dump()),
+        source=source,
+        scheduler=SchedulerSpec(**parsed.scheduler.model_dump()),
+        devices=devices,
+        preload=tuple(parsed.preload),
+        usage=UsageSpec(**parsed.usage.model_dump()),
+        auth=_auth(source, parsed.auth, models, env),
+    )
+    check_exposure(config, config.server.host)
+    return config
+
+
+def _parse(text: str, source: str) -> _ConfigIn:
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
@@ -55,53 +78,39 @@ def load_config(
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: expected a mapping with a `models:` key at the top level")
     try:
-        parsed = _ConfigIn.model_validate(raw)
+        return _ConfigIn.model_validate(raw)
     except ValidationError as exc:
         raise ConfigError(explain(source, exc)) from exc
-    macros = user_macros(source, parsed.macros, env)
-    models: dict[str, ModelSpec] = {}
-    for model_id, m in parsed.models.items():
-        models[model_id] = build_model(source, model_id, m, macros, env)
-    check_aliases(source, models)
-    devices = tuple(DeviceSpec(did, d.memory, d.reserve) for did, d in parsed.devices.items())
+
+
+def _devices(source: str, parsed: _ConfigIn) -> tuple[DeviceSpec, ...]:
+    """The declared devices, each with room left once its reserve is taken."""
+    devices = tuple(
+        DeviceSpec(id=did, memory=d.memory, reserve=d.reserve) for did, d in parsed.devices.items()
+    )
     for d in devices:
         if d.budget <= 0:
             raise ConfigError(f"{source}: devices.{d.id}.reserve: must be less than its memory")
-    for i, mid in enumerate(parsed.preload):
-        if mid not in models:
-            raise ConfigError(
-                f"{source}: preload[{i}]: {mid!r} is not a model id; models: {', '.join(models)}"
-            )
+    return devices
+
+
+def _check_gpus(
+    source: str, models: Mapping[str, ModelSpec], devices: tuple[DeviceSpec, ...]
+) -> None:
     for spec in models.values():
         if devices and spec.gpus > len(devices):
             raise ConfigError(
                 f"{source}: models.{spec.id}.gpus: asks for {spec.gpus} devices, "
                 f"{len(devices)} are declared"
             )
-    sch = parsed.scheduler
-    scheduler = SchedulerSpec(
-        sch.policy, sch.max_queue, sch.max_wait, sch.min_residency, sch.learn_memory,
-        sch.assumed_load, sch.swap_factor, sch.host_memory,
-    )  # fmt: skip
-    s = parsed.server
-    server = ServerSpec(
-        host=s.host,
-        port=s.port,
-        max_body_bytes=s.max_body_bytes,
-        loading_status=s.loading_status,
-        list_aliases=s.list_aliases,
-        shutdown_timeout=s.shutdown_timeout,
-        footer=s.footer,
-        allow_unauthenticated=s.allow_unauthenticated,
-    )
-    config = Config(
-        models=MappingProxyType(models), server=server, source=source, scheduler=scheduler,
-        devices=devices, preload=tuple(parsed.preload),
-        usage=UsageSpec(parsed.usage.enabled, parsed.usage.path, parsed.usage.retention),
-        auth=_auth(source, parsed.auth, models, env),
-    )  # fmt: skip
-    check_exposure(config, server.host)
-    return config
+
+
+def _check_preload(source: str, preload: list[str], models: Mapping[str, ModelSpec]) -> None:
+    for i, mid in enumerate(preload):
+        if mid not in models:
+            raise ConfigError(
+                f"{source}: preload[{i}]: {mid!r} is not a model id; models: {', '.join(models)}"
+            )
 
 
 def check_exposure(config: Config, host: str) -> None:
@@ -144,6 +153,6 @@ def _auth(
                     raise ConfigError(f"{source}: {where}.models: {name!r} is not a model")
                 ids.add(mid)
             allowed = frozenset(ids)
-        keys.append(KeySpec(k.name or f"key{i + 1}", value, allowed))
+        keys.append(KeySpec(name=k.name or f"key{i + 1}", key=value, models=allowed))
     admin = secret("auth.admin_key", a.admin_key, a.admin_key_env)
-    return AuthSpec(tuple(keys), admin)
+    return AuthSpec(keys=tuple(keys), admin_key=admin)

@@ -13,8 +13,16 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
-from swapyard.config.values import LoadingStatus
-from swapyard.engines.base import EngineKind
+from swapyard.config.values import (
+    DeviceSpec,
+    LoadingStatus,
+    ModelSpec,
+    Policy,
+    SchedulerSpec,
+    ServerSpec,
+    UsageSpec,
+)
+from swapyard.engines.base import EngineFields, EngineKind
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B|B)?\s*$", re.IGNORECASE)
@@ -57,78 +65,90 @@ Duration = Annotated[float, BeforeValidator(parse_duration)]
 Size = Annotated[int, BeforeValidator(parse_size)]
 
 
+# Every default is read from a value object built with its own defaults (the
+# dataclasses have slots, so their class attributes are not the defaults).
+_SERVER = ServerSpec()
+_SCHEDULER = SchedulerSpec()
+_USAGE = UsageSpec()
+_DEVICE = DeviceSpec(id="", memory=1)
+_MODEL = ModelSpec(id="", cmd=())
+_ENGINE = EngineFields(kind="command", model_id="")
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class _ServerIn(_Strict):
-    host: str = "127.0.0.1"
-    port: int = Field(8080, ge=1, le=65535)
-    max_body_bytes: Size = 64 * 2**20
-    loading_status: LoadingStatus = "reasoning"
-    list_aliases: bool = False
-    shutdown_timeout: Duration = 30.0
-    footer: bool = False
-    allow_unauthenticated: bool = False
+    host: str = _SERVER.host
+    port: int = Field(_SERVER.port, ge=1, le=65535)
+    max_body_bytes: Size = _SERVER.max_body_bytes
+    loading_status: LoadingStatus = _SERVER.loading_status
+    list_aliases: bool = _SERVER.list_aliases
+    shutdown_timeout: Duration = _SERVER.shutdown_timeout
+    footer: bool = _SERVER.footer
+    allow_unauthenticated: bool = _SERVER.allow_unauthenticated
 
 
 class _DeviceIn(_Strict):
     memory: Size
-    reserve: Size = 0
+    reserve: Size = _DEVICE.reserve
 
 
 class _SchedulerIn(_Strict):
-    policy: Literal["fifo", "batch"] = "batch"
-    max_queue: int = Field(0, ge=0)
-    max_wait: Duration = 60.0
-    min_residency: Duration = 8.0
-    assumed_load: Duration = 5.0
-    swap_factor: float = Field(3.5, ge=0)
-    host_memory: Annotated[int, Field(ge=0)] | Size | None = None
-    learn_memory: bool = True
+    policy: Policy = _SCHEDULER.policy
+    max_queue: int = Field(_SCHEDULER.max_queue, ge=0)
+    max_wait: Duration = _SCHEDULER.max_wait
+    min_residency: Duration = _SCHEDULER.min_residency
+    swap_factor: float = Field(_SCHEDULER.swap_factor, ge=0)
+    assumed_load: Duration = _SCHEDULER.assumed_load
+    host_memory: Annotated[int, Field(ge=0)] | Size | None = _SCHEDULER.host_memory
+    learn_memory: bool = _SCHEDULER.learn_memory
 
 
 class _ModelIn(_Strict):
-    engine: EngineKind = "command"
-    cmd: str | list[str] | None = None
-    model: str | None = None
-    context: int | None = Field(None, gt=0)
-    quantization: str | None = None
-    tensor_parallel: int = Field(1, ge=1)
-    gpu_memory_fraction: float | None = Field(None, gt=0, le=1)
-    extra_args: str | list[str] = []
+    # The engine kind and its high-level fields (``EngineFields``).
+    engine: EngineKind = _MODEL.engine
+    cmd: str | list[str] | None = None  # None: what the engine kind runs
+    model: str | None = _ENGINE.model
+    context: int | None = Field(_ENGINE.context, gt=0)
+    quantization: str | None = _ENGINE.quantization
+    tensor_parallel: int = Field(_ENGINE.tensor_parallel, ge=1)
+    gpu_memory_fraction: float | None = Field(_ENGINE.gpu_memory_fraction, gt=0, le=1)
+    extra_args: str | list[str] = list(_ENGINE.extra_args)
     launcher: str | list[str] | None = None
-    base_url: str | None = None
+    base_url: str | None = _ENGINE.base_url
     api_key_env: str | None = None
     admin_key_env: str | None = None
-    fast_swap: bool = True
-    sleep_level: Literal[1, 2] = 1
-    sleep_memory: Size | None = None
-    host_memory: Size | None = None
-    cumulative_stream: bool = False
-    stream_usage: bool | None = None
-    footer: bool | None = None
-    env: dict[str, str] = {}
-    proxy: str = "http://127.0.0.1:${PORT}"
-    check_endpoint: str = "/health"
-    aliases: list[str] = []
-    ttl: Duration = 0.0
-    start_timeout: Duration = 120.0
-    stop_timeout: Duration = 10.0
+    fast_swap: bool = _ENGINE.fast_swap
+    sleep_level: Literal[1, 2] = 1  # EngineFields.sleep_level, typed int there
+    # How swapyard runs and reaches it (``ModelSpec``).
+    sleep_memory: Size | None = _MODEL.sleep_memory
+    host_memory: Size | None = _MODEL.host_memory
+    cumulative_stream: bool = _MODEL.cumulative_stream
+    stream_usage: bool | None = None  # None: what the engine kind honours
+    footer: bool | None = _MODEL.footer
+    env: dict[str, str] = dict(_MODEL.env)
+    proxy: str = _MODEL.proxy
+    check_endpoint: str = _MODEL.check_endpoint
+    aliases: list[str] = list(_MODEL.aliases)
+    ttl: Duration = _MODEL.ttl
+    start_timeout: Duration = _MODEL.start_timeout
+    stop_timeout: Duration = _MODEL.stop_timeout
     cmd_stop: str | list[str] | None = None
-    unlisted: bool = False
-    name: str | None = None
-    memory: Size | None = None
-    gpus: int | None = Field(None, ge=1)
-    pin: bool = False
-    priority: int = 0
-    max_concurrent: int = Field(0, ge=0)
+    unlisted: bool = _MODEL.unlisted
+    name: str | None = _MODEL.name
+    memory: Size | None = _MODEL.memory
+    gpus: int | None = Field(None, ge=1)  # None: tensor_parallel
+    pin: bool = _MODEL.pin
+    priority: int = _MODEL.priority
+    max_concurrent: int = Field(_MODEL.max_concurrent, ge=0)
 
 
 class _UsageIn(_Strict):
-    enabled: bool = True
-    path: str | None = None  # default: usage.db in the data dir
-    retention: Duration = 90 * 86400.0
+    enabled: bool = _USAGE.enabled
+    path: str | None = _USAGE.path  # None: usage.db in the data dir
+    retention: Duration = _USAGE.retention
 
 
 class _KeyIn(_Strict):

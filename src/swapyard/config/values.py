@@ -11,8 +11,13 @@ from types import MappingProxyType
 from typing import Literal
 
 from swapyard.engines import Adapter, EngineFields, adapter
+from swapyard.engines.base import EngineKind, Launch
 
 LoadingStatus = Literal["reasoning", "content", "off"]
+Policy = Literal["fifo", "batch"]
+
+# A raw ``cmd`` engine's launch: where a model is reached unless it says otherwise.
+_COMMAND = Launch(cmd=())
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,14 +69,21 @@ class DeviceSpec:
 
 @dataclass(frozen=True, slots=True)
 class SchedulerSpec:
-    policy: Literal["fifo", "batch"] = "batch"
-    max_queue: int = 0
+    policy: Policy = "batch"
+    # Admission: how many may wait, and how long one waits behind others' models.
+    max_queue: int = 0  # 0: no bound
     max_wait: float = 60.0
+    # Rent or buy: a just-loaded model serves at least min_residency; a hot model
+    # is kept while the requests held back for another one have waited less than
+    # swap_factor x (both load times) in all; a model never loaded counts
+    # assumed_load seconds.
     min_residency: float = 8.0
-    learn_memory: bool = True
-    assumed_load: float = 5.0
     swap_factor: float = 3.5
-    host_memory: int | None = None  # host RAM for sleeping engines (default: 90 % of RAM)
+    assumed_load: float = 5.0
+    # Memory: host RAM for sleeping engines (None: 90 % of RAM), and whether to
+    # measure what each engine really uses after it loads.
+    host_memory: int | None = None
+    learn_memory: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,8 +94,8 @@ class ModelSpec:
     id: str
     cmd: tuple[str, ...]
     env: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
-    proxy: str = "http://127.0.0.1:${PORT}"
-    check_endpoint: str = "/health"
+    proxy: str = _COMMAND.proxy
+    check_endpoint: str = _COMMAND.check_endpoint
     aliases: tuple[str, ...] = ()
     ttl: float = 0.0
     start_timeout: float = 120.0
@@ -96,7 +108,7 @@ class ModelSpec:
     pin: bool = False
     priority: int = 0
     max_concurrent: int = 0
-    engine: str = "command"
+    engine: EngineKind = "command"
     fields: EngineFields | None = None
     check_headers: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
     upstream_headers: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
