@@ -119,6 +119,31 @@ def test_cmd_as_list_keeps_each_argument_whole() -> None:
     assert m.cmd == ("/opt/my engine", "--port", "${PORT}")
 
 
+def test_command_and_engine_arguments_split_alike() -> None:
+    """cmd and extra_args split one way: quotes group words, an unquoted # starts a comment."""
+    cfg = load_config(
+        "models:\n  m: {cmd: \"x ${PORT} 'y z' # the rest is a note\"}\n"
+        "  v: {engine: vllm, model: org/v, extra_args: \"--a 'b c' # a note\"}\n"
+    )
+    assert cfg.models["m"].cmd == ("x", "${PORT}", "y z")
+    fields = cfg.models["v"].fields
+    assert fields is not None and fields.extra_args == ("--a", "b c")
+    with pytest.raises(ConfigError, match=r"models\.m\.cmd: expected a command"):
+        load_config("models:\n  m: {cmd: '# only a note'}\n")
+
+
+def test_empty_secret_variable_is_an_error_for_auth_and_engines() -> None:
+    """A variable named for a secret but set to '' is refused, as if it were unset."""
+    env = {"EMPTY": ""}
+    with pytest.raises(ConfigError, match=r"auth\.keys\[0\]: environment variable 'EMPTY'"):
+        load_config("models: {}\nauth: {keys: [{key_env: EMPTY}]}\n", environ=env)
+    with pytest.raises(ConfigError, match=r"models\.o\.api_key_env: environment variable 'EMPTY'"):
+        load_config(
+            "models:\n  o: {engine: openai, base_url: 'http://h/v1', api_key_env: EMPTY}\n",
+            environ=env,
+        )
+
+
 def test_missing_env_variable_is_an_error() -> None:
     with pytest.raises(ConfigError, match="environment variable 'NOPE' is not set"):
         load_config("models:\n  m:\n    cmd: x ${PORT} ${env.NOPE}\n", environ={})

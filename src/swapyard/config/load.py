@@ -15,7 +15,7 @@ from types import MappingProxyType
 import yaml
 from pydantic import ValidationError
 
-from swapyard.config.macros import user_macros
+from swapyard.config.macros import secret, user_macros
 from swapyard.config.models import build_model, check_aliases
 from swapyard.config.schema import _AuthIn, _ConfigIn, explain
 from swapyard.config.values import (
@@ -128,31 +128,32 @@ def check_exposure(config: Config, host: str) -> None:
 def _auth(
     source: str, a: _AuthIn, models: Mapping[str, ModelSpec], env: Mapping[str, str]
 ) -> AuthSpec:
-    def secret(where: str, value: str | None, var: str | None) -> str | None:
-        if value is not None and var is not None:
-            raise ConfigError(f"{source}: {where}: give the key or its variable, not both")
-        if var is not None:
-            if not env.get(var):
-                raise ConfigError(f"{source}: {where}: environment variable {var!r} is not set")
-            return env[var]
-        return value
-
+    """API keys (each with the models it may use) and the admin key."""
     keys = []
-    aliases = {a: m.id for m in models.values() for a in m.aliases}
     for i, k in enumerate(a.keys):
-        where = f"auth.keys[{i}]"
-        value = secret(where, k.key, k.key_env)
+        where = f"{source}: auth.keys[{i}]"
+        value = _key(where, k.key, k.key_env, env)
         if not value:
-            raise ConfigError(f"{source}: {where}: needs `key` or `key_env`")
-        allowed = None
-        if k.models is not None:
-            ids = set()
-            for name in k.models:
-                mid = name if name in models else aliases.get(name)
-                if mid is None:
-                    raise ConfigError(f"{source}: {where}.models: {name!r} is not a model")
-                ids.add(mid)
-            allowed = frozenset(ids)
+            raise ConfigError(f"{where}: needs `key` or `key_env`")
+        allowed = None if k.models is None else _allowed(where, k.models, models)
         keys.append(KeySpec(name=k.name or f"key{i + 1}", key=value, models=allowed))
-    admin = secret("auth.admin_key", a.admin_key, a.admin_key_env)
+    admin = _key(f"{source}: auth.admin_key", a.admin_key, a.admin_key_env, env)
     return AuthSpec(keys=tuple(keys), admin_key=admin)
+
+
+def _key(where: str, value: str | None, var: str | None, env: Mapping[str, str]) -> str | None:
+    if value is not None and var is not None:
+        raise ConfigError(f"{where}: give the key or its variable, not both")
+    return value if var is None else secret(var, env, where)
+
+
+def _allowed(where: str, names: list[str], models: Mapping[str, ModelSpec]) -> frozenset[str]:
+    """The model ids that ``names`` (ids or aliases) refer to."""
+    aliases = {a: m.id for m in models.values() for a in m.aliases}
+    ids = set()
+    for name in names:
+        mid = name if name in models else aliases.get(name)
+        if mid is None:
+            raise ConfigError(f"{where}.models: {name!r} is not a model")
+        ids.add(mid)
+    return frozenset(ids)

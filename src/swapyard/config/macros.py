@@ -1,13 +1,28 @@
-"""Macro expansion: ``${name}``, ``${env.NAME}``, ``${MODEL_ID}`` and the runtime
-macros ``${PORT}`` and ``${PID}``, which stay in the text until ``render`` fills
-them in when an engine starts (or stops).
+"""Macro expansion, argument splitting and secrets from the environment.
+
+Macros: ``${name}`` (the ``macros:`` section), ``${env.NAME}``, ``${MODEL_ID}``, and
+the runtime macros ``${PORT}`` and ``${PID}``, which stay in the text until
+``render`` fills them in when an engine starts (or stops).
+
+One splitter and one secret helper serve every key (issue 9 merged two of each):
+
+- ``split_args``: a string is expanded, then split with ``shlex.split(...,
+  comments=True)``, so an unquoted ``#`` starts a comment in ``cmd``, ``cmd_stop``,
+  ``launcher`` and ``extra_args`` alike; a list keeps each item whole. It may
+  return no arguments: ``cmd`` and ``cmd_stop`` reject that, ``extra_args`` and
+  ``launcher`` take it as "none".
+- ``secret``: a variable that is unset or set to the empty string is an error,
+  for ``auth`` keys and an engine's ``api_key_env``/``admin_key_env`` alike, so a
+  missing secret never turns into no secret. ``${env.NAME}`` in text is not a
+  secret: there an empty variable is a value.
 """
 
 from __future__ import annotations
 
 import re
 import shlex
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from collections.abc import Set as AbstractSet
 
 from swapyard.errors import ConfigError
 
@@ -40,7 +55,7 @@ def expand(
     macros: Mapping[str, str],
     env: Mapping[str, str],
     where: str,
-    allowed_runtime: set[str],
+    allowed_runtime: AbstractSet[str] = frozenset(),
 ) -> str:
     """``text`` with every macro but ``allowed_runtime`` filled in; errors name ``where``."""
 
@@ -66,23 +81,38 @@ def expand(
     return out
 
 
-def argv(
-    value: str | list[str],
+def split_args(
+    value: str | Sequence[str],
     macros: Mapping[str, str],
     env: Mapping[str, str],
     where: str,
-    allowed_runtime: set[str],
+    allowed_runtime: AbstractSet[str] = frozenset(),
 ) -> tuple[str, ...]:
-    if isinstance(value, str):
-        # Expand first, then split, so a macro may hold several arguments (quote a
-        # value that must stay one argument).
-        text = expand(value, macros, env, where, allowed_runtime)
-        try:
-            parts = shlex.split(text, comments=True)
-        except ValueError as exc:
-            raise ConfigError(f"{where}: cannot split into arguments: {exc}") from exc
-    else:
-        parts = [expand(p, macros, env, where, allowed_runtime) for p in value]
-    if not parts:
-        raise ConfigError(f"{where}: expected a command, got an empty one")
-    return tuple(parts)
+    """The arguments ``value`` holds, for every key that takes a command or arguments.
+
+    A string is expanded first, then split the way a shell would (quotes group
+    words, an unquoted ``#`` starts a comment), so a macro may hold several
+    arguments. Each item of a list is expanded and stays one argument. The result
+    may be empty; a key that needs a program checks that itself.
+    """
+    if not isinstance(value, str):
+        return tuple(expand(v, macros, env, where, allowed_runtime) for v in value)
+    text = expand(value, macros, env, where, allowed_runtime)
+    try:
+        return tuple(shlex.split(text, comments=True))
+    except ValueError as exc:
+        raise ConfigError(f"{where}: cannot split into arguments: {exc}") from exc
+
+
+def secret(var: str | None, env: Mapping[str, str], where: str) -> str | None:
+    """The value of the environment variable named ``var``; None when none is named.
+
+    Unset and empty are the same error: a key that names a variable wants a
+    secret, and an empty one would quietly mean no key at all.
+    """
+    if var is None:
+        return None
+    value = env.get(var)
+    if not value:
+        raise ConfigError(f"{where}: environment variable {var!r} is not set or is empty")
+    return value

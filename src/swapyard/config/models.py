@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import re
-import shlex
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from collections.abc import Set as AbstractSet
+from dataclasses import dataclass
 from types import MappingProxyType
 
-from swapyard.config.macros import RUNTIME_MACROS, argv, expand
+from swapyard.config.macros import RUNTIME_MACROS, expand, secret, split_args
 from swapyard.config.schema import _ModelIn
 from swapyard.config.values import ModelSpec
 from swapyard.engines import EngineFields, adapter
@@ -19,45 +20,61 @@ _ENGINE_ONLY = (
     "model", "context", "quantization", "gpu_memory_fraction", "extra_args", "launcher",
     "base_url", "api_key_env", "admin_key_env",
 )  # fmt: skip
+_URL = ("http://", "https://")
+
+
+@dataclass(frozen=True, slots=True)
+class _Scope:
+    """One model's keys: their error prefix, the macros they see, the environment."""
+
+    where: str  # "<source>: models.<id>"
+    macros: Mapping[str, str]
+    env: Mapping[str, str]
+
+    def text(self, key: str, value: str, runtime: AbstractSet[str] = frozenset()) -> str:
+        return expand(value, self.macros, self.env, f"{self.where}.{key}", runtime)
+
+    def args(
+        self, key: str, value: str | Sequence[str] | None, runtime: AbstractSet[str] = frozenset()
+    ) -> tuple[str, ...]:
+        if value is None:
+            return ()
+        return split_args(value, self.macros, self.env, f"{self.where}.{key}", runtime)
+
+    def command(self, key: str, value: str | Sequence[str]) -> tuple[str, ...]:
+        """A program and its arguments; ``${PORT}`` (and ``${PID}``) stay for ``render``."""
+        parts = self.args(key, value, RUNTIME_MACROS[key])
+        if not parts:
+            raise ConfigError(f"{self.where}.{key}: expected a command, got an empty one")
+        return parts
+
+    def secret(self, key: str, var: str | None) -> str | None:
+        return secret(var, self.env, f"{self.where}.{key}")
 
 
 def build_model(
     source: str, model_id: str, m: _ModelIn, user: Mapping[str, str], env: Mapping[str, str]
 ) -> ModelSpec:
+    """One ``models:`` entry, its macros expanded; raises ``ConfigError``."""
     if not _MODEL_ID.match(model_id):
         raise ConfigError(f"{source}: models.{model_id}: a model id cannot contain spaces")
-    macros = {**user, "MODEL_ID": model_id}
-    where = f"{source}: models.{model_id}"
-    fields, launch = _engine(where, model_id, m, macros, env)
+    at = _Scope(f"{source}: models.{model_id}", {**user, "MODEL_ID": model_id}, env)
+    fields, launch = _engine(at, model_id, m)
     if m.cmd is not None:  # a raw cmd overrides what the engine kind would run
-        cmd = argv(m.cmd, macros, env, f"{where}.cmd", RUNTIME_MACROS["cmd"])
-    elif launch.cmd:
-        cmd = argv(list(launch.cmd), macros, env, f"{where}.cmd", RUNTIME_MACROS["cmd"])
+        cmd = at.command("cmd", m.cmd)
     else:
-        cmd = ()
-    cmd_stop = (
-        None
-        if m.cmd_stop is None
-        else argv(m.cmd_stop, macros, env, f"{where}.cmd_stop", RUNTIME_MACROS["cmd_stop"])
-    )
-    given = m.model_fields_set
-    proxy_in = m.proxy if "proxy" in given else launch.proxy
-    proxy = expand(proxy_in, macros, env, f"{where}.proxy", RUNTIME_MACROS["proxy"])
-    if not proxy.startswith(("http://", "https://")):
-        raise ConfigError(f"{where}.proxy: expected an http:// or https:// URL, got {proxy!r}")
-    env_vars = dict(launch.env)
-    env_vars.update(
-        {k: expand(v, macros, env, f"{where}.env.{k}", {"PORT"}) for k, v in m.env.items()}
-    )
-    port_passed = any("${PORT}" in a for a in (*cmd, *env_vars.values()))
-    if "${PORT}" in proxy and cmd and not port_passed:
+        cmd = at.command("cmd", launch.cmd) if launch.cmd else ()
+    cmd_stop = None if m.cmd_stop is None else at.command("cmd_stop", m.cmd_stop)
+    proxy = _proxy(at, m, launch)
+    env_vars = {**launch.env, **{k: at.text(f"env.{k}", v, {"PORT"}) for k, v in m.env.items()}}
+    if "${PORT}" in proxy and cmd and not any("${PORT}" in a for a in (*cmd, *env_vars.values())):
         raise ConfigError(
-            f"{where}.cmd: the proxy URL uses ${{PORT}} but cmd never passes ${{PORT}} to the "
-            "engine; add it to cmd (or env) or give `proxy` a fixed port"
+            f"{at.where}.cmd: the proxy URL uses ${{PORT}} but cmd never passes ${{PORT}} to "
+            "the engine; add it to cmd (or env) or give `proxy` a fixed port"
         )
-    check = m.check_endpoint if "check_endpoint" in given else launch.check_endpoint
+    check = m.check_endpoint if "check_endpoint" in m.model_fields_set else launch.check_endpoint
     if not check.startswith("/"):
-        raise ConfigError(f"{where}.check_endpoint: expected a path starting with '/'")
+        raise ConfigError(f"{at.where}.check_endpoint: expected a path starting with '/'")
     return ModelSpec(
         id=model_id,
         cmd=cmd,
@@ -89,68 +106,58 @@ def build_model(
     )
 
 
-def _engine(
-    where: str, model_id: str, m: _ModelIn, macros: Mapping[str, str], env: Mapping[str, str]
-) -> tuple[EngineFields | None, Launch]:
+def _proxy(at: _Scope, m: _ModelIn, launch: Launch) -> str:
+    """The engine's base URL: the model's own ``proxy``, else its engine kind's."""
+    given = m.proxy if "proxy" in m.model_fields_set else launch.proxy
+    proxy = at.text("proxy", given, RUNTIME_MACROS["proxy"])
+    if not proxy.startswith(_URL):
+        raise ConfigError(f"{at.where}.proxy: expected an http:// or https:// URL, got {proxy!r}")
+    return proxy
+
+
+def _engine(at: _Scope, model_id: str, m: _ModelIn) -> tuple[EngineFields | None, Launch]:
     """The engine kind's launch for this model (``command``: only a raw ``cmd``)."""
     if m.engine == "command":
-        if m.cmd is None:
-            raise ConfigError(
-                f"{where}: required key 'cmd' is missing (or name an engine: "
-                "llamacpp, vllm, sglang, tabbyapi, ollama, openai)"
-            )
-        extra = [k for k in _ENGINE_ONLY if k in m.model_fields_set]
-        if extra:
-            raise ConfigError(
-                f"{where}.{extra[0]}: only used with an engine kind (`engine: llamacpp` ...); "
-                "with a raw cmd, put it in cmd"
-            )
-        return None, Launch(())
-
-    def text(key: str, value: str | None) -> str | None:
-        return None if value is None else expand(value, macros, env, f"{where}.{key}", set())
-
-    def words(key: str, value: str | list[str] | None) -> tuple[str, ...]:
-        if value is None or value == []:
-            return ()
-        if isinstance(value, str):  # expand, then split: a macro may hold several words
-            text = expand(value, macros, env, f"{where}.{key}", set())
-            try:
-                return tuple(shlex.split(text))
-            except ValueError as exc:
-                raise ConfigError(f"{where}.{key}: cannot split into arguments: {exc}") from exc
-        return tuple(expand(v, macros, env, f"{where}.{key}", set()) for v in value)
-
-    def secret(key: str, var: str | None) -> str | None:
-        if var is None:
-            return None
-        if var not in env:
-            raise ConfigError(f"{where}.{key}: environment variable {var!r} is not set")
-        return env[var]
-
+        _check_raw_command(at, m)
+        return None, Launch(cmd=())
     fields = EngineFields(
         kind=m.engine,
         model_id=model_id,
-        model=text("model", m.model),
+        model=None if m.model is None else at.text("model", m.model),
         context=m.context,
         quantization=m.quantization,
         tensor_parallel=m.tensor_parallel,
         gpu_memory_fraction=m.gpu_memory_fraction,
-        extra_args=words("extra_args", m.extra_args),
-        launcher=words("launcher", m.launcher) or None,
-        base_url=text("base_url", m.base_url),
-        api_key=secret("api_key_env", m.api_key_env),
-        admin_key=secret("admin_key_env", m.admin_key_env),
+        extra_args=at.args("extra_args", m.extra_args),
+        launcher=at.args("launcher", m.launcher) or None,
+        base_url=None if m.base_url is None else at.text("base_url", m.base_url),
+        api_key=at.secret("api_key_env", m.api_key_env),
+        admin_key=at.secret("admin_key_env", m.admin_key_env),
         sleep_level=m.sleep_level,
         fast_swap=m.fast_swap,
     )
     try:
         launch = adapter(m.engine).launch(fields)
     except ValueError as exc:
-        raise ConfigError(f"{where}.engine: {exc}") from exc
-    if fields.base_url is not None and not fields.base_url.startswith(("http://", "https://")):
-        raise ConfigError(f"{where}.base_url: expected an http:// or https:// URL")
+        raise ConfigError(f"{at.where}.engine: {exc}") from exc
+    if fields.base_url is not None and not fields.base_url.startswith(_URL):
+        raise ConfigError(f"{at.where}.base_url: expected an http:// or https:// URL")
     return fields, launch
+
+
+def _check_raw_command(at: _Scope, m: _ModelIn) -> None:
+    """``engine: command`` needs a ``cmd`` and takes none of the engine kinds' keys."""
+    if m.cmd is None:
+        raise ConfigError(
+            f"{at.where}: required key 'cmd' is missing (or name an engine: "
+            "llamacpp, vllm, sglang, tabbyapi, ollama, openai)"
+        )
+    extra = [k for k in _ENGINE_ONLY if k in m.model_fields_set]
+    if extra:
+        raise ConfigError(
+            f"{at.where}.{extra[0]}: only used with an engine kind (`engine: llamacpp` ...); "
+            "with a raw cmd, put it in cmd"
+        )
 
 
 def check_aliases(source: str, models: Mapping[str, ModelSpec]) -> None:
