@@ -214,6 +214,14 @@ def test_json_schema_lists_model_keys() -> None:
     assert "ttl" in schema["$defs"]["_ModelIn"]["properties"]
 
 
+def test_scheduler_retry_after_is_a_duration() -> None:
+    """scheduler.retry_after, the Retry-After of a 429 for a full queue, takes a duration."""
+    cfg = load_config("models: {}\nscheduler: {max_queue: 5, retry_after: 2500ms}\n")
+    assert cfg.scheduler.retry_after == 2.5
+    with pytest.raises(ConfigError, match=r"scheduler\.retry_after: expected a duration"):
+        load_config("models: {}\nscheduler: {retry_after: later}\n")
+
+
 def test_scheduler_devices_and_preload_are_validated() -> None:
     base = "models:\n  m: {cmd: 'x ${PORT}', gpus: 3}\n"
     with pytest.raises(ConfigError, match="asks for 3 devices, 1 are declared"):

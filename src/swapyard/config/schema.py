@@ -98,6 +98,7 @@ class _DeviceIn(_Strict):
 class _SchedulerIn(_Strict):
     policy: Policy = _SCHEDULER.policy
     max_queue: int = Field(_SCHEDULER.max_queue, ge=0)
+    retry_after: Duration = _SCHEDULER.retry_after
     max_wait: Duration = _SCHEDULER.max_wait
     min_residency: Duration = _SCHEDULER.min_residency
     swap_factor: float = Field(_SCHEDULER.swap_factor, ge=0)

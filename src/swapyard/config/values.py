@@ -70,8 +70,10 @@ class DeviceSpec:
 @dataclass(frozen=True, slots=True)
 class SchedulerSpec:
     policy: Policy = "batch"
-    # Admission: how many may wait, and how long one waits behind others' models.
+    # Admission: how many may wait, the Retry-After (seconds) a request refused
+    # for a full queue is told, and how long one waits behind others' models.
     max_queue: int = 0  # 0: no bound
+    retry_after: float = 1.0
     max_wait: float = 60.0
     # Rent or buy: a just-loaded model serves at least min_residency; a hot model
     # is kept while the requests held back for another one have waited less than
