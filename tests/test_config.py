@@ -6,7 +6,20 @@ from pathlib import Path
 
 import pytest
 
-from swapyard.config import config_json_schema, load_config, load_config_file, parse_size, render
+from swapyard.config import (
+    AuthSpec,
+    DeviceSpec,
+    ModelSpec,
+    SchedulerSpec,
+    ServerSpec,
+    UsageSpec,
+    config_json_schema,
+    load_config,
+    load_config_file,
+    parse_size,
+    render,
+)
+from swapyard.engines import EngineFields
 from swapyard.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -32,6 +45,21 @@ def test_minimum_config_is_three_lines() -> None:
     assert m.proxy == "http://127.0.0.1:${PORT}"
     assert m.check_endpoint == "/health"
     assert m.needs_port
+
+
+def test_keys_left_out_take_the_value_objects_defaults() -> None:
+    """Each default lives on its value object; the file's schema reads it from there."""
+    cfg = load_config(
+        "models:\n  m: {cmd: 'x ${PORT}'}\n  v: {engine: vllm, model: org/v}\n"
+        "devices: {g: {memory: 1GiB}}\n"
+    )
+    assert cfg.server == ServerSpec()
+    assert cfg.scheduler == SchedulerSpec()
+    assert cfg.usage == UsageSpec()
+    assert cfg.auth == AuthSpec()
+    assert cfg.devices == (DeviceSpec(id="g", memory=2**30),)
+    assert cfg.models["m"] == ModelSpec(id="m", cmd=("x", "${PORT}"))
+    assert cfg.models["v"].fields == EngineFields(kind="vllm", model_id="v", model="org/v")
 
 
 def test_unknown_model_key_names_key_and_model() -> None:
@@ -89,6 +117,31 @@ def test_macros_expand_user_env_and_model_id() -> None:
 def test_cmd_as_list_keeps_each_argument_whole() -> None:
     m = load_config("models:\n  m:\n    cmd: ['/opt/my engine', '--port', '${PORT}']\n").models["m"]
     assert m.cmd == ("/opt/my engine", "--port", "${PORT}")
+
+
+def test_command_and_engine_arguments_split_alike() -> None:
+    """cmd and extra_args split one way: quotes group words, an unquoted # starts a comment."""
+    cfg = load_config(
+        "models:\n  m: {cmd: \"x ${PORT} 'y z' # the rest is a note\"}\n"
+        "  v: {engine: vllm, model: org/v, extra_args: \"--a 'b c' # a note\"}\n"
+    )
+    assert cfg.models["m"].cmd == ("x", "${PORT}", "y z")
+    fields = cfg.models["v"].fields
+    assert fields is not None and fields.extra_args == ("--a", "b c")
+    with pytest.raises(ConfigError, match=r"models\.m\.cmd: expected a command"):
+        load_config("models:\n  m: {cmd: '# only a note'}\n")
+
+
+def test_empty_secret_variable_is_an_error_for_auth_and_engines() -> None:
+    """A variable named for a secret but set to '' is refused, as if it were unset."""
+    env = {"EMPTY": ""}
+    with pytest.raises(ConfigError, match=r"auth\.keys\[0\]: environment variable 'EMPTY'"):
+        load_config("models: {}\nauth: {keys: [{key_env: EMPTY}]}\n", environ=env)
+    with pytest.raises(ConfigError, match=r"models\.o\.api_key_env: environment variable 'EMPTY'"):
+        load_config(
+            "models:\n  o: {engine: openai, base_url: 'http://h/v1', api_key_env: EMPTY}\n",
+            environ=env,
+        )
 
 
 def test_missing_env_variable_is_an_error() -> None:
@@ -159,6 +212,14 @@ def test_json_schema_lists_model_keys() -> None:
     schema = config_json_schema()
     assert "models" in schema["properties"]
     assert "ttl" in schema["$defs"]["_ModelIn"]["properties"]
+
+
+def test_scheduler_retry_after_is_a_duration() -> None:
+    """scheduler.retry_after, the Retry-After of a 429 for a full queue, takes a duration."""
+    cfg = load_config("models: {}\nscheduler: {max_queue: 5, retry_after: 2500ms}\n")
+    assert cfg.scheduler.retry_after == 2.5
+    with pytest.raises(ConfigError, match=r"scheduler\.retry_after: expected a duration"):
+        load_config("models: {}\nscheduler: {retry_after: later}\n")
 
 
 def test_scheduler_devices_and_preload_are_validated() -> None:

@@ -1,0 +1,177 @@
+"""The ``models:`` section: each entry and its engine kind become one ``ModelSpec``."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from collections.abc import Set as AbstractSet
+from dataclasses import dataclass
+from types import MappingProxyType
+
+from swapyard.config.macros import RUNTIME_MACROS, expand, secret, split_args
+from swapyard.config.schema import _ModelIn
+from swapyard.config.values import ModelSpec
+from swapyard.engines import EngineFields, adapter
+from swapyard.engines.base import Launch
+from swapyard.errors import ConfigError
+
+_MODEL_ID = re.compile(r"^[^\s/][^\s]*$")
+_ENGINE_ONLY = (
+    "model", "context", "quantization", "gpu_memory_fraction", "extra_args", "launcher",
+    "base_url", "api_key_env", "admin_key_env",
+)  # fmt: skip
+_URL = ("http://", "https://")
+
+
+@dataclass(frozen=True, slots=True)
+class _Scope:
+    """One model's keys: their error prefix, the macros they see, the environment."""
+
+    where: str  # "<source>: models.<id>"
+    macros: Mapping[str, str]
+    env: Mapping[str, str]
+
+    def text(self, key: str, value: str, runtime: AbstractSet[str] = frozenset()) -> str:
+        return expand(value, self.macros, self.env, f"{self.where}.{key}", runtime)
+
+    def args(
+        self, key: str, value: str | Sequence[str] | None, runtime: AbstractSet[str] = frozenset()
+    ) -> tuple[str, ...]:
+        if value is None:
+            return ()
+        return split_args(value, self.macros, self.env, f"{self.where}.{key}", runtime)
+
+    def command(self, key: str, value: str | Sequence[str]) -> tuple[str, ...]:
+        """A program and its arguments; ``${PORT}`` (and ``${PID}``) stay for ``render``."""
+        parts = self.args(key, value, RUNTIME_MACROS[key])
+        if not parts:
+            raise ConfigError(f"{self.where}.{key}: expected a command, got an empty one")
+        return parts
+
+    def secret(self, key: str, var: str | None) -> str | None:
+        return secret(var, self.env, f"{self.where}.{key}")
+
+
+def build_model(
+    source: str, model_id: str, m: _ModelIn, user: Mapping[str, str], env: Mapping[str, str]
+) -> ModelSpec:
+    """One ``models:`` entry, its macros expanded; raises ``ConfigError``."""
+    if not _MODEL_ID.match(model_id):
+        raise ConfigError(f"{source}: models.{model_id}: a model id cannot contain spaces")
+    at = _Scope(f"{source}: models.{model_id}", {**user, "MODEL_ID": model_id}, env)
+    fields, launch = _engine(at, model_id, m)
+    if m.cmd is not None:  # a raw cmd overrides what the engine kind would run
+        cmd = at.command("cmd", m.cmd)
+    else:
+        cmd = at.command("cmd", launch.cmd) if launch.cmd else ()
+    cmd_stop = None if m.cmd_stop is None else at.command("cmd_stop", m.cmd_stop)
+    proxy = _proxy(at, m, launch)
+    env_vars = {**launch.env, **{k: at.text(f"env.{k}", v, {"PORT"}) for k, v in m.env.items()}}
+    if "${PORT}" in proxy and cmd and not any("${PORT}" in a for a in (*cmd, *env_vars.values())):
+        raise ConfigError(
+            f"{at.where}.cmd: the proxy URL uses ${{PORT}} but cmd never passes ${{PORT}} to "
+            "the engine; add it to cmd (or env) or give `proxy` a fixed port"
+        )
+    check = m.check_endpoint if "check_endpoint" in m.model_fields_set else launch.check_endpoint
+    if not check.startswith("/"):
+        raise ConfigError(f"{at.where}.check_endpoint: expected a path starting with '/'")
+    return ModelSpec(
+        id=model_id,
+        cmd=cmd,
+        env=MappingProxyType(env_vars),
+        proxy=proxy.rstrip("/"),
+        check_endpoint=check,
+        aliases=tuple(m.aliases),
+        ttl=m.ttl,
+        start_timeout=m.start_timeout,
+        stop_timeout=m.stop_timeout,
+        cmd_stop=cmd_stop,
+        unlisted=m.unlisted,
+        name=m.name,
+        memory=m.memory,
+        gpus=m.gpus or m.tensor_parallel,
+        pin=m.pin,
+        priority=m.priority,
+        max_concurrent=m.max_concurrent,
+        engine=m.engine,
+        fields=fields,
+        check_headers=MappingProxyType(dict(launch.check_headers)),
+        upstream_headers=MappingProxyType(dict(launch.upstream_headers)),
+        upstream_model=launch.upstream_model,
+        stream_usage=launch.stream_usage if m.stream_usage is None else m.stream_usage,
+        cumulative_stream=m.cumulative_stream,
+        footer=m.footer,
+        sleep_memory=m.sleep_memory,
+        host_memory=m.host_memory,
+    )
+
+
+def _proxy(at: _Scope, m: _ModelIn, launch: Launch) -> str:
+    """The engine's base URL: the model's own ``proxy``, else its engine kind's."""
+    given = m.proxy if "proxy" in m.model_fields_set else launch.proxy
+    proxy = at.text("proxy", given, RUNTIME_MACROS["proxy"])
+    if not proxy.startswith(_URL):
+        raise ConfigError(f"{at.where}.proxy: expected an http:// or https:// URL, got {proxy!r}")
+    return proxy
+
+
+def _engine(at: _Scope, model_id: str, m: _ModelIn) -> tuple[EngineFields | None, Launch]:
+    """The engine kind's launch for this model (``command``: only a raw ``cmd``)."""
+    if m.engine == "command":
+        _check_raw_command(at, m)
+        return None, Launch(cmd=())
+    fields = EngineFields(
+        kind=m.engine,
+        model_id=model_id,
+        model=None if m.model is None else at.text("model", m.model),
+        context=m.context,
+        quantization=m.quantization,
+        tensor_parallel=m.tensor_parallel,
+        gpu_memory_fraction=m.gpu_memory_fraction,
+        extra_args=at.args("extra_args", m.extra_args),
+        launcher=at.args("launcher", m.launcher) or None,
+        base_url=None if m.base_url is None else at.text("base_url", m.base_url),
+        api_key=at.secret("api_key_env", m.api_key_env),
+        admin_key=at.secret("admin_key_env", m.admin_key_env),
+        sleep_level=m.sleep_level,
+        fast_swap=m.fast_swap,
+    )
+    try:
+        launch = adapter(m.engine).launch(fields)
+    except ValueError as exc:
+        raise ConfigError(f"{at.where}.engine: {exc}") from exc
+    if fields.base_url is not None and not fields.base_url.startswith(_URL):
+        raise ConfigError(f"{at.where}.base_url: expected an http:// or https:// URL")
+    return fields, launch
+
+
+def _check_raw_command(at: _Scope, m: _ModelIn) -> None:
+    """``engine: command`` needs a ``cmd`` and takes none of the engine kinds' keys."""
+    if m.cmd is None:
+        raise ConfigError(
+            f"{at.where}: required key 'cmd' is missing (or name an engine: "
+            "llamacpp, vllm, sglang, tabbyapi, ollama, openai)"
+        )
+    extra = [k for k in _ENGINE_ONLY if k in m.model_fields_set]
+    if extra:
+        raise ConfigError(
+            f"{at.where}.{extra[0]}: only used with an engine kind (`engine: llamacpp` ...); "
+            "with a raw cmd, put it in cmd"
+        )
+
+
+def check_aliases(source: str, models: Mapping[str, ModelSpec]) -> None:
+    """No alias is also a model id or another model's alias."""
+    seen: dict[str, str] = {}
+    for m in models.values():
+        for alias in m.aliases:
+            if alias in models:
+                raise ConfigError(
+                    f"{source}: models.{m.id}.aliases: {alias!r} is already a model id"
+                )
+            if alias in seen:
+                raise ConfigError(
+                    f"{source}: models.{m.id}.aliases: {alias!r} is also an alias of "
+                    f"{seen[alias]!r}"
+                )
+            seen[alias] = m.id

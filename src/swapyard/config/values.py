@@ -1,0 +1,166 @@
+"""The frozen value objects the rest of swapyard reads a config as.
+
+Built once by ``load_config``; nothing changes them afterwards.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Literal
+
+from swapyard.engines import Adapter, EngineFields, adapter
+from swapyard.engines.base import EngineKind, Launch
+
+LoadingStatus = Literal["reasoning", "content", "off"]
+Policy = Literal["fifo", "batch"]
+
+# A raw ``cmd`` engine's launch: where a model is reached unless it says otherwise.
+_COMMAND = Launch(cmd=())
+
+
+@dataclass(frozen=True, slots=True)
+class ServerSpec:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    max_body_bytes: int = 64 * 2**20
+    loading_status: LoadingStatus = "reasoning"
+    list_aliases: bool = False
+    shutdown_timeout: float = 30.0
+    footer: bool = False  # append "⚡ tok/s" to every answer
+    allow_unauthenticated: bool = False  # listen beyond loopback with no API keys
+
+
+@dataclass(frozen=True, slots=True)
+class KeySpec:
+    name: str
+    key: str = field(repr=False)
+    models: frozenset[str] | None = None  # model ids it may use; None: all
+
+
+@dataclass(frozen=True, slots=True)
+class AuthSpec:
+    keys: tuple[KeySpec, ...] = ()
+    admin_key: str | None = field(default=None, repr=False)
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.keys) or self.admin_key is not None
+
+
+@dataclass(frozen=True, slots=True)
+class UsageSpec:
+    enabled: bool = True
+    path: str | None = None
+    retention: float = 90 * 86400.0
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceSpec:
+    id: str
+    memory: int
+    reserve: int = 0
+
+    @property
+    def budget(self) -> int:
+        return self.memory - self.reserve
+
+
+@dataclass(frozen=True, slots=True)
+class SchedulerSpec:
+    policy: Policy = "batch"
+    # Admission: how many may wait, the Retry-After (seconds) a request refused
+    # for a full queue is told, and how long one waits behind others' models.
+    max_queue: int = 0  # 0: no bound
+    retry_after: float = 1.0
+    max_wait: float = 60.0
+    # Rent or buy: a just-loaded model serves at least min_residency; a hot model
+    # is kept while the requests held back for another one have waited less than
+    # swap_factor x (both load times) in all; a model never loaded counts
+    # assumed_load seconds.
+    min_residency: float = 8.0
+    swap_factor: float = 3.5
+    assumed_load: float = 5.0
+    # Memory: host RAM for sleeping engines (None: 90 % of RAM), and whether to
+    # measure what each engine really uses after it loads.
+    host_memory: int | None = None
+    learn_memory: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class ModelSpec:
+    """One model's engine. ``cmd``/``proxy``/``cmd_stop`` may still hold ``${PORT}``
+    (and ``${PID}`` in ``cmd_stop``); ``render`` fills them in at start time."""
+
+    id: str
+    cmd: tuple[str, ...]
+    env: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    proxy: str = _COMMAND.proxy
+    check_endpoint: str = _COMMAND.check_endpoint
+    aliases: tuple[str, ...] = ()
+    ttl: float = 0.0
+    start_timeout: float = 120.0
+    stop_timeout: float = 10.0
+    cmd_stop: tuple[str, ...] | None = None
+    unlisted: bool = False
+    name: str | None = None
+    memory: int | None = None
+    gpus: int = 1
+    pin: bool = False
+    priority: int = 0
+    max_concurrent: int = 0
+    engine: EngineKind = "command"
+    fields: EngineFields | None = None
+    check_headers: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    upstream_headers: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    upstream_model: str | None = None
+    stream_usage: bool = False
+    cumulative_stream: bool = False
+    footer: bool | None = None  # None: server.footer
+    sleep_memory: int | None = None  # GPU memory held while asleep (fast swap)
+    host_memory: int | None = None  # host RAM held while asleep
+
+    @property
+    def needs_port(self) -> bool:
+        """Whether a free port must be allocated for each start."""
+        return "${PORT}" in self.proxy or any(
+            "${PORT}" in a for a in (*self.cmd, *self.env.values())
+        )
+
+    @property
+    def remote(self) -> bool:
+        """No process: another server (``engine: openai`` or a remote Ollama)."""
+        return not self.cmd
+
+    @property
+    def adapter(self) -> Adapter:
+        return adapter(self.engine)
+
+    @property
+    def fast(self) -> bool:
+        """Whether the engine offers a fast swap (sleep/wake, unload/load)."""
+        return self.fields is not None and self.adapter.fast(self.fields) is not None
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    models: Mapping[str, ModelSpec]
+    server: ServerSpec = ServerSpec()
+    source: str = "<text>"
+    scheduler: SchedulerSpec = SchedulerSpec()
+    devices: tuple[DeviceSpec, ...] = ()
+    preload: tuple[str, ...] = ()
+    usage: UsageSpec = UsageSpec()
+    auth: AuthSpec = AuthSpec()
+
+    @property
+    def aliases(self) -> Mapping[str, str]:
+        """alias → model id."""
+        return {a: m.id for m in self.models.values() for a in m.aliases}
+
+    def resolve(self, name: str) -> str | None:
+        """The model id that ``name`` (an id or an alias) refers to, or None."""
+        if name in self.models:
+            return name
+        return self.aliases.get(name)
