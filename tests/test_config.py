@@ -211,7 +211,7 @@ def test_bad_proxy_and_check_endpoint() -> None:
 def test_json_schema_lists_model_keys() -> None:
     schema = config_json_schema()
     assert "models" in schema["properties"]
-    assert "ttl" in schema["$defs"]["_ModelIn"]["properties"]
+    assert "ttl" in schema["$defs"]["ModelIn"]["properties"]
 
 
 def test_scheduler_retry_after_is_a_duration() -> None:

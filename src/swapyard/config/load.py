@@ -17,7 +17,7 @@ from pydantic import ValidationError
 
 from swapyard.config.macros import secret, user_macros
 from swapyard.config.models import build_model, check_aliases
-from swapyard.config.schema import _AuthIn, _ConfigIn, explain
+from swapyard.config.schema import AuthIn, ConfigIn, explain
 from swapyard.config.values import (
     AuthSpec,
     Config,
@@ -70,7 +70,7 @@ def load_config(
     return config
 
 
-def _parse(text: str, source: str) -> _ConfigIn:
+def _parse(text: str, source: str) -> ConfigIn:
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
@@ -78,12 +78,12 @@ def _parse(text: str, source: str) -> _ConfigIn:
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: expected a mapping with a `models:` key at the top level")
     try:
-        return _ConfigIn.model_validate(raw)
+        return ConfigIn.model_validate(raw)
     except ValidationError as exc:
         raise ConfigError(explain(source, exc)) from exc
 
 
-def _devices(source: str, parsed: _ConfigIn) -> tuple[DeviceSpec, ...]:
+def _devices(source: str, parsed: ConfigIn) -> tuple[DeviceSpec, ...]:
     """The declared devices, each with room left once its reserve is taken."""
     devices = tuple(
         DeviceSpec(id=did, memory=d.memory, reserve=d.reserve) for did, d in parsed.devices.items()
@@ -126,7 +126,7 @@ def check_exposure(config: Config, host: str) -> None:
 
 
 def _auth(
-    source: str, a: _AuthIn, models: Mapping[str, ModelSpec], env: Mapping[str, str]
+    source: str, a: AuthIn, models: Mapping[str, ModelSpec], env: Mapping[str, str]
 ) -> AuthSpec:
     """API keys (each with the models it may use) and the admin key."""
     keys = []

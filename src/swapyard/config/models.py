@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 
 from swapyard.config.macros import RUNTIME_MACROS, expand, secret, split_args
-from swapyard.config.schema import _ModelIn
+from swapyard.config.schema import ModelIn
 from swapyard.config.values import ModelSpec
 from swapyard.engines import EngineFields, adapter
 from swapyard.engines.base import Launch
@@ -53,7 +53,7 @@ class _Scope:
 
 
 def build_model(
-    source: str, model_id: str, m: _ModelIn, user: Mapping[str, str], env: Mapping[str, str]
+    source: str, model_id: str, m: ModelIn, user: Mapping[str, str], env: Mapping[str, str]
 ) -> ModelSpec:
     """One ``models:`` entry, its macros expanded; raises ``ConfigError``."""
     if not _MODEL_ID.match(model_id):
@@ -106,7 +106,7 @@ def build_model(
     )
 
 
-def _proxy(at: _Scope, m: _ModelIn, launch: Launch) -> str:
+def _proxy(at: _Scope, m: ModelIn, launch: Launch) -> str:
     """The engine's base URL: the model's own ``proxy``, else its engine kind's."""
     given = m.proxy if "proxy" in m.model_fields_set else launch.proxy
     proxy = at.text("proxy", given, RUNTIME_MACROS["proxy"])
@@ -115,7 +115,7 @@ def _proxy(at: _Scope, m: _ModelIn, launch: Launch) -> str:
     return proxy
 
 
-def _engine(at: _Scope, model_id: str, m: _ModelIn) -> tuple[EngineFields | None, Launch]:
+def _engine(at: _Scope, model_id: str, m: ModelIn) -> tuple[EngineFields | None, Launch]:
     """The engine kind's launch for this model (``command``: only a raw ``cmd``)."""
     if m.engine == "command":
         _check_raw_command(at, m)
@@ -145,7 +145,7 @@ def _engine(at: _Scope, model_id: str, m: _ModelIn) -> tuple[EngineFields | None
     return fields, launch
 
 
-def _check_raw_command(at: _Scope, m: _ModelIn) -> None:
+def _check_raw_command(at: _Scope, m: ModelIn) -> None:
     """``engine: command`` needs a ``cmd`` and takes none of the engine kinds' keys."""
     if m.cmd is None:
         raise ConfigError(

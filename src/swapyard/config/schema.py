@@ -75,11 +75,11 @@ _MODEL = ModelSpec(id="", cmd=())
 _ENGINE = EngineFields(kind="command", model_id="")
 
 
-class _Strict(BaseModel):
+class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class _ServerIn(_Strict):
+class ServerIn(Strict):
     host: str = _SERVER.host
     port: int = Field(_SERVER.port, ge=1, le=65535)
     max_body_bytes: Size = _SERVER.max_body_bytes
@@ -90,12 +90,12 @@ class _ServerIn(_Strict):
     allow_unauthenticated: bool = _SERVER.allow_unauthenticated
 
 
-class _DeviceIn(_Strict):
+class DeviceIn(Strict):
     memory: Size
     reserve: Size = _DEVICE.reserve
 
 
-class _SchedulerIn(_Strict):
+class SchedulerIn(Strict):
     policy: Policy = _SCHEDULER.policy
     max_queue: int = Field(_SCHEDULER.max_queue, ge=0)
     retry_after: Duration = _SCHEDULER.retry_after
@@ -107,7 +107,7 @@ class _SchedulerIn(_Strict):
     learn_memory: bool = _SCHEDULER.learn_memory
 
 
-class _ModelIn(_Strict):
+class ModelIn(Strict):
     # The engine kind and its high-level fields (``EngineFields``).
     engine: EngineKind = _MODEL.engine
     cmd: str | list[str] | None = None  # None: what the engine kind runs
@@ -146,39 +146,39 @@ class _ModelIn(_Strict):
     max_concurrent: int = Field(_MODEL.max_concurrent, ge=0)
 
 
-class _UsageIn(_Strict):
+class UsageIn(Strict):
     enabled: bool = _USAGE.enabled
     path: str | None = _USAGE.path  # None: usage.db in the data dir
     retention: Duration = _USAGE.retention
 
 
-class _KeyIn(_Strict):
+class KeyIn(Strict):
     name: str | None = None
     key: str | None = None
     key_env: str | None = None
     models: list[str] | None = None  # allow-list (ids or aliases); None: all
 
 
-class _AuthIn(_Strict):
-    keys: list[_KeyIn] = []
+class AuthIn(Strict):
+    keys: list[KeyIn] = []
     admin_key: str | None = None
     admin_key_env: str | None = None
 
 
-class _ConfigIn(_Strict):
-    server: _ServerIn = Field(default_factory=lambda: _ServerIn.model_validate({}))
-    scheduler: _SchedulerIn = Field(default_factory=lambda: _SchedulerIn.model_validate({}))
-    devices: dict[str, _DeviceIn] = {}
-    usage: _UsageIn = Field(default_factory=lambda: _UsageIn.model_validate({}))
-    auth: _AuthIn = Field(default_factory=lambda: _AuthIn.model_validate({}))
+class ConfigIn(Strict):
+    server: ServerIn = Field(default_factory=lambda: ServerIn.model_validate({}))
+    scheduler: SchedulerIn = Field(default_factory=lambda: SchedulerIn.model_validate({}))
+    devices: dict[str, DeviceIn] = {}
+    usage: UsageIn = Field(default_factory=lambda: UsageIn.model_validate({}))
+    auth: AuthIn = Field(default_factory=lambda: AuthIn.model_validate({}))
     preload: list[str] = []
     macros: dict[str, str | int | float] = {}
-    models: dict[str, _ModelIn]
+    models: dict[str, ModelIn]
 
 
 def config_json_schema() -> dict[str, Any]:
     """JSON schema of the config file, for editors and docs."""
-    return _ConfigIn.model_json_schema()
+    return ConfigIn.model_json_schema()
 
 
 def explain(source: str, exc: ValidationError) -> str:

@@ -392,37 +392,15 @@ class EngineProcess:
             self.logs.append(f"[swapyard] remote engine at {self.upstream}: checking it")
             self._spawn_task(self._poll_health(gen))
             return
-        if spec.needs_port:
-            self._port = str(self._ports.allocate())
-        else:
-            self._port = ""
-            host, port = _host_port(self.upstream)
-            if host in ("127.0.0.1", "localhost", "::1") and not port_is_free(host, port):
-                self._fail_start(
-                    PortInUse(
-                        spec.id,
-                        f"port {port} of {self.upstream} is already in use by another process",
-                    )
-                )
-                return
+        taken = self._claim_port()
+        if taken is not None:
+            self._fail_start(taken)
+            return
         argv = [render(a, {"PORT": self._port}) for a in spec.cmd]
         self.logs.append(f"[swapyard] starting: {' '.join(argv)}")
+        env = {k: render(v, {"PORT": self._port}) for k, v in spec.env.items()}
         try:
-            # Popen, not asyncio's subprocess: its wait() only returns once every
-            # pipe is closed, so an orphan holding stdout would hide an exit. (The
-            # fork/exec is synchronous either way: asyncio calls Popen too.)
-            proc = subprocess.Popen(  # noqa: ASYNC220
-                argv,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-                env={
-                    **os.environ,
-                    **{k: render(v, {"PORT": self._port}) for k, v in spec.env.items()},
-                    **extra_env,
-                },
-            )
+            proc = _popen(argv, {**env, **extra_env})
         except OSError as exc:
             self._fail_start(
                 EngineExitedEarly(
@@ -440,6 +418,20 @@ class EngineProcess:
         self._spawn_task(self._read_output(reader, pipe))
         self._spawn_task(self._watch_exit(proc, gen))
         self._spawn_task(self._poll_health(gen))
+
+    def _claim_port(self) -> PortInUse | None:
+        """A fresh port when the command takes ``${PORT}``; else check that the
+        fixed local port is free (an error if another process holds it)."""
+        if self.spec.needs_port:
+            self._port = str(self._ports.allocate())
+            return None
+        self._port = ""
+        host, port = _host_port(self.upstream)
+        if host in ("127.0.0.1", "localhost", "::1") and not port_is_free(host, port):
+            return PortInUse(
+                self.spec.id, f"port {port} of {self.upstream} is already in use by another process"
+            )
+        return None
 
     def _fail_start(self, err: EngineStartError) -> None:
         self._failure = err
@@ -569,6 +561,21 @@ class EngineProcess:
             return
         for line in out.decode("utf-8", "replace").splitlines():
             self.logs.append(f"[cmd_stop] {line}")
+
+
+def _popen(argv: list[str], env: Mapping[str, str]) -> subprocess.Popen[bytes]:
+    """The engine's child in a session (and process group) of its own, output to one
+    pipe. Popen, not asyncio's subprocess: its wait() only returns once every pipe
+    is closed, so an orphan holding stdout would hide an exit. (The fork/exec is
+    synchronous either way: asyncio calls Popen too.)"""
+    return subprocess.Popen(
+        argv,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+        env={**os.environ, **env},
+    )
 
 
 def _host_port(url: str) -> tuple[str, int]:
