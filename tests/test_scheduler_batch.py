@@ -3,8 +3,9 @@ with a recording fake and an explicit clock: no loop, no processes, no sleeps.""
 
 from __future__ import annotations
 
+from swapyard.config import SchedulerSpec
 from swapyard.process.state import EngineState
-from swapyard.scheduler.core import ModelTerms, Scheduler, SchedulerConfig
+from swapyard.scheduler.core import ModelTerms, Scheduler
 from swapyard.testing import RecordingEffects
 
 S = EngineState
@@ -22,7 +23,7 @@ def sched(
         terms,
         fx,
         budget=budget or {"g0": 24 * G},
-        config=SchedulerConfig(**cfg),  # type: ignore[arg-type]
+        config=SchedulerSpec(**cfg),  # type: ignore[arg-type]
     )
 
 

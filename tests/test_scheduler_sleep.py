@@ -3,8 +3,9 @@ a sleeping model holds, waking in place, and the fall-backs to stop/start."""
 
 from __future__ import annotations
 
+from swapyard.config import SchedulerSpec
 from swapyard.process.state import EngineState
-from swapyard.scheduler.core import ModelTerms, Scheduler, SchedulerConfig
+from swapyard.scheduler.core import ModelTerms, Scheduler
 from swapyard.testing import RecordingEffects
 
 S = EngineState
@@ -17,7 +18,7 @@ def sched(
     budget: dict[str, int] | None = None,
     host: int | None = None,
 ) -> Scheduler:
-    cfg = SchedulerConfig(min_residency=0.0)
+    cfg = SchedulerSpec(min_residency=0.0)
     return Scheduler(terms, fx, budget=budget or {"g0": 10 * G}, config=cfg, host=host)
 
 

@@ -227,6 +227,7 @@ class SchedulerSpec:
     assumed_load: float = 5.0
     swap_factor: float = 3.5
     host_memory: int | None = None  # host RAM for sleeping engines (default: 90 % of RAM)
+    retry_after: float = 1.0
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,7 +11,7 @@ device, so an unknown model runs alone). ``placement.plan`` says where it fits o
 which idle models to evict (LRU, ``priority`` breaking ties, never a busy or
 pinned one, the smallest set).
 
-Policies (``SchedulerConfig.policy``):
+Policies (``SchedulerSpec.policy``):
 
 - ``fifo`` — the baseline: requests are served in arrival order; the oldest
   waiting request blocks everything behind it until its model is ready.
@@ -52,6 +52,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import replace
 
+from swapyard.config import SchedulerSpec
 from swapyard.errors import EngineStartError, InsufficientMemory, QueueFull, SwapyardError
 from swapyard.process.state import EngineState
 from swapyard.scheduler.placement import Evict, Fit, Never, Resident, Wait, plan
@@ -61,10 +62,9 @@ from swapyard.scheduler.terms import (
     ModelView,
     Policy,
     Queued,
-    SchedulerConfig,
 )
 
-__all__ = ["Effects", "ModelTerms", "Policy", "Scheduler", "SchedulerConfig"]
+__all__ = ["Effects", "ModelTerms", "Policy", "Scheduler"]
 
 S = EngineState
 DEFAULT_DEVICE = "default"
@@ -78,11 +78,11 @@ class Scheduler:
         effects: Effects,
         *,
         budget: Mapping[str, int] | None = None,
-        config: SchedulerConfig | None = None,
+        config: SchedulerSpec | None = None,
         host: int | None = None,
     ) -> None:
         self._fx = effects
-        self._cfg = config or SchedulerConfig()
+        self._cfg = config if config is not None else SchedulerSpec()
         self._budget = dict(budget or {DEFAULT_DEVICE: 1})
         self._host = host  # host RAM for sleeping engines; None: no bound
         self._m: dict[str, ModelView] = {}

@@ -1,5 +1,6 @@
-"""The scheduler's contract: what it is told about models, how it is configured,
-what it asks of the world (``Effects``), and its per-model bookkeeping."""
+"""The scheduler's contract: what it is told about models, what it asks of the
+world (``Effects``), and its per-model bookkeeping. How it is configured is
+``swapyard.config.SchedulerSpec``, the one place its defaults live."""
 
 from __future__ import annotations
 
@@ -46,20 +47,6 @@ class ModelTerms:
     max_concurrent: int = 0  # 0: no limit
     sleep_need: int | None = None  # None: no fast swap; else memory kept on its devices asleep
     host_need: int = 0  # host RAM a sleeping engine holds
-
-
-@dataclass(frozen=True, slots=True)
-class SchedulerConfig:
-    policy: Policy = "batch"
-    max_queue: int = 0  # 0: no bound
-    max_wait: float = 60.0
-    min_residency: float = 8.0
-    retry_after: float = 1.0
-    # Rent or buy: a hot model is kept while the requests held back for another
-    # one have waited less than swap_factor x (both load times) in all; a model
-    # never loaded counts assumed_load seconds.
-    assumed_load: float = 5.0
-    swap_factor: float = 3.5
 
 
 @dataclass(slots=True)
