@@ -399,10 +399,10 @@ class Scheduler:
         return m.state in TO_LOAD and (m.keep or self.queued(model) > 0)
 
     def _heat(self, m: ModelView) -> int:
-        """Requests started within the last ``min_residency`` seconds (hot: 2+)."""
-        since = self._now - self._cfg.min_residency
-        m.started = [t for t in m.started if t > since]
-        return len(m.started) if len(m.started) >= 2 else 0
+        """A ready model's requests started within the last ``min_residency``
+        seconds if it is *hot* (two or more), else 0. A pure read."""
+        n = len(m.recent(self._now, self._cfg.min_residency))
+        return n if m.state is S.READY and n >= 2 else 0
 
     def _residents(self, overdue: Queued | None, target: str) -> list[Resident]:
         """The resident set as ``target``'s placement sees it. Under batch, a hot
@@ -475,7 +475,8 @@ class Scheduler:
         m.inflight += 1
         m.token += 1
         m.last_used = self._now
-        m.started.append(self._now)
+        # Only the recent ones are ever read (``_heat``): keep the list that short.
+        m.started = [*m.recent(self._now, self._cfg.min_residency), self._now]
         self._fx.dispatch(q.request_id, q.model)
 
     def _stop(self, model: str, for_model: str | None, sleep_ok: bool = True) -> None:
@@ -519,18 +520,15 @@ class Scheduler:
                 if m.state is S.READY
             ]
         # A request held back behind a hot model: once its wait pays for the swap.
-        ready_hot = any(m.state is S.READY and len(m.started) >= 2 for m in self._m.values())
-        for target in {q.model for q in self._queue} if ready_hot else ():
+        hot = [m for m in self._m.values() if self._heat(m)]
+        for target in {q.model for q in self._queue} if hot else ():
             if self._m[target].state in TO_LOAD:
                 arrived = [q.arrived for q in self._queue if q.model == target]
-                for m in self._m.values():
-                    if m.state is S.READY and len(m.started) >= 2:
-                        times.append((self._cost(m, target) + sum(arrived)) / len(arrived))
+                for m in hot:
+                    times.append((self._cost(m, target) + sum(arrived)) / len(arrived))
         # When a hot model cools down, it may become a victim.
         times += [
-            m.started[-2] + self._cfg.min_residency
-            for m in self._m.values()
-            if m.state is S.READY and len(m.started) >= 2
+            m.recent(self._now, self._cfg.min_residency)[-2] + self._cfg.min_residency for m in hot
         ]
         future = [t for t in times if t > self._now]
         if not future:

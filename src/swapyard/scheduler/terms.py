@@ -69,7 +69,11 @@ class ModelView:
     need: int | None = field(default=None)
     pinned: bool = False
     draining: bool = False  # unload asked: no new requests, stop once idle
-    started: list[float] = field(default_factory=list)  # recent dispatch times
+    started: list[float] = field(default_factory=list)  # dispatch times, pruned on dispatch
     starting_at: float = 0.0
     load_time: float | None = None  # last starting -> ready, seconds
     to_sleep: bool = False  # stopping into sleep (its fast swap), not to stopped
+
+    def recent(self, now: float, window: float) -> list[float]:
+        """When it started the requests of the last ``window`` seconds, oldest first."""
+        return [t for t in self.started if t > now - window]
