@@ -5,13 +5,13 @@ world (``Effects``), and its per-model bookkeeping. How it is configured is
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import Protocol
 
 from swapyard.errors import SwapyardError
 from swapyard.process.state import EngineState
 
 S = EngineState
-Policy = Literal["fifo", "batch"]
+TO_LOAD = (S.STOPPED, S.FAILED, S.SLEEPING)  # a request for it needs a start or a wake
 
 
 class Effects(Protocol):
