@@ -168,18 +168,13 @@ class Scheduler:
         self._tick(now)
         m = self._m[model]
         if state is S.SLEEPING:
-            claimant = self._claims.pop(model, None)
-            freed = self._need(m) - (m.terms.sleep_need or 0)
-            if claimant is not None and m.devices and freed > 0:
-                self._reserved.setdefault(claimant, []).append((m.devices, freed))
+            self._hand_over(model, self._need(m) - (m.terms.sleep_need or 0))
         m.state = state
         m.to_sleep = m.to_sleep and state is S.STOPPING
         if state is S.SLEEPING:
             m.draining = False
         if state in (S.STOPPED, S.FAILED):
-            claimant = self._claims.pop(model, None)
-            if claimant is not None and m.devices:
-                self._reserved.setdefault(claimant, []).append((m.devices, self._need(m)))
+            self._hand_over(model, self._need(m))
             m.devices = ()
             m.draining = False
         if state is S.STARTING:
@@ -408,6 +403,14 @@ class Scheduler:
         if for_model is not None:
             self._claims[model] = for_model
         self._fx.stop(model, for_model=for_model, sleep=sleep)
+
+    def _hand_over(self, model: str, freed: int) -> None:
+        """Keep the room a finished stop or sleep freed for the model it was made
+        for, until that one starts."""
+        claimant = self._claims.pop(model, None)
+        devices = self._m[model].devices
+        if claimant is not None and devices and freed > 0:
+            self._reserved.setdefault(claimant, []).append((devices, freed))
 
     def _idle(self, model: str) -> bool:
         return self._m[model].inflight == 0 and self.queued(model) == 0
