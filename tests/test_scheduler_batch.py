@@ -405,3 +405,15 @@ def test_model_whose_burst_aged_out_asks_for_no_wake_up() -> None:
     assert fx.take() == []
     s.request_done(1, now=6)
     assert acts(fx.take()) == [("stop", "a", "b")]
+
+
+def test_idle_since_is_when_a_ready_model_last_finished_a_request() -> None:
+    """Only a ready model with nothing running is idle, since its last answer."""
+    fx = RecordingEffects()
+    s = sched(fx, {"a": 20 * G})
+    assert s.idle_since("a") is None  # stopped
+    s.request_arrived(1, "a", now=0)
+    up(s, "a", 1)
+    assert s.idle_since("a") is None  # busy
+    s.request_done(1, now=4)
+    assert s.idle_since("a") == 4

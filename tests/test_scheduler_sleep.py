@@ -133,3 +133,19 @@ def test_unload_and_idle_timeout_stop_for_good() -> None:
     fx.take()
     s.idle_timeout("a", s._m["a"].token, now=8)
     assert acts(fx) == [("stop", "a", None)]
+
+
+def test_unloading_a_sleeping_model_stops_it_for_good() -> None:
+    """An unload of a model asleep stops it at once and gives back its host RAM."""
+    fx = RecordingEffects()
+    s = sched(fx, {"a": sleeper(), "b": sleeper()})
+    s.request_arrived(1, "a", now=0)
+    up(s, "a", 1)
+    s.request_done(1, now=2)
+    s.request_arrived(2, "b", now=3)
+    s.engine_state("a", S.SLEEPING, now=4)
+    fx.take()
+    s.unload("a", now=5)
+    assert acts(fx) == [("stop", "a", None)]
+    s.engine_state("a", S.STOPPED, now=6)
+    assert s.host_used() == 0 and s.devices("a") == ()
