@@ -341,7 +341,7 @@ class Scheduler:
         """The resident set as ``target``'s placement sees it: an idle model the
         policy holds for now is not evictable."""
         out = []
-        t, waiting = self._m[target], [q for q in self._queue if q.model == target]
+        tm, waiting = self._m[target], [q for q in self._queue if q.model == target]
         for model, m in self._m.items():
             if not m.devices or model == target:
                 continue
@@ -349,7 +349,7 @@ class Scheduler:
                 evictable, residual = not m.pinned, 0
             else:
                 evictable = m.state is S.READY and m.inflight == 0 and not m.pinned
-                held = self._policy.holds(m, t, waiting, overdue, self._now)
+                held = self._policy.holds(m, tm, waiting, overdue, self._now)
                 evictable = evictable and not held
                 sleeps = m.to_sleep if m.state is S.STOPPING else self._will_sleep(m)
                 residual = (m.terms.sleep_need or 0) if sleeps else 0

@@ -92,6 +92,7 @@ class Policy(Protocol):
 
 
 def policy_for(spec: SchedulerSpec) -> Policy:
+    """The strategy that ``spec.policy`` names."""
     return Fifo() if spec.policy == "fifo" else Batch(spec)
 
 
@@ -183,12 +184,11 @@ class Batch:
         """Demand decides, not arrival order: a hot model outweighing the queue that
         wants its room stays until that queue's wait pays for the swap. An explicit
         load (nobody waiting: preload, admin, pin) is the operator's call."""
-        debt = sum(now - q.arrived for q in waiting)
         return (
             overdue is None
-            and self.hot(m, now)
             and 0 < len(waiting) < self.demand(m, now)
-            and debt < self.cost(m, target)
+            and self.hot(m, now)
+            and sum(now - q.arrived for q in waiting) < self.cost(m, target)  # the debt
         )
 
     def deadlines(
