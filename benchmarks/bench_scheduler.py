@@ -43,9 +43,9 @@ from bench_router import (
     wait_http,
 )
 
+from swapyard.config import SchedulerSpec
 from swapyard.defaults import ensure_default_models
 from swapyard.resources.needs import estimate_argv
-from swapyard.scheduler.terms import SchedulerConfig
 from swapyard.testing import fake_engine_cmd
 
 
@@ -189,7 +189,7 @@ async def main() -> None:
     ap.add_argument("--seeds", type=int, default=1, help="traces to replay: seed, seed+1, ...")
     ap.add_argument("--rate", type=float, default=2.0, help="arrivals per second")
     ap.add_argument("--max-wait", default="20s")
-    defaults = SchedulerConfig()  # the config's defaults, so the benchmark follows them
+    defaults = SchedulerSpec()  # the config's defaults, so the benchmark follows them
     ap.add_argument("--min-residency", default=f"{defaults.min_residency:g}s")
     ap.add_argument("--assumed-load", default=f"{defaults.assumed_load:g}s")
     ap.add_argument("--swap-factor", type=float, default=defaults.swap_factor)

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import pytest
 
+from swapyard.config import SchedulerSpec
 from swapyard.errors import EngineCrashed, EngineExitedEarly, EngineStartTimeout, ShuttingDown
 from swapyard.process.state import EngineState
-from swapyard.scheduler.core import Scheduler, SchedulerConfig
+from swapyard.scheduler.core import Scheduler
 from swapyard.testing import RecordingEffects
 
 S = EngineState
@@ -20,7 +21,7 @@ def fx() -> RecordingEffects:
 
 def make(fx: RecordingEffects, **ttls: float) -> Scheduler:
     """The FIFO baseline with unknown memory needs: one model at a time (issue #2)."""
-    return Scheduler(ttls or {"a": 0.0, "b": 0.0}, fx, config=SchedulerConfig(policy="fifo"))
+    return Scheduler(ttls or {"a": 0.0, "b": 0.0}, fx, config=SchedulerSpec(policy="fifo"))
 
 
 def ready(s: Scheduler, model: str) -> None:

@@ -3,8 +3,9 @@ with a recording fake and an explicit clock: no loop, no processes, no sleeps.""
 
 from __future__ import annotations
 
+from swapyard.config import SchedulerSpec
 from swapyard.process.state import EngineState
-from swapyard.scheduler.core import ModelTerms, Scheduler, SchedulerConfig
+from swapyard.scheduler.core import ModelTerms, Scheduler
 from swapyard.testing import RecordingEffects
 
 S = EngineState
@@ -22,7 +23,7 @@ def sched(
         terms,
         fx,
         budget=budget or {"g0": 24 * G},
-        config=SchedulerConfig(**cfg),  # type: ignore[arg-type]
+        config=SchedulerSpec(**cfg),  # type: ignore[arg-type]
     )
 
 
@@ -386,3 +387,33 @@ def test_hot_model_that_reloads_in_a_blink_is_held_only_until_the_wait_pays() ->
         assert acts(fx.take()) == []
         s.tick(due)
         assert acts(fx.take()) == [("stop", "a", "b")]
+
+
+def test_model_whose_burst_aged_out_asks_for_no_wake_up() -> None:
+    """Hot is read from the clock, not remembered: once a model's recent requests
+    are older than ``min_residency``, no wake-up is armed on its account."""
+    fx = RecordingEffects()
+    s = sched(fx, {m: 20 * G for m in "ab"}, min_residency=5.0, max_wait=1.0)
+    s.request_arrived(1, "a", now=0)
+    up(s, "a", 0)
+    s.request_arrived(2, "a", now=0.5)
+    s.request_done(2, now=1)  # a: hot (two requests), still busy with 1
+    s.request_arrived(3, "b", now=2)
+    s.tick(3)  # b is overdue; a is hot until 5
+    fx.take()
+    s.tick(5)  # a cooled down: nothing left to wait for
+    assert fx.take() == []
+    s.request_done(1, now=6)
+    assert acts(fx.take()) == [("stop", "a", "b")]
+
+
+def test_idle_since_is_when_a_ready_model_last_finished_a_request() -> None:
+    """Only a ready model with nothing running is idle, since its last answer."""
+    fx = RecordingEffects()
+    s = sched(fx, {"a": 20 * G})
+    assert s.idle_since("a") is None  # stopped
+    s.request_arrived(1, "a", now=0)
+    up(s, "a", 1)
+    assert s.idle_since("a") is None  # busy
+    s.request_done(1, now=4)
+    assert s.idle_since("a") == 4

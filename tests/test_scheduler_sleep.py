@@ -3,8 +3,9 @@ a sleeping model holds, waking in place, and the fall-backs to stop/start."""
 
 from __future__ import annotations
 
+from swapyard.config import SchedulerSpec
 from swapyard.process.state import EngineState
-from swapyard.scheduler.core import ModelTerms, Scheduler, SchedulerConfig
+from swapyard.scheduler.core import ModelTerms, Scheduler
 from swapyard.testing import RecordingEffects
 
 S = EngineState
@@ -17,7 +18,7 @@ def sched(
     budget: dict[str, int] | None = None,
     host: int | None = None,
 ) -> Scheduler:
-    cfg = SchedulerConfig(min_residency=0.0)
+    cfg = SchedulerSpec(min_residency=0.0)
     return Scheduler(terms, fx, budget=budget or {"g0": 10 * G}, config=cfg, host=host)
 
 
@@ -132,3 +133,19 @@ def test_unload_and_idle_timeout_stop_for_good() -> None:
     fx.take()
     s.idle_timeout("a", s._m["a"].token, now=8)
     assert acts(fx) == [("stop", "a", None)]
+
+
+def test_unloading_a_sleeping_model_stops_it_for_good() -> None:
+    """An unload of a model asleep stops it at once and gives back its host RAM."""
+    fx = RecordingEffects()
+    s = sched(fx, {"a": sleeper(), "b": sleeper()})
+    s.request_arrived(1, "a", now=0)
+    up(s, "a", 1)
+    s.request_done(1, now=2)
+    s.request_arrived(2, "b", now=3)
+    s.engine_state("a", S.SLEEPING, now=4)
+    fx.take()
+    s.unload("a", now=5)
+    assert acts(fx) == [("stop", "a", None)]
+    s.engine_state("a", S.STOPPED, now=6)
+    assert s.host_used() == 0 and s.devices("a") == ()

@@ -36,7 +36,7 @@ from swapyard.resources.devices import RAM_SHARE, memory_budget, nvml_usage, ram
 from swapyard.resources.measure import group_gpu_memory, group_rss
 from swapyard.resources.needs import MemoryFigures, initial_figures
 from swapyard.resources.store import MeasuredStore
-from swapyard.scheduler.core import Effects, ModelTerms, Scheduler, SchedulerConfig
+from swapyard.scheduler.core import Effects, ModelTerms, Scheduler
 from swapyard.surface import (
     DeviceSnapshot,
     Lease,
@@ -60,14 +60,10 @@ def scheduler_for(
     needs = needs or {}
     terms = {m.id: model_terms(m, needs.get(m.id, m.memory)) for m in config.models.values()}
     sc = config.scheduler
-    cfg = SchedulerConfig(
-        sc.policy, sc.max_queue, sc.max_wait, sc.min_residency,
-        assumed_load=sc.assumed_load, swap_factor=sc.swap_factor,
-    )  # fmt: skip
     if budget is None:
         budget = memory_budget(config)[0]
     host = sc.host_memory if sc.host_memory is not None else int(ram_bytes() * RAM_SHARE)
-    return Scheduler(terms, effects, budget=budget, config=cfg, host=host)
+    return Scheduler(terms, effects, budget=budget, config=config.scheduler, host=host)
 
 
 def model_terms(m: ModelSpec, need: int | None) -> ModelTerms:

@@ -11,30 +11,12 @@ device, so an unknown model runs alone). ``placement.plan`` says where it fits o
 which idle models to evict (LRU, ``priority`` breaking ties, never a busy or
 pinned one, the smallest set).
 
-Policies (``SchedulerConfig.policy``):
+The policy (``SchedulerSpec.policy``: ``fifo`` or ``batch``, see ``policy.py``)
+answers the questions where they differ: which queued request may go ahead, which
+one is overdue, which models are wanted and in what order, which starts are
+unwanted, which idle model is held back from eviction, when to wake up.
 
-- ``fifo`` — the baseline: requests are served in arrival order; the oldest
-  waiting request blocks everything behind it until its model is ready.
-- ``batch`` — ours, to cut swaps: a request for a ready model is dispatched at
-  once, ahead of older requests for models that must be loaded; loads go in the
-  order of their oldest request. No request waits more than ``max_wait`` behind
-  others: once one is overdue, newer requests for other models are held back so
-  the busy models drain and can be evicted — except for a model loaded less than
-  ``min_residency`` seconds ago, which keeps serving its queue (a load is not
-  wasted on a single request). A *hot* model — two or more requests started in
-  the last ``min_residency`` seconds — is not evicted while idle for a moment
-  between them as long as its recent demand exceeds the queue of the model that
-  wants its room (and nobody is overdue), and only until the requests held back
-  have waited, in all, what the swap costs — ``swap_factor`` times the load
-  times of both models (measured at their last load; ``assumed_load`` if never
-  seen). That is rent-or-buy: waiting is paid for until it matches the price of
-  swapping, so a model that loads in seconds is held for seconds and one that
-  loads in a minute for minutes (``max_wait`` bounds both). Requests for the
-  other model gather meanwhile and one swap serves them all. A model asked for
-  once per turn (one person alternating models) is never hot: those swaps stay
-  immediate.
-
-Both: a start that fails rejects the requests waiting for it; a start nobody
+Under both, a start that fails rejects the requests waiting for it; a start nobody
 waits for any more is abandoned (unless the model is pinned or was loaded on
 purpose); a ready model idle for its ``ttl`` is stopped.
 
@@ -52,23 +34,17 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import replace
 
+from swapyard.config import SchedulerSpec
 from swapyard.errors import EngineStartError, InsufficientMemory, QueueFull, SwapyardError
 from swapyard.process.state import EngineState
 from swapyard.scheduler.placement import Evict, Fit, Never, Resident, Wait, plan
-from swapyard.scheduler.terms import (
-    Effects,
-    ModelTerms,
-    ModelView,
-    Policy,
-    Queued,
-    SchedulerConfig,
-)
+from swapyard.scheduler.policy import Policy, policy_for
+from swapyard.scheduler.terms import TO_LOAD, Effects, ModelTerms, ModelView, Queued
 
-__all__ = ["Effects", "ModelTerms", "Policy", "Scheduler", "SchedulerConfig"]
+__all__ = ["Effects", "ModelTerms", "Policy", "Scheduler"]
 
 S = EngineState
 DEFAULT_DEVICE = "default"
-TO_LOAD = (S.STOPPED, S.FAILED, S.SLEEPING)  # a request for it needs a start or a wake
 
 
 class Scheduler:
@@ -78,11 +54,12 @@ class Scheduler:
         effects: Effects,
         *,
         budget: Mapping[str, int] | None = None,
-        config: SchedulerConfig | None = None,
+        config: SchedulerSpec | None = None,
         host: int | None = None,
     ) -> None:
         self._fx = effects
-        self._cfg = config or SchedulerConfig()
+        self._cfg = config if config is not None else SchedulerSpec()
+        self._policy: Policy = policy_for(self._cfg)
         self._budget = dict(budget or {DEFAULT_DEVICE: 1})
         self._host = host  # host RAM for sleeping engines; None: no bound
         self._m: dict[str, ModelView] = {}
@@ -195,18 +172,13 @@ class Scheduler:
         self._tick(now)
         m = self._m[model]
         if state is S.SLEEPING:
-            claimant = self._claims.pop(model, None)
-            freed = self._need(m) - (m.terms.sleep_need or 0)
-            if claimant is not None and m.devices and freed > 0:
-                self._reserved.setdefault(claimant, []).append((m.devices, freed))
+            self._hand_over(model, self._need(m) - (m.terms.sleep_need or 0))
         m.state = state
         m.to_sleep = m.to_sleep and state is S.STOPPING
         if state is S.SLEEPING:
             m.draining = False
         if state in (S.STOPPED, S.FAILED):
-            claimant = self._claims.pop(model, None)
-            if claimant is not None and m.devices:
-                self._reserved.setdefault(claimant, []).append((m.devices, self._need(m)))
+            self._hand_over(model, self._need(m))
             m.devices = ()
             m.draining = False
         if state is S.STARTING:
@@ -292,7 +264,6 @@ class Scheduler:
 
     def _dispatch_ready(self, overdue: Queued | None) -> None:
         keep: list[Queued] = []
-        blocked = False
         for q in self._queue:
             m = self._m[q.model]
             can = (
@@ -300,46 +271,18 @@ class Scheduler:
                 and not m.draining
                 and (not m.terms.max_concurrent or m.inflight < m.terms.max_concurrent)
             )
-            if self._cfg.policy == "fifo":
-                blocked = blocked or not can
-            else:
-                blocked = (
-                    overdue is not None
-                    and q.arrived > overdue.arrived
-                    and q.model != overdue.model
-                    and self._now - m.loaded_at >= self._cfg.min_residency
-                )
-            if can and not blocked:
+            if can and self._policy.may_dispatch(q, m, overdue, bool(keep), self._now):
                 self._dispatch(q)
             else:
                 keep.append(q)
         self._queue = keep
 
     def _overdue(self) -> Queued | None:
-        """The oldest request that waited ``max_wait`` for a model that is not ready."""
-        if self._cfg.policy == "fifo":
-            return None
-        for q in self._queue:
-            if (
-                self._m[q.model].state is not S.READY
-                and self._now - q.arrived >= self._cfg.max_wait
-            ):
-                return q
-            if self._now - q.arrived < self._cfg.max_wait:
-                return None
-        return None
+        return self._policy.overdue(self._queue, self._m, self._now)
 
     def _wanted(self, overdue: Queued | None) -> list[str]:
-        """Models to load, most urgent first."""
-        if self._cfg.policy == "fifo":
-            order = [self._queue[0].model] if self._queue else []
-        else:
-            order = []
-            if overdue is not None:
-                order.append(overdue.model)
-            for q in self._queue:
-                if q.model not in order:
-                    order.append(q.model)
+        """Models to load, most urgent first: the queue's, then those loaded on purpose."""
+        order = self._policy.wanted(self._queue, overdue)
         order += [mid for mid, m in self._m.items() if m.keep and mid not in order]
         return [mid for mid in order if self._m[mid].state in TO_LOAD]
 
@@ -376,7 +319,7 @@ class Scheduler:
                     m.keep = False
                 case _:  # Wait: decide again on the next event or wake-up
                     pass
-            if self._cfg.policy == "fifo" and not isinstance(p, Fit):
+            if self._policy.stops_loads(p):
                 break
 
     def _stop_drained(self) -> None:
@@ -385,37 +328,24 @@ class Scheduler:
                 self._stop(model, None)
 
     def _abandon_unwanted_starts(self) -> None:
-        """Stop a load nobody waits for any more (its clients went away). Under FIFO,
-        also one that is not for the head request: FIFO would stop it again before
-        it served anyone queued behind the head."""
+        """Stop a load the policy calls unwanted (nobody waits for it any more, say),
+        unless it was asked for on purpose (load, pin)."""
         head = self._queue[0].model if self._queue else None
         for model, m in self._m.items():
             if m.state is not S.STARTING or m.keep or m.pinned:
                 continue
-            unwanted = self.queued(model) == 0
-            if self._cfg.policy == "fifo" and head is not None and head != model:
-                unwanted = True
-            if unwanted:
+            if self._policy.abandons(model, self.queued(model), head):
                 self._stop(model, head if head != model else None)
 
     def _wants(self, model: str) -> bool:
         m = self._m[model]
         return m.state in TO_LOAD and (m.keep or self.queued(model) > 0)
 
-    def _heat(self, m: ModelView) -> int:
-        """Requests started within the last ``min_residency`` seconds (hot: 2+)."""
-        since = self._now - self._cfg.min_residency
-        m.started = [t for t in m.started if t > since]
-        return len(m.started) if len(m.started) >= 2 else 0
-
     def _residents(self, overdue: Queued | None, target: str) -> list[Resident]:
-        """The resident set as ``target``'s placement sees it. Under batch, a hot
-        model is kept while its recent demand exceeds the queue waiting for
-        ``target`` (no request overdue): demand decides, not arrival order."""
+        """The resident set as ``target``'s placement sees it: an idle model the
+        policy holds for now is not evictable."""
         out = []
-        waiting = self.queued(target)
-        # An explicit load (preload, admin, pin) is the operator's call: no holding.
-        protect = self._cfg.policy == "batch" and overdue is None and waiting > 0
+        tm, waiting = self._m[target], [q for q in self._queue if q.model == target]
         for model, m in self._m.items():
             if not m.devices or model == target:
                 continue
@@ -423,11 +353,7 @@ class Scheduler:
                 evictable, residual = not m.pinned, 0
             else:
                 evictable = m.state is S.READY and m.inflight == 0 and not m.pinned
-                held = (
-                    protect
-                    and self._heat(m) > waiting
-                    and self._debt(target) < self._cost(m, target)
-                )
+                held = self._policy.holds(m, tm, waiting, overdue, self._now)
                 evictable = evictable and not held
                 sleeps = m.to_sleep if m.state is S.STOPPING else self._will_sleep(m)
                 residual = (m.terms.sleep_need or 0) if sleeps else 0
@@ -445,17 +371,6 @@ class Scheduler:
                 for devices, need in rooms:
                     out.append(Resident(f"(room for {claimant})", need, devices, False))
         return out
-
-    def _debt(self, target: str) -> float:
-        """Seconds the requests waiting for ``target`` have waited so far."""
-        return sum(self._now - q.arrived for q in self._queue if q.model == target)
-
-    def _cost(self, m: ModelView, target: str) -> float:
-        """What evicting ``m`` for ``target`` costs: loading ``target`` now and
-        ``m`` again for its demand (a load never seen counts ``assumed_load``)."""
-        t = self._m[target].load_time
-        own = m.load_time if m.load_time is not None else self._cfg.assumed_load
-        return self._cfg.swap_factor * ((t if t is not None else self._cfg.assumed_load) + own)
 
     def _need(self, m: ModelView) -> int:
         if m.state is S.SLEEPING:
@@ -479,7 +394,8 @@ class Scheduler:
         m.inflight += 1
         m.token += 1
         m.last_used = self._now
-        m.started.append(self._now)
+        # Only those within min_residency are ever read (what makes a model hot).
+        m.started = [*m.recent(self._now, self._cfg.min_residency), self._now]
         self._fx.dispatch(q.request_id, q.model)
 
     def _stop(self, model: str, for_model: str | None, sleep_ok: bool = True) -> None:
@@ -491,6 +407,14 @@ class Scheduler:
         if for_model is not None:
             self._claims[model] = for_model
         self._fx.stop(model, for_model=for_model, sleep=sleep)
+
+    def _hand_over(self, model: str, freed: int) -> None:
+        """Keep the room a finished stop or sleep freed for the model it was made
+        for, until that one starts."""
+        claimant = self._claims.pop(model, None)
+        devices = self._m[model].devices
+        if claimant is not None and devices and freed > 0:
+            self._reserved.setdefault(claimant, []).append((devices, freed))
 
     def _idle(self, model: str) -> bool:
         return self._m[model].inflight == 0 and self.queued(model) == 0
@@ -508,34 +432,8 @@ class Scheduler:
                 self._fx.arm_idle_timer(model, ttl, m.token)
 
     def _arm_wake(self) -> None:
-        """Ask to be woken when a deadline passes that could change a decision: a
-        request waiting for a load becoming overdue, or, once one is overdue, a
-        young model losing its minimum-residency exemption."""
-        if self._cfg.policy == "fifo":
-            return
-        times = [
-            q.arrived + self._cfg.max_wait for q in self._queue if self._m[q.model].state in TO_LOAD
-        ]
-        if self._overdue() is not None:
-            times += [
-                m.loaded_at + self._cfg.min_residency
-                for m in self._m.values()
-                if m.state is S.READY
-            ]
-        # A request held back behind a hot model: once its wait pays for the swap.
-        ready_hot = any(m.state is S.READY and len(m.started) >= 2 for m in self._m.values())
-        for target in {q.model for q in self._queue} if ready_hot else ():
-            if self._m[target].state in TO_LOAD:
-                arrived = [q.arrived for q in self._queue if q.model == target]
-                for m in self._m.values():
-                    if m.state is S.READY and len(m.started) >= 2:
-                        times.append((self._cost(m, target) + sum(arrived)) / len(arrived))
-        # When a hot model cools down, it may become a victim.
-        times += [
-            m.started[-2] + self._cfg.min_residency
-            for m in self._m.values()
-            if m.state is S.READY and len(m.started) >= 2
-        ]
+        """Ask to be woken at the policy's next deadline (one wake-up armed at a time)."""
+        times = self._policy.deadlines(self._queue, self._m, self._overdue(), self._now)
         future = [t for t in times if t > self._now]
         if not future:
             return

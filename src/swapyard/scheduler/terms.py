@@ -1,16 +1,17 @@
-"""The scheduler's contract: what it is told about models, how it is configured,
-what it asks of the world (``Effects``), and its per-model bookkeeping."""
+"""The scheduler's contract: what it is told about models, what it asks of the
+world (``Effects``), and its per-model bookkeeping. How it is configured is
+``swapyard.config.SchedulerSpec``, the one place its defaults live."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import Protocol
 
 from swapyard.errors import SwapyardError
 from swapyard.process.state import EngineState
 
 S = EngineState
-Policy = Literal["fifo", "batch"]
+TO_LOAD = (S.STOPPED, S.FAILED, S.SLEEPING)  # a request for it needs a start or a wake
 
 
 class Effects(Protocol):
@@ -48,20 +49,6 @@ class ModelTerms:
     host_need: int = 0  # host RAM a sleeping engine holds
 
 
-@dataclass(frozen=True, slots=True)
-class SchedulerConfig:
-    policy: Policy = "batch"
-    max_queue: int = 0  # 0: no bound
-    max_wait: float = 60.0
-    min_residency: float = 8.0
-    retry_after: float = 1.0
-    # Rent or buy: a hot model is kept while the requests held back for another
-    # one have waited less than swap_factor x (both load times) in all; a model
-    # never loaded counts assumed_load seconds.
-    assumed_load: float = 5.0
-    swap_factor: float = 3.5
-
-
 @dataclass(slots=True)
 class Queued:
     request_id: int
@@ -82,7 +69,11 @@ class ModelView:
     need: int | None = field(default=None)
     pinned: bool = False
     draining: bool = False  # unload asked: no new requests, stop once idle
-    started: list[float] = field(default_factory=list)  # recent dispatch times
+    started: list[float] = field(default_factory=list)  # dispatch times, pruned on dispatch
     starting_at: float = 0.0
     load_time: float | None = None  # last starting -> ready, seconds
     to_sleep: bool = False  # stopping into sleep (its fast swap), not to stopped
+
+    def recent(self, now: float, window: float) -> list[float]:
+        """When it started the requests of the last ``window`` seconds, oldest first."""
+        return [t for t in self.started if t > now - window]
