@@ -29,6 +29,34 @@ class EngineStateChanged:
     # On ``ready``: seconds since the start (or wake) began, and whether it woke.
     load_s: float | None = None
     woke: bool = False
+    port: str | None = None  # the engine's port, when it has one of ours
+    exit_code: int | None = None  # when the change is the process exiting
+    retry_in: float | None = None  # on ``backoff``: seconds until it may start again
+    reason: str | None = None  # why, in a few words ("adopted", "idle", "crash", ...)
+
+
+@dataclass(frozen=True, slots=True)
+class EngineReaped:
+    """An engine a previous swapyard left running was stopped (group and all):
+    its config changed, it was unhealthy, or no model claims it any more."""
+
+    model: str
+    pid: int
+    reason: str
+    at: float = field(default_factory=time.monotonic)
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigReloaded:
+    """A config reload was applied (``error`` None) or refused (nothing changed)."""
+
+    source: str
+    added: tuple[str, ...] = ()
+    removed: tuple[str, ...] = ()
+    changed: tuple[str, ...] = ()
+    unchanged: tuple[str, ...] = ()
+    error: str | None = None
+    at: float = field(default_factory=time.monotonic)
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,7 +113,14 @@ class RequestFinished:
     at: float = field(default_factory=time.monotonic)
 
 
-Event = EngineStateChanged | SwapStarted | RequestAdmitted | RequestFinished
+Event = (
+    EngineStateChanged
+    | EngineReaped
+    | ConfigReloaded
+    | SwapStarted
+    | RequestAdmitted
+    | RequestFinished
+)
 
 
 class EventBus:
