@@ -15,10 +15,10 @@ import aiohttp
 import pytest
 from click.testing import CliRunner, Result
 
+from helpers import config
 from swapyard.cli.main import cli
 from swapyard.defaults import ensure_default_models
 from swapyard.testing import fake_engine_cmd, running_server
-from tests.helpers import config
 
 MODELS = {
     "a": {"cmd": fake_engine_cmd("a", tokens_per_second=200, load_delay=0.3)},

@@ -14,8 +14,8 @@ from typing import Any
 import aiohttp
 import pytest
 
+from helpers import config
 from swapyard.testing import fake_engine_cmd, running_server
-from tests.helpers import config
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 DRIVER = shutil.which("chromedriver")

@@ -13,6 +13,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from helpers import config
 from swapyard.engines import EngineFields, adapter
 from swapyard.engines.base import Control, FastSwapFailed
 from swapyard.engines.llamacpp import LlamaCpp
@@ -22,7 +23,6 @@ from swapyard.process.state import EngineState
 from swapyard.router import model_terms
 from swapyard.testing import running_server
 from swapyard.testing.engine_fakes import parse
-from tests.helpers import config
 
 FAKES = [sys.executable, "-m", "swapyard.testing.engine_fakes"]
 

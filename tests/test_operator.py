@@ -14,10 +14,10 @@ import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from helpers import config
 from swapyard.errors import ConfigError
 from swapyard.testing import fake_engine_cmd, running_server
 from swapyard.usage.store import MIGRATIONS, connect, migrate, schema_version
-from tests.helpers import config
 
 TPS = 50.0  # the fake engine's tokens per second
 N = 20  # tokens per answer
