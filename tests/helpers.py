@@ -19,7 +19,7 @@ T = TypeVar("T")
 
 
 def config(
-    models: dict[str, dict[str, Any]],
+    models: dict[str, Any],
     *,
     devices: dict[str, Any] | None = None,
     scheduler: dict[str, Any] | None = None,

@@ -83,7 +83,7 @@ async def test_stream_figures_reach_the_store_metrics_and_events(
                     events_of(await r.text())
             async with http.post(srv.url + "/v1/chat/completions", json=chat("b")) as r:
                 await r.read()
-            seen = []
+            seen: list[dict[str, Any]] = []
             while len([e for e in seen if e["type"] == "request"]) < 4:
                 line = await asyncio.wait_for(live.content.readline(), 10)
                 if line.startswith(b"data: "):
