@@ -12,6 +12,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+import aiohttp
+from prometheus_client.parser import text_string_to_metric_families
+
 from swapyard.config import Config, ModelSpec, load_config
 from swapyard.resources.measure import group_pids
 
@@ -54,6 +57,20 @@ def pid_alive(pid: int) -> bool:
     except OSError:
         return False
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+async def load_counts(http: aiohttp.ClientSession, url: str, model: str) -> dict[str, float]:
+    """How often ``model`` came up, by mode ("cold" start or "wake" from a fast swap),
+    as swapyard's /metrics counts them (the swapyard_load_seconds histogram)."""
+    async with http.get(url + "/metrics") as r:
+        text = await r.text()
+    return {
+        s.labels["mode"]: s.value
+        for f in text_string_to_metric_families(text)
+        if f.name == "swapyard_load_seconds"
+        for s in f.samples
+        if s.name.endswith("_count") and s.labels["model"] == model
+    }
 
 
 def grandchild_pid(lines: list[str]) -> int:
