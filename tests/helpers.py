@@ -2,17 +2,27 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import inspect
 import json
 import re
+import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+import aiohttp
+from prometheus_client.parser import text_string_to_metric_families
 
 from swapyard.config import Config, ModelSpec, load_config
 from swapyard.resources.measure import group_pids
 
+T = TypeVar("T")
+
 
 def config(
-    models: dict[str, dict[str, Any]],
+    models: dict[str, Any],
     *,
     devices: dict[str, Any] | None = None,
     scheduler: dict[str, Any] | None = None,
@@ -49,9 +59,80 @@ def pid_alive(pid: int) -> bool:
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
+async def load_counts(http: aiohttp.ClientSession, url: str, model: str) -> dict[str, float]:
+    """How often ``model`` came up, by mode ("cold" start or "wake" from a fast swap),
+    as swapyard's /metrics counts them (the swapyard_load_seconds histogram)."""
+    async with http.get(url + "/metrics") as r:
+        text = await r.text()
+    return {
+        s.labels["mode"]: s.value
+        for f in text_string_to_metric_families(text)
+        if f.name == "swapyard_load_seconds"
+        for s in f.samples
+        if s.name.endswith("_count") and s.labels["model"] == model
+    }
+
+
 def grandchild_pid(lines: list[str]) -> int:
     for line in lines:
         m = re.search(r"grandchild pid (\d+)", line)
         if m:
             return int(m.group(1))
     raise AssertionError(f"no grandchild pid in log: {lines}")
+
+
+async def eventually(
+    predicate: Callable[[], object],
+    *,
+    timeout: float = 20.0,
+    interval: float = 0.02,
+    what: str = "",
+    ignoring: tuple[type[Exception], ...] = (),
+) -> Any:
+    """Call ``predicate`` (plain or async) every ``interval`` s until it returns
+    something truthy, and return that: the one way tests wait for a real process or
+    server to get somewhere.
+
+    Fails with an ``AssertionError`` naming ``what`` (else the predicate's source)
+    and the last value seen once ``timeout`` s have passed. Exceptions of the
+    ``ignoring`` types count as "not yet" (a server not listening yet, a page still
+    rendering); any other propagates."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            got = predicate()
+            if inspect.isawaitable(got):
+                got = await got
+        except ignoring as exc:
+            got = exc
+        else:
+            if got:
+                return got
+        if time.monotonic() >= deadline:
+            raise AssertionError(_never(what or predicate, timeout, got))
+        await asyncio.sleep(interval)
+
+
+def eventually_sync(
+    predicate: Callable[[], T], *, timeout: float = 20.0, interval: float = 0.05, what: str = ""
+) -> T:
+    """``eventually`` for a synchronous test (one that drives a subprocess with blocking calls)."""
+    deadline = time.monotonic() + timeout
+    while not (got := predicate()):
+        if time.monotonic() >= deadline:
+            raise AssertionError(_never(what or predicate, timeout, got))
+        time.sleep(interval)
+    return got
+
+
+def _never(what: str | Callable[[], object], timeout: float, last: object) -> str:
+    return f"not within {timeout:g} s: {_describe(what)} (last seen: {last!r})"
+
+
+def _describe(what: str | Callable[[], object]) -> str:
+    if isinstance(what, str):
+        return what
+    if what.__name__ == "<lambda>":
+        with contextlib.suppress(OSError, TypeError):
+            return inspect.getsource(what).strip()
+    return what.__qualname__

@@ -8,13 +8,12 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
 import pytest
 
-from helpers import group_members, pid_alive
+from helpers import eventually_sync, group_members, pid_alive
 from swapyard.ports import PortAllocator
 from swapyard.testing import fake_engine_cmd
 
@@ -36,14 +35,12 @@ def get_json(url: str, body: dict[str, object] | None = None) -> dict[str, objec
 
 
 def wait_listening(port: int, proc: subprocess.Popen[bytes], timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    def listening() -> bool:
         assert proc.poll() is None, proc.communicate()[1].decode()
         with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.05)
-    raise AssertionError("swapyard did not start listening")
+            return s.connect_ex(("127.0.0.1", port)) == 0
+
+    eventually_sync(listening, timeout=timeout, what="swapyard listening")
 
 
 def test_bad_config_exits_1_naming_file_and_key(tmp_path: Path) -> None:

@@ -7,15 +7,14 @@ from __future__ import annotations
 import asyncio
 import shutil
 import tempfile
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import aiohttp
 import pytest
 
+from helpers import config, eventually
 from swapyard.testing import fake_engine_cmd, running_server
-from tests.helpers import config
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 DRIVER = shutil.which("chromedriver")
@@ -49,29 +48,13 @@ def browser() -> Iterator[Any]:
         shutil.rmtree(profile, ignore_errors=True)
 
 
-async def until(check: Callable[[], Any], timeout: float = 20.0) -> Any:
-    t0 = time.monotonic()
-    while time.monotonic() - t0 < timeout:
-        try:
-            got = check()
-        except Exception:
-            got = None
-        if got:
-            return got
-        await asyncio_sleep(0.1)
-    raise AssertionError("the page never showed it")
-
-
-async def asyncio_sleep(s: float) -> None:
-    import asyncio
-
-    await asyncio.sleep(s)
-
-
 async def test_dashboard_shows_models_loads_one_and_lists_requests(
     browser: Any, http: aiohttp.ClientSession
 ) -> None:
+    from selenium.common.exceptions import WebDriverException
     from selenium.webdriver.common.by import By
+
+    rendering = (WebDriverException,)  # not shown yet
 
     models = {
         "alpha": {"cmd": fake_engine_cmd("alpha", tokens_per_second=200)},
@@ -84,14 +67,18 @@ async def test_dashboard_shows_models_loads_one_and_lists_requests(
         def row(model: str) -> Any:
             return browser.find_element(By.CSS_SELECTOR, f'#models tr[data-model="{model}"]')
 
-        await until(lambda: row("alpha") and row("beta"))
+        await eventually(lambda: row("alpha") and row("beta"), interval=0.1, ignoring=rendering)
         assert "stopped" in await asyncio.to_thread(
             lambda: row("beta").find_element(By.CSS_SELECTOR, ".state").text
         )
         await asyncio.to_thread(
             lambda: row("beta").find_element(By.CSS_SELECTOR, "button.act-load").click()
         )
-        await until(lambda: "ready" in row("beta").find_element(By.CSS_SELECTOR, ".state").text)
+        await eventually(
+            lambda: "ready" in row("beta").find_element(By.CSS_SELECTOR, ".state").text,
+            interval=0.1,
+            ignoring=rendering,
+        )
         assert srv.router.model("beta").state.value == "ready"
 
         body = {"model": "beta", "messages": [{"role": "user", "content": "hi"}],
@@ -103,7 +90,7 @@ async def test_dashboard_shows_models_loads_one_and_lists_requests(
             rows = browser.find_elements(By.CSS_SELECTOR, '#requests tr[data-model="beta"]')
             return rows and rows[0].find_element(By.CSS_SELECTOR, ".toks").text not in ("", "-")
 
-        await until(request_row)
+        await eventually(request_row, interval=0.1, ignoring=rendering)
         cells = await asyncio.to_thread(
             lambda: browser.find_element(By.CSS_SELECTOR, '#requests tr[data-model="beta"]').text
         )

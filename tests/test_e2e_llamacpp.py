@@ -15,6 +15,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 from openai import AsyncOpenAI
+from openai.types.chat import ChatCompletionMessageParam
 
 from swapyard.config import load_config
 from swapyard.defaults import default_config_text, ensure_default_models
@@ -56,18 +57,18 @@ def engine(request: pytest.FixtureRequest) -> Iterator[str]:
 
 async def ask(client: AsyncOpenAI, model: str, *, stream: bool) -> tuple[str, list[str]]:
     """The answer text and any loading-status lines."""
-    messages = [{"role": "user", "content": QUESTION}]
+    messages: list[ChatCompletionMessageParam] = [{"role": "user", "content": QUESTION}]
     if not stream:
         r = await client.chat.completions.create(
             model=model,
             messages=messages,
             max_tokens=24,
-            temperature=0,  # type: ignore[arg-type]
+            temperature=0,
         )
         return r.choices[0].message.content or "", []
     text, status = "", []
     chunks = await client.chat.completions.create(
-        model=model, messages=messages, max_tokens=24, temperature=0, stream=True,  # type: ignore[arg-type]
+        model=model, messages=messages, max_tokens=24, temperature=0, stream=True,
     )  # fmt: skip
     async for chunk in chunks:
         if not chunk.choices:

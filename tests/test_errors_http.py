@@ -70,6 +70,7 @@ async def test_json_that_is_not_an_object_is_400(
 
 async def test_missing_model_is_400(srv_http: tuple[str, aiohttp.ClientSession]) -> None:
     url, http = srv_http
+    body: dict[str, Any]
     for body in ({"messages": []}, {"model": "", "messages": []}, {"model": 3}):
         status, err = await post(http, url, json=body)
         assert (status, err["code"], err["param"]) == (400, "missing_model", "model")

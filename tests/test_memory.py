@@ -3,14 +3,13 @@ and persisted."""
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
 
-from helpers import config, spec
+from helpers import config, eventually, spec
 from swapyard.config import load_config
 from swapyard.defaults import default_config_text, ensure_default_models
 from swapyard.resources import gguf
@@ -28,12 +27,11 @@ async def resident(http: aiohttp.ClientSession, url: str) -> dict[str, Any]:
 
 
 async def wait_measured(http: aiohttp.ClientSession, url: str, model: str) -> dict[str, Any]:
-    for _ in range(200):
+    async def measured() -> dict[str, Any] | None:
         mem: dict[str, Any] = (await resident(http, url))["models"][model]["memory"]
-        if mem["measured"]:
-            return mem
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"{model} was never measured")
+        return mem if mem["measured"] else None
+
+    return await eventually(measured, what=f"{model} measured")
 
 
 @pytest.mark.llamacpp
@@ -111,10 +109,11 @@ async def test_unknown_need_is_learned_after_load_and_then_packs() -> None:
         mem = await wait_measured(http, srv.url, "a")
         assert 5 * MiB < mem["measured"] < 500 * MiB
         assert mem["estimated"] is None and mem["declared"] is None
-        for _ in range(100):
-            if (await resident(http, srv.url))["models"]["a"]["memory"]["scheduled"]:
-                break
-            await asyncio.sleep(0.02)
+
+        async def a_scheduled() -> Any:
+            return (await resident(http, srv.url))["models"]["a"]["memory"]["scheduled"]
+
+        await eventually(a_scheduled)
         async with http.post(srv.url + "/v1/chat/completions", json={**body, "model": "b"}) as r:
             assert r.status == 200
         states = {m: d["state"] for m, d in (await resident(http, srv.url))["models"].items()}

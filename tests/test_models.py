@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import zipfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -52,10 +53,16 @@ def test_tiny_model_borrows_the_tokenizer_and_is_reproducible(tmp_path: Path) ->
     assert a.name == TINY_FILENAME
     assert a.read_bytes() == b.read_bytes()
     tiny, real = gguf.GGUFReader(str(a)), gguf.GGUFReader(str(smol))
+
+    def contents(reader: gguf.GGUFReader, key: str) -> Any:
+        field = reader.get_field(key)
+        assert field is not None, key
+        return field.contents()
+
     for key in ("tokenizer.ggml.tokens", "tokenizer.ggml.merges", "tokenizer.chat_template"):
-        assert tiny.get_field(key).contents() == real.get_field(key).contents()
+        assert contents(tiny, key) == contents(real, key)
     assert len(tiny.tensors) == 2 + 2 * 9 + 1
-    assert tiny.get_field("llama.block_count").contents() == 2
+    assert contents(tiny, "llama.block_count") == 2
 
 
 def test_default_config_serves_both_models_through_the_engine(

@@ -10,7 +10,7 @@ from typing import Any
 
 import aiohttp
 
-from helpers import config
+from helpers import config, eventually
 from swapyard.events import EngineStateChanged, Event, RequestAdmitted, RequestFinished
 from swapyard.process.state import EngineState
 from swapyard.testing import fake_engine_cmd, running_server
@@ -97,10 +97,11 @@ async def test_admin_load_pin_unload_and_the_resident_set() -> None:
                 return doc
 
         assert (await post("/api/models/a/load"))["state"] == "ready"
-        for _ in range(200):  # the preloaded model comes up on its own
-            if (await resident())["models"]["c"]["state"] == "ready":
-                break
-            await asyncio.sleep(0.05)
+
+        async def c_ready() -> bool:  # the preloaded model comes up on its own
+            return (await resident())["models"]["c"]["state"] == "ready"
+
+        await eventually(c_ready)
         doc = await resident()
         assert {m: d["state"] for m, d in doc["models"].items()} == {
             "a": "ready", "b": "stopped", "c": "ready",
@@ -137,21 +138,14 @@ async def test_load_nobody_waits_for_is_abandoned_and_its_engine_stopped() -> No
     models = {"slow": {"cmd": fake_engine_cmd("slow", load_delay=30), "memory": "100MiB"}}
     cfg = config(models, devices=GPU)
     async with running_server(cfg) as srv, aiohttp.ClientSession() as http:
+        watch = Watch()
+        srv.router.bus.add_listener(watch)
         body = {"model": "slow", "messages": [], "max_tokens": 2}
         task = asyncio.ensure_future(http.post(srv.url + "/v1/chat/completions", json=body))
-        for _ in range(200):
-            if srv.router.model("slow").state is S.STARTING:
-                break
-            await asyncio.sleep(0.02)
-        assert srv.router.model("slow").state is S.STARTING
+        await eventually(lambda: srv.router.model("slow").state is S.STARTING)
         task.cancel()  # the client disconnects
-        for _ in range(300):
-            if srv.router.model("slow").state is S.STOPPED:
-                break
-            await asyncio.sleep(0.02)
-        assert srv.router.model("slow").state is S.STOPPED
-        log = srv.router.logs("slow").tail()
-        assert "[swapyard] starting -> stopping" in log
+        await eventually(lambda: srv.router.model("slow").state is S.STOPPED)
+        assert watch.max_ready == 0  # stopped during its load: starting -> stopping
 
 
 async def test_engine_sees_only_the_gpus_it_was_placed_on() -> None:

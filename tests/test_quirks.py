@@ -10,11 +10,11 @@ from typing import Any
 
 import aiohttp
 
+from helpers import config
 from swapyard.config import ModelSpec
 from swapyard.ports import PortAllocator
 from swapyard.quirks import StreamFix, adapt_request
 from swapyard.testing import fake_engine_cmd, running_server
-from tests.helpers import config
 
 
 def sse(*docs: dict[str, Any]) -> bytes:

@@ -11,7 +11,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from helpers import config
+from helpers import config, eventually, group_members, load_counts
 from swapyard.testing import fake_engine_cmd, running_server
 
 
@@ -43,12 +43,6 @@ def text_of(events: list[Any]) -> str:
         for e in events
         if isinstance(e, dict) and e.get("choices")
     )
-
-
-async def wait_for(predicate: Any, timeout: float = 10.0) -> None:
-    async with asyncio.timeout(timeout):
-        while not await predicate():
-            await asyncio.sleep(0.02)
 
 
 @pytest.fixture
@@ -124,8 +118,7 @@ async def test_concurrent_requests_for_a_cold_model_join_one_load(
                 return r.status
 
         assert await asyncio.gather(*(one() for _ in range(6))) == [200] * 6
-        log = await engine_log(http, srv.url, "m")
-        assert log.count("[swapyard] starting:") == 1
+        assert await load_counts(http, srv.url, "m") == {"cold": 1}
 
 
 async def test_ttl_unloads_an_idle_engine(http: aiohttp.ClientSession) -> None:
@@ -139,8 +132,8 @@ async def test_ttl_unloads_an_idle_engine(http: aiohttp.ClientSession) -> None:
         async def stopped() -> bool:
             return (await health(http, srv.url))["models"]["m"]["state"] == "stopped"
 
-        await wait_for(stopped)
-        assert "ready -> stopping" in await engine_log(http, srv.url, "m")
+        await eventually(stopped)
+        assert group_members(pid) == []  # its processes are gone
 
 
 async def test_client_disconnect_mid_stream_closes_the_upstream(
@@ -161,7 +154,7 @@ async def test_client_disconnect_mid_stream_closes_the_upstream(
         async def engine_saw_it() -> bool:
             return "client disconnected after" in await engine_log(http, srv.url, "m")
 
-        await wait_for(engine_saw_it)
+        await eventually(engine_saw_it)
         assert "finished stream of 200" not in await engine_log(http, srv.url, "m")
         assert (await health(http, srv.url))["models"]["m"]["in_flight"] == 0
 
@@ -202,7 +195,7 @@ async def test_crashed_engine_is_started_again_by_the_next_request(
         async def failed() -> bool:
             return (await health(http, srv.url))["models"]["m"]["state"] == "failed"
 
-        await wait_for(failed)
+        await eventually(failed)
         async with http.post(srv.url + "/v1/chat/completions", json=chat("m", max_tokens=2)) as r:
             assert r.status == 200
 
@@ -393,11 +386,7 @@ async def test_shutdown_rejects_queued_requests_and_drains_running_answers(
             b_task = asyncio.ensure_future(
                 http.post(srv.url + "/v1/chat/completions", json=chat("b"))
             )
-
-            async def b_queued() -> bool:
-                return srv.router.model("b").queued == 1
-
-            await wait_for(b_queued)
+            await eventually(lambda: srv.router.model("b").queued == 1)
             closing = asyncio.ensure_future(server.__aexit__(None, None, None))
             async with await b_task as rb:
                 assert rb.status == 503

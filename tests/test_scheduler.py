@@ -29,6 +29,13 @@ def ready(s: Scheduler, model: str) -> None:
     s.engine_state(model, S.READY)
 
 
+def token(call: tuple[object, ...]) -> int:
+    """The token of an ``arm`` (idle timer) call."""
+    tok = call[3]
+    assert call[0] == "arm" and isinstance(tok, int), call
+    return tok
+
+
 def test_first_request_starts_its_model(fx: RecordingEffects) -> None:
     s = make(fx)
     s.request_arrived(1, "a")
@@ -172,8 +179,7 @@ def test_stopping_engine_blocks_the_next_start_until_stopped(fx: RecordingEffect
     s.request_arrived(1, "a")
     ready(s, "a")
     s.request_done(1)
-    token = fx.take()[-1][3]
-    s.idle_timeout("a", token)
+    s.idle_timeout("a", token(fx.take()[-1]))
     assert fx.take() == [("stop", "a", None)]
     s.request_arrived(2, "b")
     assert fx.take() == []
@@ -186,7 +192,7 @@ def test_request_for_a_stopping_model_waits_then_restarts_it(fx: RecordingEffect
     s.request_arrived(1, "a")
     ready(s, "a")
     s.request_done(1)
-    s.idle_timeout("a", fx.take()[-1][3])
+    s.idle_timeout("a", token(fx.take()[-1]))
     fx.take()
     s.request_arrived(2, "a")
     assert fx.take() == []
@@ -201,7 +207,7 @@ def test_idle_model_arms_ttl_and_is_stopped_when_it_fires(fx: RecordingEffects) 
     s.request_done(1)
     calls = fx.take()
     assert calls[-1][:3] == ("arm", "a", 30.0)
-    s.idle_timeout("a", calls[-1][3])
+    s.idle_timeout("a", token(calls[-1]))
     assert fx.take() == [("stop", "a", None)]
 
 
@@ -210,7 +216,7 @@ def test_stale_idle_timer_is_ignored_after_new_activity(fx: RecordingEffects) ->
     s.request_arrived(1, "a")
     ready(s, "a")
     s.request_done(1)
-    old_token = fx.take()[-1][3]
+    old_token = token(fx.take()[-1])
     s.request_arrived(2, "a")
     fx.take()
     s.idle_timeout("a", old_token)
