@@ -33,7 +33,7 @@ class RouterEffects:
         self._bus = bus
         self._post = post
         self._spawn = spawn
-        self._cuda = cuda
+        self.cuda = cuda  # devices are CUDA indexes (a reload may change it)
         self._waiting: dict[int, tuple[asyncio.Future[str], float]] = {}
         self._timers: set[asyncio.TimerHandle] = set()
 
@@ -56,10 +56,10 @@ class RouterEffects:
     # -- Effects --
     def start(self, model: str, devices: tuple[str, ...]) -> None:
         env = {}
-        if self._cuda:
+        if self.cuda:
             # Devices are CUDA indexes: the engine sees only the GPUs it was placed on.
             env["CUDA_VISIBLE_DEVICES"] = ",".join(devices)
-        self._spawn(_quiet(self._engines[model].start(env)))
+        self._spawn(_quiet(self._engines[model].start(env, devices)))
 
     def stop(self, model: str, *, for_model: str | None, sleep: bool = False) -> None:
         engine = self._engines[model]
@@ -67,6 +67,9 @@ class RouterEffects:
             mode = engine.view().fast_swap or "stop"
             self._bus.publish(SwapStarted(new=for_model, old=model, mode=mode))
         self._spawn(_quiet(engine.stop(sleep=sleep)))
+
+    def reset(self, model: str) -> None:
+        self._spawn(_quiet(self._engines[model].reset()))
 
     def dispatch(self, request_id: int, model: str) -> None:
         entry = self._waiting.pop(request_id, None)

@@ -19,6 +19,8 @@
     │   ├── InsufficientMemory         503 the model can never fit; says need and budget
     │   ├── EngineStopped              503 the engine was stopped while the request waited
     │   ├── EngineCrashed              503 the engine exited while serving (carries its log)
+    │   ├── EngineBackoff              503 it failed recently; Retry-After: when it may start
+    │   ├── EngineFailed               503 it failed `start_limit` times: off until loaded again
     │   ├── UpstreamUnavailable        502 connecting to the engine failed (source: engine)
     │   ├── UpstreamDied               502 the engine dropped the response mid-way (source: engine)
     │   └── UpstreamError              502 the engine answered an error after a stream began
@@ -183,6 +185,38 @@ class EngineCrashed(EngineError):
         self.log_tail = tuple(log_tail)
         tail = "\n".join(self.log_tail) if self.log_tail else "(no output)"
         super().__init__(model, f"model {model!r} crashed: {reason}\nlast log lines:\n{tail}")
+
+
+class EngineBackoff(EngineError):
+    """The model's engine failed moments ago and backs off before the next start;
+    ``cause`` is that failure (its message keeps the last log lines)."""
+
+    code = "engine_backoff"
+
+    def __init__(self, model: str, cause: SwapyardError, retry_after: float) -> None:
+        self.cause = cause
+        self.retry_after = retry_after
+        super().__init__(
+            model,
+            f"model {model!r} failed moments ago and may start again in {retry_after:.1f} s; "
+            f"it failed with: {cause.message}",
+        )
+
+
+class EngineFailed(EngineError):
+    """The model's engine hit its start limit: no start until an explicit load or a
+    config reload."""
+
+    code = "engine_failed"
+
+    def __init__(self, model: str, failures: int, window: float, cause: SwapyardError) -> None:
+        self.cause = cause
+        super().__init__(
+            model,
+            f"model {model!r} failed {failures} times within {window:g} s and will not be "
+            f"started again until it is loaded on purpose (swapyard load {model}) or the config "
+            f"is reloaded; the last failure: {cause.message}",
+        )
 
 
 class InsufficientMemory(EngineError):

@@ -3,9 +3,15 @@ commands and measurements (engine state changes arrive as events)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import asyncio
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from swapyard.events import EngineStateChanged
+
+if TYPE_CHECKING:
+    from swapyard.config import Config
+    from swapyard.reload import ConfigDiff
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,4 +62,14 @@ class Measured:
     nbytes: int
 
 
-Message = Arrive | Leave | Idle | Tick | Load | Unload | Pin | Measured | EngineStateChanged
+@dataclass(frozen=True, slots=True)
+class Reload:
+    """Apply a new (validated) config; the reply says what changed."""
+
+    config: Config = field(repr=False)
+    reply: asyncio.Future[ConfigDiff] = field(repr=False)
+
+
+Message = (
+    Arrive | Leave | Idle | Tick | Load | Unload | Pin | Measured | Reload | EngineStateChanged
+)

@@ -14,24 +14,41 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import itertools
 import logging
+import os
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import Any, TextIO
 
 import aiohttp
 
+from swapyard import adopt
 from swapyard.config import Config, ModelSpec
 from swapyard.effects import RouterEffects
-from swapyard.errors import QueueFull, ShuttingDown
-from swapyard.events import EngineStateChanged, Event, EventBus
-from swapyard.inbox import Arrive, Idle, Leave, Load, Measured, Message, Pin, Tick, Unload
+from swapyard.errors import QueueFull, ShuttingDown, SwapyardError
+from swapyard.events import ConfigReloaded, EngineReaped, EngineStateChanged, Event, EventBus
+from swapyard.inbox import (
+    Arrive,
+    Idle,
+    Leave,
+    Load,
+    Measured,
+    Message,
+    Pin,
+    Reload,
+    Tick,
+    Unload,
+)
 from swapyard.ports import PortAllocator
 from swapyard.process.actor import EngineProcess
 from swapyard.process.logring import LogRing
+from swapyard.process.registry import EngineRegistry
 from swapyard.process.state import EngineState
+from swapyard.reload import ConfigDiff, diff
 from swapyard.resources.devices import RAM_SHARE, memory_budget, nvml_usage, ram_bytes
 from swapyard.resources.measure import group_gpu_memory, group_rss
 from swapyard.resources.needs import MemoryFigures, initial_figures
@@ -58,12 +75,22 @@ def scheduler_for(
     budget: Mapping[str, int] | None = None,
 ) -> Scheduler:
     needs = needs or {}
-    terms = {m.id: model_terms(m, needs.get(m.id, m.memory)) for m in config.models.values()}
-    sc = config.scheduler
     if budget is None:
         budget = memory_budget(config)[0]
-    host = sc.host_memory if sc.host_memory is not None else int(ram_bytes() * RAM_SHARE)
-    return Scheduler(terms, effects, budget=budget, config=config.scheduler, host=host)
+    return Scheduler(
+        all_terms(config, needs), effects, budget=budget, config=config.scheduler,
+        host=host_budget(config),
+    )  # fmt: skip
+
+
+def all_terms(config: Config, needs: Mapping[str, int | None]) -> dict[str, ModelTerms]:
+    return {m.id: model_terms(m, needs.get(m.id, m.memory)) for m in config.models.values()}
+
+
+def host_budget(config: Config) -> int:
+    """Host RAM sleeping engines may hold (``scheduler.host_memory``, else 90 %)."""
+    sc = config.scheduler
+    return sc.host_memory if sc.host_memory is not None else int(ram_bytes() * RAM_SHARE)
 
 
 def model_terms(m: ModelSpec, need: int | None) -> ModelTerms:
@@ -81,6 +108,7 @@ def model_terms(m: ModelSpec, need: int | None) -> ModelTerms:
     return ModelTerms(
         ttl=m.ttl, need=need, count=m.gpus, pinned=m.pin, priority=m.priority,
         max_concurrent=m.max_concurrent, sleep_need=sleep_need, host_need=host_need,
+        restart=m.restart,
     )  # fmt: skip
 
 
@@ -115,43 +143,93 @@ class Router:
         bus: EventBus,
         http: aiohttp.ClientSession,
         store: MeasuredStore | None = None,
+        state_dir: Path | None = None,
     ) -> None:
+        """``state_dir`` holds the engines' output files and, when this router is
+        the only one using it, the registry of running engines (adopted after a
+        restart); without it, neither."""
         self.config = config
         self.bus = bus
+        self._http = http
         self._store = store
         self._started_at = time.time()
-        self._memory: dict[str, MemoryFigures] = {
-            m.id: initial_figures(m, store) for m in config.models.values()
-        }
-        ports = PortAllocator()
-        self._engines: Mapping[str, EngineProcess] = {
-            mid: EngineProcess(spec, bus, ports, http) for mid, spec in config.models.items()
-        }
-        needs = {mid: f.scheduled for mid, f in self._memory.items()}
-        if not config.scheduler.learn_memory:
-            needs = {mid: f.declared or f.estimated for mid, f in self._memory.items()}
+        self._workdir = state_dir
+        self._lock = _lock(state_dir) if state_dir is not None else None
+        self._registry = None
+        if state_dir is not None and self._lock is not None:
+            self._registry = EngineRegistry(state_dir)
+        if state_dir is not None and self._registry is None:
+            log.warning("another swapyard uses %s: engines will not be adopted after a "
+                        "restart of this one", state_dir)  # fmt: skip
+        self._ports = PortAllocator()
+        self._memory: dict[str, MemoryFigures] = {}
+        self._engines: dict[str, EngineProcess] = {}
+        for spec in config.models.values():
+            self._add_model(spec)
         budget, self._cuda = memory_budget(config)
         self._inbox: asyncio.Queue[Message] = asyncio.Queue()
         self._bg: set[asyncio.Task[Any]] = set()
         self._fx = RouterEffects(self._engines, bus, self._inbox.put_nowait, self._spawn,
-                                  self._cuda)  # fmt: skip
-        self._scheduler = scheduler_for(config, self._fx, needs, budget)
+                                 self._cuda)  # fmt: skip
+        self._scheduler = scheduler_for(config, self._fx, self._needs(), budget)
         self._ids = itertools.count(1)
         self._task: asyncio.Task[None] | None = None
         self._closing = False
+        self._retiring: set[str] = set()
         self._state_waiters: list[tuple[str, frozenset[EngineState], asyncio.Future[None]]] = []
         self._view = _Published()
         self._publish()
         bus.add_listener(self._on_event)
+
+    def _add_model(self, spec: ModelSpec) -> None:
+        self._memory[spec.id] = initial_figures(spec, self._store)
+        self._engines[spec.id] = EngineProcess(
+            spec, self.bus, self._ports, self._http, workdir=self._workdir,
+            registry=self._registry,
+        )  # fmt: skip
+
+    def _needs(self) -> dict[str, int | None]:
+        if self.config.scheduler.learn_memory:
+            return {mid: f.scheduled for mid, f in self._memory.items()}
+        return {mid: f.declared or f.estimated for mid, f in self._memory.items()}
 
     # -- lifecycle ------------------------------------------------------------------
     def run(self) -> None:
         for engine in self._engines.values():
             engine.run()
         self._task = asyncio.create_task(self._run(), name="router")
+
+    async def _take_over(self) -> None:
+        """Adopt or reap what a previous swapyard left running (before any start),
+        then load what is pinned or preloaded."""
+        if self._registry is not None:
+            try:
+                verdicts = await adopt.survey(
+                    self._registry, self.config, self._http, self._scheduler.budget()
+                )
+            except SwapyardError as err:
+                log.warning("cannot read the engine registry: %s", err.message)
+                verdicts = []
+            for v in verdicts:
+                await self._settle(v)
         for m in self.config.models.values():
             if m.pin or m.id in self.config.preload:
-                self._inbox.put_nowait(Load(m.id))
+                self._scheduler.load(m.id, time.monotonic())
+
+    async def _settle(self, v: adopt.Verdict) -> None:
+        r = v.record
+        if v.action == "adopt":
+            await self._engines[r.model].adopt(r)
+            state = EngineState(r.state) if r.state == "sleeping" else EngineState.READY
+            self._scheduler.adopted(r.model, r.devices, state, time.monotonic())
+            return
+        if v.action == "reap":
+            spec = self.config.models.get(r.model)
+            await adopt.reap(r, spec.stop_timeout if spec is not None else 10.0)
+            self.bus.publish(EngineReaped(r.model, r.pid, v.reason))
+        assert self._registry is not None
+        with contextlib.suppress(SwapyardError):
+            self._registry.remove(r.model)
 
     def stop_admitting(self) -> None:
         """Refuse new requests and reject the queued ones; running ones go on."""
@@ -165,12 +243,13 @@ class Router:
         self.stop_admitting()
         self._fx.cancel_timers()
         closes = [asyncio.ensure_future(e.close()) for e in self._engines.values()]
-        _, pending = await asyncio.wait(closes, timeout=max(0.1, deadline - time.monotonic()))
-        if pending:
-            log.warning("engines still stopping at the shutdown deadline; sending SIGKILL")
-            for e in self._engines.values():
-                e.kill_now()
-            await asyncio.wait(pending, timeout=2.0)
+        if closes:
+            _, pending = await asyncio.wait(closes, timeout=max(0.1, deadline - time.monotonic()))
+            if pending:
+                log.warning("engines still stopping at the shutdown deadline; sending SIGKILL")
+                for e in self._engines.values():
+                    e.kill_now()
+                await asyncio.wait(pending, timeout=2.0)
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -178,6 +257,53 @@ class Router:
         for t in self._bg:
             t.cancel()
         await asyncio.gather(*self._bg, return_exceptions=True)
+        if self._lock is not None:
+            self._lock.close()
+
+    # -- reload ---------------------------------------------------------------------
+    async def reload(self, config: Config) -> ConfigDiff:
+        """Apply a new config (already validated) in the router's task; returns what
+        changed. Unchanged engines are not touched (same pid)."""
+        fut: asyncio.Future[ConfigDiff] = asyncio.get_running_loop().create_future()
+        self._inbox.put_nowait(Reload(config, fut))
+        return await fut
+
+    def _reload(self, new: Config, now: float) -> ConfigDiff:
+        d = diff(self.config, new)
+        for mid in d.added:
+            self._add_model(new.models[mid])
+            self._engines[mid].run()
+        for mid in (*d.changed, *d.unchanged):
+            self._engines[mid].respec(new.models[mid], restart=mid in d.changed)
+        self._retiring.update(d.removed)
+        old_preload = set(self.config.preload)
+        self.config = new
+        budget, self._cuda = memory_budget(new)
+        self._fx.cuda = self._cuda
+        needs = self._needs()
+        self._scheduler.reconfigure(all_terms(new, needs), new.scheduler, budget,
+                                    host_budget(new), now)  # fmt: skip
+        for mid in d.changed:
+            self._scheduler.restart(mid, now)
+        for mid in new.preload:
+            if mid not in old_preload or mid in d.added:
+                self._scheduler.load(mid, now)
+        for mid in list(self._retiring):
+            self._forget_if_gone(mid)
+        self.bus.publish(ConfigReloaded(new.source, d.added, d.removed, d.changed, d.unchanged))
+        return d
+
+    def _forget_if_gone(self, model: str) -> None:
+        """A removed model's actor goes once its engine has stopped."""
+        engine = self._engines.get(model)
+        if engine is None or engine.view().state not in (
+            EngineState.STOPPED, EngineState.BACKOFF, EngineState.FAILED
+        ):  # fmt: skip
+            return
+        self._retiring.discard(model)
+        del self._engines[model]
+        self._memory.pop(model, None)
+        self._spawn(engine.close())
 
     # -- the API handlers' side ---------------------------------------------------------
     def new_request_id(self) -> int:
@@ -225,7 +351,7 @@ class Router:
     def snapshot(self) -> Snapshot:
         """The scheduler's last published figures with each engine's own view."""
         view = self._view
-        models = {mid: self._model(mid, view) for mid in self._engines}
+        models = {mid: self._model(mid, view) for mid in self._engines if mid in view.models}
         return Snapshot(models, view.devices, view.host_used, view.queue, self._started_at)
 
     def model(self, model: str) -> ModelSnapshot:
@@ -250,6 +376,8 @@ class Router:
         sched = self._scheduler
         models = {}
         for mid, fig in self._memory.items():
+            if not sched.knows(mid):
+                continue
             mem = MemorySnapshot(fig.declared, fig.estimated, fig.measured, sched.need(mid))
             models[mid] = _Held(
                 sched.state(mid), sched.inflight(mid), sched.queued(mid), sched.devices(mid),
@@ -286,7 +414,7 @@ class Router:
             self._inbox.put_nowait(msg)
             return engine.view().state
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        entry = (model, frozenset(done | {EngineState.FAILED}), fut)
+        entry = (model, frozenset(done | {EngineState.BACKOFF, EngineState.FAILED}), fut)
         self._state_waiters.append(entry)
         self._inbox.put_nowait(msg)
         try:
@@ -341,6 +469,8 @@ class Router:
     # -- the loop ---------------------------------------------------------------------
     async def _run(self) -> None:
         sched = self._scheduler
+        await self._take_over()
+        self._publish()
         while True:
             msg = await self._inbox.get()
             now = time.monotonic()
@@ -363,8 +493,17 @@ class Router:
                         sched.set_pinned(model, pinned, now)
                     case Measured(model, nbytes):
                         self._on_measured(model, nbytes, now)
+                    case Reload(config, reply):
+                        try:
+                            reply.set_result(self._reload(config, now))
+                        except Exception as exc:  # pragma: no cover - a bug, reported
+                            reply.set_exception(exc)
+                            raise
                     case EngineStateChanged(model=model, new=new, error=error):
-                        sched.engine_state(model, new, error, now)
+                        if sched.knows(model):
+                            sched.engine_state(model, new, error, now)
+                        if model in self._retiring:
+                            self._forget_if_gone(model)
             except Exception:  # pragma: no cover - a scheduler bug must not kill the loop
                 log.exception("scheduler failed on %r", msg)
             self._publish()
@@ -373,3 +512,18 @@ class Router:
         task: asyncio.Task[Any] = asyncio.ensure_future(coro)
         self._bg.add(task)
         task.add_done_callback(self._bg.discard)
+
+
+def _lock(state_dir: Path) -> TextIO | None:
+    """An exclusive lock on ``state_dir`` (held while the file stays open), or
+    None when another swapyard holds it. Creates the directory."""
+    state_dir.mkdir(parents=True, exist_ok=True)
+    f = open(state_dir / ".lock", "a")  # noqa: SIM115 - held open on purpose
+    try:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        f.close()
+        return None
+    f.write(f"{os.getpid()}\n")
+    f.flush()
+    return f

@@ -15,12 +15,15 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from swapyard.config import Config
 from swapyard.events import EventBus
 from swapyard.process.logring import LogRing
 from swapyard.process.state import EngineState
+
+if TYPE_CHECKING:
+    from swapyard.reload import ConfigDiff
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,3 +190,7 @@ class RouterSurface(Protocol):
     async def unload(self, model: str) -> EngineState: ...
 
     async def pin(self, model: str, pinned: bool) -> EngineState: ...
+
+    async def reload(self, config: Config) -> ConfigDiff:
+        """Apply a new, validated config in the router's task (``swapyard.reload``)."""
+        ...

@@ -45,10 +45,11 @@ async def resident(request: web.Request) -> web.Response:
     models = {}
     now = time.monotonic()
     for mid, m in snap.models.items():
-        spec = state.config.models[mid]
+        spec = state.config.models.get(mid)  # None: removed by a reload, still stopping
         full = m.as_json(now)
         del full["upstream"], full["last_error"]
-        models[mid] = {"name": spec.name or mid, "engine": spec.engine, **full}
+        name, engine = (spec.name or mid, spec.engine) if spec else (mid, "(removed)")
+        models[mid] = {"name": name, "engine": engine, **full}
     return web.json_response({"devices": devices, "models": models})
 
 

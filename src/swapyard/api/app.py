@@ -17,11 +17,11 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
 
-from swapyard.api import admin, live, openai
+from swapyard.api import admin, live, openai, reload
 from swapyard.api.auth import auth_middleware
 from swapyard.api.state import CONFIG, ROUTER, STATE, AppState
 from swapyard.config import Config, check_exposure
-from swapyard.errors import NotFound, QueueFull, RequestError, SwapyardError
+from swapyard.errors import NotFound, RequestError, SwapyardError
 from swapyard.events import EventBus
 from swapyard.models.fetch import data_dir
 from swapyard.proxy import error_response, new_upstream_session
@@ -40,10 +40,11 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         return await handler(request)
-    except QueueFull as err:
-        return error_response(err, {"Retry-After": str(max(1, round(err.retry_after)))})
     except SwapyardError as err:
-        return error_response(err)
+        retry = getattr(err, "retry_after", None)
+        if retry is None:
+            return error_response(err)
+        return error_response(err, {"Retry-After": str(max(1, round(retry)))})
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
@@ -61,7 +62,8 @@ async def _lifespan(app: web.Application) -> AsyncIterator[None]:
         router, bus = given, given.bus
     else:
         bus = EventBus()
-        router = Router(config, bus, http, MeasuredStore(data_dir() / "measured-memory.json"))
+        store = MeasuredStore(data_dir() / "measured-memory.json")
+        router = Router(config, bus, http, store, state_dir=data_dir() / "engines")
     metrics = Metrics(router)
     bus.add_listener(metrics.on_event)
     usage: UsageStore | None = None
@@ -109,6 +111,7 @@ def build_app(config: Config, router: RouterSurface | None = None) -> web.Applic
     openai.add_routes(app)
     admin.add_routes(app)
     live.add_routes(app)
+    reload.add_routes(app)
     return app
 
 
@@ -133,19 +136,33 @@ async def start_server(
     return runner
 
 
-async def serve(config: Config, host: str, port: int) -> None:
-    """Run until SIGINT/SIGTERM, then shut down in order."""
+async def serve(config: Config, host: str, port: int, watch_config: bool = False) -> None:
+    """Run until SIGINT/SIGTERM, then shut down in order; SIGHUP (and, with
+    ``watch_config``, a change of the file) reloads the config."""
     check_exposure(config, host)
     runner = await start_server(config, host, port)
+    state = runner.app[STATE]
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    reloads: set[asyncio.Task[None]] = set()
+
+    def on_hup() -> None:
+        task = asyncio.ensure_future(reload.reload_quietly(state))
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
+
+    loop.add_signal_handler(signal.SIGHUP, on_hup)
+    watcher = asyncio.ensure_future(reload.watch(state)) if watch_config else None
     names = ", ".join(config.models)
     kind = type(loop).__module__.split(".")[0]  # "uvloop" or "asyncio"
     print(f"swapyard listening on http://{host}:{port}/v1 — models: {names} "
           f"(event loop: {kind})", file=sys.stderr)  # fmt: skip
     await stop.wait()
+    loop.remove_signal_handler(signal.SIGHUP)
+    for task in (*reloads, *([watcher] if watcher is not None else [])):
+        task.cancel()
     print("swapyard: shutting down, stopping engines", file=sys.stderr)
     runner.app[STATE].shutdown_deadline = time.monotonic() + config.server.shutdown_timeout
     await runner.cleanup()

@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from swapyard.api.state import CONFIG, KEY_MODELS, KEY_NAME
+from swapyard.api.state import KEY_MODELS, KEY_NAME, STATE
 from swapyard.config import LOOPBACK, AuthSpec, KeySpec
 from swapyard.errors import Forbidden, Unauthorized
 
@@ -48,7 +48,7 @@ def _is_admin(auth: AuthSpec, key: str) -> bool:
 
 @web.middleware
 async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    auth = request.app[CONFIG].auth
+    auth = request.app[STATE].config.auth  # a reload may change the keys
     path = request.path
     if not auth.enabled or path in OPEN or path.startswith("/static/"):
         return await handler(request)

@@ -49,7 +49,8 @@ def status_text(
     others = [m for m in snap.models.values() if m.id != model]
     stopping = [m.id for m in others if m.state is EngineState.STOPPING]
     busy = [(m.id, m.in_flight) for m in others if m.state is EngineState.READY]
-    if engine.state is EngineState.STARTING and engine.loading_since is not None:
+    loading = (EngineState.STARTING, EngineState.WARMING, EngineState.WAKING)
+    if engine.state in loading and engine.loading_since is not None:
         elapsed = time.monotonic() - engine.loading_since
         verb = "Waking" if engine.waking else "Loading"
         text = f"{verb} model {model}: {elapsed:.1f} s of {start_timeout:g} s"

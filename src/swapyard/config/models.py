@@ -103,6 +103,11 @@ def build_model(
         footer=m.footer,
         sleep_memory=m.sleep_memory,
         host_memory=m.host_memory,
+        restart=m.restart,
+        start_limit=m.start_limit,
+        start_limit_interval=m.start_limit_interval,
+        backoff=m.backoff,
+        backoff_max=max(m.backoff, m.backoff_max),
     )
 
 

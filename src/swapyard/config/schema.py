@@ -18,6 +18,7 @@ from swapyard.config.values import (
     LoadingStatus,
     ModelSpec,
     Policy,
+    RestartPolicy,
     SchedulerSpec,
     ServerSpec,
     UsageSpec,
@@ -144,6 +145,11 @@ class ModelIn(Strict):
     pin: bool = _MODEL.pin
     priority: int = _MODEL.priority
     max_concurrent: int = Field(_MODEL.max_concurrent, ge=0)
+    restart: RestartPolicy = _MODEL.restart
+    start_limit: int = Field(_MODEL.start_limit, ge=1)
+    start_limit_interval: Duration = _MODEL.start_limit_interval
+    backoff: Duration = _MODEL.backoff
+    backoff_max: Duration = _MODEL.backoff_max
 
 
 class UsageIn(Strict):

@@ -88,6 +88,9 @@ class SchedulerSpec:
     learn_memory: bool = True
 
 
+RestartPolicy = Literal["on-failure", "always", "never"]
+
+
 @dataclass(frozen=True, slots=True)
 class ModelSpec:
     """One model's engine. ``cmd``/``proxy``/``cmd_stop`` may still hold ``${PORT}``
@@ -120,6 +123,16 @@ class ModelSpec:
     footer: bool | None = None  # None: server.footer
     sleep_memory: int | None = None  # GPU memory held while asleep (fast swap)
     host_memory: int | None = None  # host RAM held while asleep
+    # Crash policy (issue 10): a failed start or a crash backs off backoff, 2x, 4x
+    # ... up to backoff_max seconds; start_limit failures within start_limit_interval
+    # seconds leave it failed until an explicit load or a reload. A model kept
+    # loaded (pinned, preloaded, loaded on purpose) is started again after a crash
+    # unless restart is "never"; "always" also after it exits cleanly.
+    restart: RestartPolicy = "on-failure"
+    start_limit: int = 5
+    start_limit_interval: float = 300.0
+    backoff: float = 1.0
+    backoff_max: float = 60.0
 
     @property
     def needs_port(self) -> bool:

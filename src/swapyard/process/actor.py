@@ -1,10 +1,12 @@
 """The actor that owns one engine's child process.
 
 Only ``_run`` touches the child, the state and the waiters (house style 3). Callers
-send commands through the inbox and await a future; helper tasks (pipe reader,
-exit watcher, health poller, kill timer) only post messages back. Every message
-about a child carries the spawn generation, so news about an old child never
-moves the state of a new one.
+send commands through the inbox and await a future; helper tasks (output reader,
+exit watcher, health poller, kill and backoff timers) only post messages back.
+Every message about a child carries the spawn generation, so news about an old
+child never moves the state of a new one. Every phase is a state of the table in
+``state.py`` (``docs/states.md``); the only pending intents kept beside it are the
+waiters and ``_then_stop`` (a full stop asked while a sleep call is under way).
 """
 
 from __future__ import annotations
@@ -15,8 +17,11 @@ import os
 import signal
 import subprocess
 import time
+from collections import deque
 from collections.abc import Awaitable, Mapping
+from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import aiohttp
 from yarl import URL
@@ -24,8 +29,10 @@ from yarl import URL
 from swapyard.config import ModelSpec, render
 from swapyard.engines.base import Control, FastSwap, FastSwapFailed, ProgressFn
 from swapyard.errors import (
+    EngineBackoff,
     EngineCrashed,
     EngineExitedEarly,
+    EngineFailed,
     EngineStartError,
     EngineStartTimeout,
     EngineStopped,
@@ -34,26 +41,37 @@ from swapyard.errors import (
 )
 from swapyard.events import EngineStateChanged, EventBus
 from swapyard.ports import PortAllocator, port_is_free
-from swapyard.process.group import killpg, wait_for_exit
-from swapyard.process.logring import LogRing
+from swapyard.process.group import killpg, wait_for_exit, wait_for_pid_exit
+from swapyard.process.logring import LogFile, LogRing
 from swapyard.process.messages import (
+    Adopt,
+    BackoffOver,
     Exited,
     Healthy,
     KillNow,
     Message,
     Progress,
+    Reset,
+    Respec,
     Slept,
     Start,
     StartTimedOut,
     Stop,
     Woke,
 )
+from swapyard.process.registry import (
+    EngineRecord,
+    EngineRegistry,
+    proc_start_time,
+    spec_hash,
+)
 from swapyard.process.state import EngineState, check_transition
 from swapyard.surface import EngineView
 
 S = EngineState
 LOG_TAIL_IN_ERRORS = 20
-_PIPE_DRAIN_BOUND = 2.0
+LOADING = (S.STARTING, S.WARMING, S.WAKING)  # on the way to ready
+GONE = (S.STOPPED, S.BACKOFF, S.FAILED)  # no process
 
 
 def health_poll_interval(elapsed: float) -> float:
@@ -72,9 +90,14 @@ class EngineProcess:
     """One model's engine: start it, know when it is ready, stop it, and say so.
 
     ``start()`` returns once the engine is ready, or raises ``EngineStartError``
-    (with the last log lines) or ``EngineStopped``. ``stop()`` returns once the
-    whole process group is gone. Both are safe to call in any state and from many
-    tasks at once; they are answered in the order they arrive.
+    (with the last log lines), ``EngineStopped``, or — while it backs off after a
+    failure or after its start limit — ``EngineBackoff``/``EngineFailed``.
+    ``stop()`` returns once the whole process group is gone. Both are safe to call
+    in any state and from many tasks at once; they are answered in order.
+
+    ``registry`` (optional) gets a record of each running child, so that a
+    restarted swapyard can adopt it; the child's output goes to a file in
+    ``workdir`` for the same reason (a pipe would die with swapyard).
     """
 
     def __init__(
@@ -83,38 +106,52 @@ class EngineProcess:
         bus: EventBus,
         ports: PortAllocator,
         http: aiohttp.ClientSession,
+        *,
+        workdir: Path | None = None,
+        registry: EngineRegistry | None = None,
     ) -> None:
         self.spec = spec
         self.logs = LogRing()
         self._bus = bus
         self._ports = ports
         self._http = http
+        self._registry = registry
+        if workdir is None:
+            from swapyard.models.fetch import data_dir
+
+            workdir = data_dir() / "engines"
+        self._output = LogFile(workdir / f"{quote(spec.id, safe='')}.log", self.logs)
         self._inbox: asyncio.Queue[Message] = asyncio.Queue()
         self._state = S.STOPPED
         self._gen = 0
-        self._proc: subprocess.Popen[bytes] | None = None
+        self._proc: subprocess.Popen[bytes] | None = None  # our child (None if adopted)
+        self._pid: int | None = None  # the group leader, ours or adopted
         self._port: str = ""
+        self._devices: tuple[str, ...] = ()
         self._start_waiters: list[asyncio.Future[None]] = []
         self._stop_waiters: list[asyncio.Future[None]] = []
-        self._restart_after_stop: list[tuple[asyncio.Future[None], dict[str, str]]] = []
-        self._failure: SwapyardError | None = None
-        self._pending_failure: SwapyardError | None = None
+        self._restart_after_stop: list[tuple[asyncio.Future[None], Start]] = []
+        self._failure: SwapyardError | None = None  # what a request is told now
+        self._pending_failure: SwapyardError | None = None  # reported once the child is gone
+        self._failures: deque[float] = deque()  # when recent starts/runs failed
+        self._retry_at: float | None = None
+        self._then_stop = False  # a full stop was asked while a sleep was under way
+        self._next_spec: ModelSpec | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._actor: asyncio.Task[None] | None = None
         self.state_since = time.monotonic()
         self.started_at: float | None = None
         # Load progress the engine reported (fraction or None, what it is doing).
         self.progress: tuple[float | None, str] | None = None
+        self._apply_spec(spec)
+
+    def _apply_spec(self, spec: ModelSpec) -> None:
+        self.spec = spec
         self._fast: FastSwap | None = (
             spec.adapter.fast(spec.fields) if spec.fields is not None else None
         )
-        self._then_stop = False  # a full stop was asked while a sleep was under way
         self._warm = spec.fields is not None and spec.adapter.needs_warm(spec.fields)
-        self._pending_warm = False  # the next health 200 starts the warm-up
-        self._warming = False
-        self._waking = False
-        if spec.fields is not None and spec.engine == "llamacpp":
-            self.logs.on_line = self._log_line
+        self.logs.on_line = self._log_line if spec.engine == "llamacpp" else None
 
     # -- the public, read-only view ------------------------------------------------
     @property
@@ -123,7 +160,7 @@ class EngineProcess:
 
     @property
     def pid(self) -> int | None:
-        return self._proc.pid if self._proc else None
+        return self._pid
 
     @property
     def upstream(self) -> str:
@@ -135,27 +172,22 @@ class EngineProcess:
         return self._failure
 
     @property
-    def waking(self) -> bool:
-        """Starting by a fast swap in (not a cold start)."""
-        return self._state is S.STARTING and self._waking
-
-    @property
     def fast_mode(self) -> str | None:
         """The fast swap this engine offers ("sleep", "unload", ...), if any."""
         return self._fast.mode if self._fast is not None else None
 
     def view(self) -> EngineView:
         """A frozen view of this engine now (what the router's snapshots carry)."""
-        live = self._state in (S.STARTING, S.READY)
+        live = self._state in (*LOADING, S.READY)
         return EngineView(
             state=self._state,
             state_since=self.state_since,
-            pid=self.pid,
+            pid=self._pid,
             upstream=self.upstream if live else None,
             last_error=self._failure.message if self._failure else None,
             fast_swap=self.fast_mode,
             loading_since=self.started_at,
-            waking=self.waking,
+            waking=self._state is S.WAKING,
             progress=self.progress,
         )
 
@@ -165,19 +197,35 @@ class EngineProcess:
         if self._actor is None:
             self._actor = asyncio.create_task(self._run(), name=f"engine:{self.spec.id}")
 
-    async def start(self, env: Mapping[str, str] | None = None) -> None:
-        """Start (or join the start of) the engine; ``env`` adds variables for this
-        start (e.g. ``CUDA_VISIBLE_DEVICES`` for its placement)."""
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._inbox.put_nowait(Start(fut, dict(env or {})))
-        await fut
+    async def start(
+        self, env: Mapping[str, str] | None = None, devices: tuple[str, ...] = ()
+    ) -> None:
+        """Start (or join the start of, or wake) the engine; ``env`` adds variables
+        for this start (e.g. ``CUDA_VISIBLE_DEVICES`` for its ``devices``)."""
+        await self._ask(lambda f: Start(f, dict(env or {}), devices))
 
     async def stop(self, sleep: bool = False) -> None:
         """Stop the engine; with ``sleep``, put it to sleep instead if it has a fast
         swap (falling back to a stop if that fails). Returns once it is stopped or
         asleep."""
+        await self._ask(lambda f: Stop(f, sleep and self._fast is not None))
+
+    async def reset(self) -> None:
+        """Forget past failures: out of ``backoff``/``failed``, into ``stopped``."""
+        await self._ask(Reset)
+
+    async def adopt(self, record: EngineRecord) -> None:
+        """Take over a healthy engine a previous swapyard started (from ``stopped``)."""
+        await self._ask(lambda f: Adopt(f, record))
+
+    def respec(self, spec: ModelSpec, restart: bool) -> None:
+        """A reloaded config: use ``spec`` now, or from the next start on when what
+        the process runs changed (``restart``; the caller drains and stops it)."""
+        self._inbox.put_nowait(Respec(spec, restart))
+
+    async def _ask(self, make: Any) -> None:
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._inbox.put_nowait(Stop(fut, sleep and self._fast is not None))
+        self._inbox.put_nowait(make(fut))
         await fut
 
     async def close(self) -> None:
@@ -194,76 +242,80 @@ class EngineProcess:
 
     def kill_now(self) -> None:
         """Shutdown backstop: SIGKILL the group without waiting for the actor."""
-        if self._proc is not None and self._state in (
-            S.STARTING, S.READY, S.STOPPING, S.SLEEPING
-        ):  # fmt: skip
-            killpg(self._proc.pid, signal.SIGKILL)
+        if self._pid is not None and self._state not in GONE:
+            killpg(self._pid, signal.SIGKILL)
 
     # -- the actor -----------------------------------------------------------------
     async def _run(self) -> None:
         while True:
             msg = await self._inbox.get()
+            cur = self._gen
             match msg:
-                case Start(reply, env):
-                    await self._on_start(reply, env)
+                case Start():
+                    await self._on_start(msg)
                 case Stop(reply, sleep):
                     self._on_stop(reply, sleep)
-                case Healthy(gen) if gen == self._gen and self._state is S.STARTING:
-                    if self._pending_warm:
-                        self._pending_warm = False
-                        self._warming = True
+                case Reset(reply):
+                    self._on_reset()
+                    _resolve(reply)
+                case Adopt(reply, record):
+                    self._on_adopt(reply, record)
+                case Respec(spec, restart):
+                    self._next_spec = spec
+                    if self._state in GONE or not restart:
+                        self._take_next_spec()
+                case Healthy(gen) if gen == cur and self._state in (S.STARTING, S.WAKING):
+                    if self._state is S.STARTING and self._warm:
+                        self._set_state(S.WARMING)
                         self._spawn_task(self._run_warm(gen))
                     else:
                         self._became_ready()
-                case Woke(gen, error) if gen == self._gen and self._state is S.STARTING:
+                case Woke(gen, error) if gen == cur and self._state in (S.WARMING, S.WAKING):
                     self._on_woke(gen, error)
-                case Slept(gen, error) if gen == self._gen and self._state is S.STOPPING:
+                case Slept(gen, error) if gen == cur and self._state is S.STOPPING:
                     self._on_slept(error)
-                case Progress(gen, fraction, text) if (
-                    gen == self._gen and self._state is S.STARTING
-                ):
+                case Progress(gen, fraction, text) if gen == cur and self._state in LOADING:
                     self.progress = (fraction, text)
-                case StartTimedOut(gen) if gen == self._gen and self._state is S.STARTING:
-                    err = EngineStartTimeout(
-                        self.spec.id,
-                        f"health check {self.spec.check_endpoint} did not answer 200 within "
-                        f"{self.spec.start_timeout:g} s",
-                        self.logs.tail(LOG_TAIL_IN_ERRORS),
-                    )
-                    self._pending_failure = err
-                    _fail_all(self._start_waiters, err)
-                    self._begin_stop()
-                case Exited(gen, rc) if gen == self._gen:
+                case StartTimedOut(gen) if gen == cur and self._state in (S.STARTING, S.WAKING):
+                    self._on_start_timeout()
+                case Exited(gen, rc) if gen == cur and self._state not in GONE:
                     self._on_exited(rc)
-                case KillNow(gen) if gen == self._gen and self._state is S.STOPPING:
+                case KillNow(gen) if gen == cur and self._state is S.STOPPING:
                     self.logs.append(
                         f"[swapyard] still running {self.spec.stop_timeout:g} s after stop; "
                         "sending SIGKILL to the process group"
                     )
-                    if self._proc is not None:
-                        killpg(self._proc.pid, signal.SIGKILL)
+                    if self._pid is not None:
+                        killpg(self._pid, signal.SIGKILL)
+                case BackoffOver(gen) if gen == cur and self._state is S.BACKOFF:
+                    self._set_state(S.STOPPED, reason="backoff over")
                 case _:
                     pass  # stale news about an earlier child
 
-    async def _on_start(self, reply: asyncio.Future[None], env: dict[str, str]) -> None:
+    async def _on_start(self, msg: Start) -> None:
+        reply = msg.reply
         if self._state is S.READY:
             _resolve(reply)
-        elif self._state is S.STARTING:
+        elif self._state in LOADING:
             self._start_waiters.append(reply)
         elif self._state is S.STOPPING:
-            self._restart_after_stop.append((reply, env))
+            self._restart_after_stop.append((reply, msg))
         elif self._state is S.SLEEPING:
             self._start_waiters.append(reply)
             self._begin_wake()
+        elif self._state is S.BACKOFF:
+            assert self._failure is not None and self._retry_at is not None
+            left = max(0.0, self._retry_at - time.monotonic())
+            _fail(reply, EngineBackoff(self.spec.id, self._failure, left))
+        elif self._state is S.FAILED:
+            assert self._failure is not None
+            _fail(reply, self._failure)
         else:
             self._start_waiters.append(reply)
-            await self._spawn(env)
+            await self._spawn(msg.env, msg.devices)
 
     def _on_stop(self, reply: asyncio.Future[None], sleep: bool = False) -> None:
-        if self._state is S.FAILED:  # an explicit stop clears the failure
-            self._failure = None
-            self._set_state(S.STOPPED)
-        if self._state is S.STOPPED or (sleep and self._state is S.SLEEPING):
+        if self._state in GONE or (sleep and self._state is S.SLEEPING):
             _resolve(reply)
             return
         self._stop_waiters.append(reply)
@@ -281,7 +333,41 @@ class EngineProcess:
         else:
             self._begin_stop()
 
-    # -- fast swaps: the adapter's HTTP calls run in helper tasks -----------------------
+    def _on_reset(self) -> None:
+        self._failures.clear()
+        if self._state in (S.BACKOFF, S.FAILED):
+            self._failure = None
+            self._set_state(S.STOPPED, reason="reset")
+
+    def _on_adopt(self, reply: asyncio.Future[None], record: EngineRecord) -> None:
+        if self._state is not S.STOPPED:
+            _fail(reply, EngineStopped(self.spec.id, f"cannot adopt while {self._state}"))
+            return
+        self._gen += 1
+        gen = self._gen
+        self._pid, self._proc, self._port = record.pid, None, record.port
+        self._devices = record.devices
+        self.started_at = None
+        self._output.attach()
+        self._spawn_task(self._output.follow())
+        self._spawn_task(self._watch_pid(record.pid, gen))
+        self.logs.append(f"[swapyard] adopted pid {record.pid} (port {record.port or '-'})")
+        asleep = record.state == str(S.SLEEPING)
+        self._set_state(S.SLEEPING if asleep else S.READY, reason="adopted")
+        _resolve(reply)
+
+    def _on_start_timeout(self) -> None:
+        err = EngineStartTimeout(
+            self.spec.id,
+            f"health check {self.spec.check_endpoint} did not answer 200 within "
+            f"{self.spec.start_timeout:g} s",
+            self.logs.tail(LOG_TAIL_IN_ERRORS),
+        )
+        self._pending_failure = err
+        _fail_all(self._start_waiters, err)
+        self._begin_stop()
+
+    # -- fast swaps and warm-up: the adapter's HTTP calls run in helper tasks -----------
     def _control(self) -> Control:
         assert self.spec.fields is not None
         return Control(self._http, self.upstream, self.spec.fields, self.spec.check_headers)
@@ -294,25 +380,18 @@ class EngineProcess:
 
     def _begin_sleep(self) -> None:
         assert self._fast is not None
-        self._set_state(S.STOPPING)
+        self._set_state(S.STOPPING, reason="sleep")
         self._then_stop = False
         self.logs.append(f"[swapyard] fast swap out ({self._fast.mode})")
-        self._spawn_task(self._run_sleep(self._gen, self._fast))
-
-    async def _run_sleep(self, gen: int, fast: FastSwap) -> None:
-        try:
-            await fast.sleep(self._control())
-        except FastSwapFailed as exc:
-            self._inbox.put_nowait(Slept(gen, str(exc)))
-        else:
-            self._inbox.put_nowait(Slept(gen, None))
+        self._spawn_task(self._outcome(Slept, self._gen, self._fast.sleep(self._control())))
 
     def _on_slept(self, error: str | None) -> None:
         if error is not None:
             self.logs.append(f"[swapyard] fast swap out failed: {error}; stopping instead")
             self._begin_stop()
             return
-        self._set_state(S.SLEEPING)
+        self._set_state(S.SLEEPING, reason=self.fast_mode)
+        self._record()
         if self._then_stop:
             self._then_stop = False
             self._begin_stop()
@@ -321,74 +400,75 @@ class EngineProcess:
 
     def _begin_wake(self) -> None:
         assert self._fast is not None
-        self._waking = True
-        self._set_state(S.STARTING)
+        self._set_state(S.WAKING, reason=self._fast.mode)
         self.started_at = time.monotonic()
         self.progress = None
         self.logs.append(f"[swapyard] fast swap in ({self._fast.mode})")
-        self._spawn_task(self._run_wake(self._gen, self._fast))
-
-    async def _run_wake(self, gen: int, fast: FastSwap) -> None:
-        try:
-            await fast.wake(self._control(), self._report(gen))
-        except FastSwapFailed as exc:
-            self._inbox.put_nowait(Woke(gen, str(exc)))
-        else:
-            self._inbox.put_nowait(Woke(gen, None))
+        gen = self._gen
+        self._spawn_task(
+            self._outcome(Woke, gen, self._fast.wake(self._control(), self._report(gen)))
+        )
 
     async def _run_warm(self, gen: int) -> None:
         assert self.spec.fields is not None
+        await self._outcome(Woke, gen, self.spec.adapter.warm(self._control(), self._report(gen)))
+
+    async def _outcome(
+        self, kind: type[Slept] | type[Woke], gen: int, call: Awaitable[Any]
+    ) -> None:
         try:
-            await self.spec.adapter.warm(self._control(), self._report(gen))
+            await call
         except FastSwapFailed as exc:
-            self._inbox.put_nowait(Woke(gen, str(exc)))
+            self._inbox.put_nowait(kind(gen, str(exc)))
         else:
-            self._inbox.put_nowait(Woke(gen, None))
+            self._inbox.put_nowait(kind(gen, None))
 
     def _on_woke(self, gen: int, error: str | None) -> None:
-        warming, self._warming = self._warming, False
-        if error is None:
-            if warming:
+        if self._state is S.WARMING:
+            if error is None:
                 self._became_ready()
-            else:
-                self._spawn_task(self._poll_health(gen))  # ready when it answers again
-            return
-        if warming:  # the warm-up of a cold start failed: the start failed
+                return
+            # The warm-up of a cold start failed: the start failed.
             err = EngineExitedEarly(self.spec.id, f"loading the model failed: {error}",
                                     self.logs.tail(LOG_TAIL_IN_ERRORS))  # fmt: skip
             self._pending_failure = err
             _fail_all(self._start_waiters, err)
             self._begin_stop()
             return
+        if error is None:  # waking: ready when its health check answers again
+            self._spawn_task(self._poll_health(gen))
+            return
         self.logs.append(f"[swapyard] fast swap in failed: {error}; restarting cold")
         waiters, self._start_waiters = self._start_waiters, []
-        self._restart_after_stop += [(w, {}) for w in waiters]
+        self._restart_after_stop += [(w, Start(w, {}, self._devices)) for w in waiters]
         self._begin_stop()
 
     def _became_ready(self) -> None:
         self._set_state(S.READY)
+        self._record()
         _resolve_all(self._start_waiters)
 
     def _log_line(self, line: str) -> None:
-        # Called by the pipe reader (a helper task): it only posts a message.
+        # Called by the output reader (a helper task): it only posts a message.
         found = self.spec.adapter.log_progress(line)
         if found is not None:
             self._inbox.put_nowait(Progress(self._gen, *found))
 
-    async def _spawn(self, extra_env: dict[str, str]) -> None:
+    # -- the child process ------------------------------------------------------------
+    async def _spawn(self, extra_env: dict[str, str], devices: tuple[str, ...]) -> None:
+        """Spawn the child, then enter ``starting`` (with its pid). A start that
+        cannot even spawn (port taken, command missing) fails from ``stopped``."""
         self._gen += 1
         gen = self._gen
         self._failure = None
         self._pending_failure = None
-        self._waking = False
-        self._set_state(S.STARTING)
+        self._devices = devices
         self.started_at = time.monotonic()
         self.progress = None
-        self._pending_warm = self._warm
-        self._warming = False
         spec = self.spec
         if spec.remote:  # no process: ready when the other server answers
             self._port = ""
+            self._set_state(S.STARTING)
             self.logs.append(f"[swapyard] remote engine at {self.upstream}: checking it")
             self._spawn_task(self._poll_health(gen))
             return
@@ -400,7 +480,11 @@ class EngineProcess:
         self.logs.append(f"[swapyard] starting: {' '.join(argv)}")
         env = {k: render(v, {"PORT": self._port}) for k, v in spec.env.items()}
         try:
-            proc = _popen(argv, {**env, **extra_env})
+            out = self._output.open_for_engine()
+            try:
+                proc = _popen(argv, {**env, **extra_env}, out)
+            finally:
+                os.close(out)
         except OSError as exc:
             self._fail_start(
                 EngineExitedEarly(
@@ -408,14 +492,10 @@ class EngineProcess:
                 )
             )
             return
-        self._proc = proc
-        assert proc.stdout is not None
-        reader = asyncio.StreamReader(limit=1 << 20)
-        loop = asyncio.get_running_loop()
-        pipe, _ = await loop.connect_read_pipe(
-            lambda: asyncio.StreamReaderProtocol(reader), proc.stdout
-        )
-        self._spawn_task(self._read_output(reader, pipe))
+        self._proc, self._pid = proc, proc.pid
+        self._set_state(S.STARTING)
+        self._record()
+        self._spawn_task(self._output.follow())
         self._spawn_task(self._watch_exit(proc, gen))
         self._spawn_task(self._poll_health(gen))
 
@@ -434,66 +514,125 @@ class EngineProcess:
         return None
 
     def _fail_start(self, err: EngineStartError) -> None:
-        self._failure = err
-        self._set_state(S.FAILED, err)
         _fail_all(self._start_waiters, err)
+        self._failed(err)
 
     def _begin_stop(self) -> None:
-        proc = self._proc
+        pid = self._pid
         if self._state is not S.STOPPING:
             self._set_state(S.STOPPING)
         if self.spec.remote:
             self._on_exited(0)
             return
-        if proc is None:  # pragma: no cover - STARTING/READY always has a child
+        if pid is None:  # pragma: no cover - a loading or ready engine always has one
             return
         gen = self._gen
         if self.spec.cmd_stop:
-            argv = [
-                render(a, {"PORT": self._port, "PID": str(proc.pid)}) for a in self.spec.cmd_stop
-            ]
+            argv = [render(a, {"PORT": self._port, "PID": str(pid)}) for a in self.spec.cmd_stop]
             self._spawn_task(self._run_stop_command(argv))
         else:
-            killpg(proc.pid, signal.SIGTERM)
+            killpg(pid, signal.SIGTERM)
         loop = asyncio.get_running_loop()
         loop.call_later(self.spec.stop_timeout, self._inbox.put_nowait, KillNow(gen))
 
-    def _on_exited(self, rc: int) -> None:
-        proc = self._proc
-        if proc is not None and not self.spec.remote:
+    def _on_exited(self, rc: int | None) -> None:
+        if self._pid is not None and not self.spec.remote:
             # The leader is gone; anything left in its group is an orphan (house style 5).
-            killpg(proc.pid, signal.SIGKILL)
-        if self._state is S.STARTING:
+            killpg(self._pid, signal.SIGKILL)
+        self._output.flush()
+        state = self._state
+        code = "unknown" if rc is None else str(rc)
+        if state in LOADING:
             self._fail_start(
                 EngineExitedEarly(
                     self.spec.id,
-                    f"the process exited with code {rc} before it became ready",
+                    f"the process exited with code {code} before it became ready",
                     self.logs.tail(LOG_TAIL_IN_ERRORS),
                 )
             )
-        elif self._state in (S.READY, S.SLEEPING):
-            doing = "serving" if self._state is S.READY else "asleep"
+        elif state in (S.READY, S.SLEEPING) and rc == 0:
+            self._gone(S.STOPPED, reason="exited", exit_code=0)  # not a failure
+        elif state in (S.READY, S.SLEEPING):
+            doing = "serving" if state is S.READY else "asleep"
             err = EngineCrashed(
                 self.spec.id,
-                f"the process exited with code {rc} while {doing}",
+                f"the process exited with code {code} while {doing}",
                 self.logs.tail(LOG_TAIL_IN_ERRORS),
             )
-            self._failure = err
-            self._set_state(S.FAILED, err)
-        elif self._state is S.STOPPING:
+            self._failed(err, exit_code=rc)
+        elif state is S.STOPPING:
             if self._pending_failure is not None:
-                self._failure = self._pending_failure
-                self._set_state(S.FAILED, self._pending_failure)
+                self._failed(self._pending_failure, exit_code=rc)
             else:
-                self._set_state(S.STOPPED)
+                self._gone(S.STOPPED, exit_code=rc)
             self._then_stop = False
             _resolve_all(self._stop_waiters)
-            if self._restart_after_stop:
-                waiters, self._restart_after_stop = self._restart_after_stop, []
-                for w, env in waiters:
-                    self._inbox.put_nowait(Start(w, env))
+            restarts, self._restart_after_stop = self._restart_after_stop, []
+            for _, start in restarts:
+                self._inbox.put_nowait(start)
 
-    def _set_state(self, new: EngineState, error: SwapyardError | None = None) -> None:
+    def _failed(self, err: SwapyardError, exit_code: int | None = None) -> None:
+        """A start failed or the engine crashed: back off, or after ``start_limit``
+        failures within ``start_limit_interval``, fail for good (supervisor's
+        BACKOFF → FATAL; systemd's start limit)."""
+        now = time.monotonic()
+        spec = self.spec
+        self._failures.append(now)
+        while self._failures and self._failures[0] < now - spec.start_limit_interval:
+            self._failures.popleft()
+        n = len(self._failures)
+        if n >= spec.start_limit:
+            self._failure = EngineFailed(spec.id, n, spec.start_limit_interval, err)
+            self._gone(S.FAILED, error=self._failure, exit_code=exit_code, reason="start limit")
+            return
+        delay = min(spec.backoff_max, spec.backoff * 2 ** (n - 1))
+        self._failure = err
+        self._retry_at = now + delay
+        backoff = EngineBackoff(spec.id, err, delay)
+        self._gone(S.BACKOFF, error=backoff, exit_code=exit_code, retry_in=delay)
+        loop = asyncio.get_running_loop()
+        loop.call_later(delay, self._inbox.put_nowait, BackoffOver(self._gen))
+
+    def _gone(self, new: EngineState, **event: Any) -> None:
+        """The process is gone (or never ran): into ``new``, forget the child."""
+        self._set_state(new, **event)
+        self._proc = None
+        self._pid = None
+        if self._registry is not None:
+            with contextlib.suppress(SwapyardError):
+                self._registry.remove(self.spec.id)
+        if self._next_spec is not None:
+            self._take_next_spec()
+
+    def _take_next_spec(self) -> None:
+        assert self._next_spec is not None
+        self._apply_spec(self._next_spec)
+        self._next_spec = None
+        self._failures.clear()
+        if self._state in (S.BACKOFF, S.FAILED):
+            self._failure = None
+            self._set_state(S.STOPPED, reason="config reloaded")
+
+    def _record(self) -> None:
+        """Write (or refresh) this child's registry record, so that a restarted
+        swapyard can adopt it."""
+        if self._registry is None or self._pid is None or self.spec.remote:
+            return
+        start_time = proc_start_time(self._pid)
+        if start_time is None:
+            return
+        record = EngineRecord(
+            model=self.spec.id, spec_hash=spec_hash(self.spec), pid=self._pid, pgid=self._pid,
+            start_time=start_time, port=self._port, upstream=self.upstream,
+            devices=self._devices, started_at=time.time(), owner_pid=os.getpid(),
+            state=str(self._state),
+        )  # fmt: skip
+        try:
+            self._registry.put(record)
+        except SwapyardError as err:
+            self.logs.append(f"[swapyard] cannot record the engine for adoption: {err.message}")
+
+    def _set_state(self, new: EngineState, **event: Any) -> None:
         old = self._state
         check_transition(old, new)
         self._state = new
@@ -504,7 +643,14 @@ class EngineProcess:
             load_s = self.state_since - self.started_at
         self._bus.publish(
             EngineStateChanged(
-                self.spec.id, old, new, error, self.pid, load_s=load_s, woke=self._waking
+                self.spec.id,
+                old,
+                new,
+                pid=self._pid,
+                load_s=load_s,
+                woke=old is S.WAKING,
+                port=self._port or None,
+                **event,
             )
         )
 
@@ -518,17 +664,15 @@ class EngineProcess:
         rc = await wait_for_exit(proc)
         self._inbox.put_nowait(Exited(gen, rc))
 
-    async def _read_output(self, reader: asyncio.StreamReader, pipe: asyncio.BaseTransport) -> None:
-        try:
-            await self.logs.pump(reader)
-        finally:
-            pipe.close()
+    async def _watch_pid(self, pid: int, gen: int) -> None:
+        await wait_for_pid_exit(pid)
+        self._inbox.put_nowait(Exited(gen, None))
 
     async def _poll_health(self, gen: int) -> None:
         url = self.upstream + self.spec.check_endpoint
         t0 = time.monotonic()
         timeout = aiohttp.ClientTimeout(total=2.0)
-        while self._gen == gen and self._state is S.STARTING:
+        while self._gen == gen and self._state in (S.STARTING, S.WAKING):
             elapsed = time.monotonic() - t0
             if elapsed > self.spec.start_timeout:
                 self._inbox.put_nowait(StartTimedOut(gen))
@@ -563,16 +707,16 @@ class EngineProcess:
             self.logs.append(f"[cmd_stop] {line}")
 
 
-def _popen(argv: list[str], env: Mapping[str, str]) -> subprocess.Popen[bytes]:
-    """The engine's child in a session (and process group) of its own, output to one
-    pipe. Popen, not asyncio's subprocess: its wait() only returns once every pipe
-    is closed, so an orphan holding stdout would hide an exit. (The fork/exec is
-    synchronous either way: asyncio calls Popen too.)"""
+def _popen(argv: list[str], env: Mapping[str, str], out: int) -> subprocess.Popen[bytes]:
+    """The engine's child in a session (and process group) of its own, its output
+    to the file ``out``. Popen, not asyncio's subprocess: its wait() only returns
+    once every pipe is closed, so an orphan holding one would hide an exit. (The
+    fork/exec is synchronous either way: asyncio calls Popen too.)"""
     return subprocess.Popen(
         argv,
         stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
+        stdout=out,
+        stderr=out,
         start_new_session=True,
         env={**os.environ, **env},
     )
@@ -588,6 +732,11 @@ def _resolve(fut: asyncio.Future[None]) -> None:
         fut.set_result(None)
 
 
+def _fail(fut: asyncio.Future[None], err: BaseException) -> None:
+    if not fut.done():
+        fut.set_exception(err)
+
+
 def _resolve_all(futs: list[asyncio.Future[None]]) -> None:
     for f in futs:
         _resolve(f)
@@ -596,6 +745,5 @@ def _resolve_all(futs: list[asyncio.Future[None]]) -> None:
 
 def _fail_all(futs: list[asyncio.Future[None]], err: BaseException) -> None:
     for f in futs:
-        if not f.done():
-            f.set_exception(err)
+        _fail(f, err)
     futs.clear()

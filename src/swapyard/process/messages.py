@@ -4,13 +4,20 @@ tasks. News about a child carries the spawn generation it is about."""
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from swapyard.config import ModelSpec
+    from swapyard.process.registry import EngineRecord
 
 
+# -- commands ---------------------------------------------------------------------------
 @dataclass(frozen=True, slots=True)
 class Start:
     reply: asyncio.Future[None]
     env: dict[str, str]
+    devices: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -19,6 +26,32 @@ class Stop:
     sleep: bool = False  # use the engine's fast swap if it has one
 
 
+@dataclass(frozen=True, slots=True)
+class Reset:
+    """Forget past failures (an explicit load, a reload): ``backoff``/``failed`` →
+    ``stopped``."""
+
+    reply: asyncio.Future[None]
+
+
+@dataclass(frozen=True, slots=True)
+class Adopt:
+    """Take over an engine a previous swapyard started (checked healthy)."""
+
+    reply: asyncio.Future[None]
+    record: EngineRecord
+
+
+@dataclass(frozen=True, slots=True)
+class Respec:
+    """A reloaded config: ``spec`` applies at once, or, when ``restart`` (what its
+    process runs changed), from the next start on. Past failures are forgotten."""
+
+    spec: ModelSpec = field(repr=False)
+    restart: bool = False
+
+
+# -- news from helper tasks ---------------------------------------------------------------
 @dataclass(frozen=True, slots=True)
 class Slept:
     """The fast swap out finished (``error`` None) or failed."""
@@ -29,7 +62,8 @@ class Slept:
 
 @dataclass(frozen=True, slots=True)
 class Woke:
-    """The fast swap in (or the warm-up after a cold start) finished or failed."""
+    """The fast swap in (state ``waking``) or the warm-up after a cold start
+    (state ``warming``) finished (``error`` None) or failed."""
 
     gen: int
     error: str | None
@@ -55,7 +89,7 @@ class StartTimedOut:
 @dataclass(frozen=True, slots=True)
 class Exited:
     gen: int
-    returncode: int
+    returncode: int | None  # None: not our child (adopted), its status is unknown
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,4 +97,12 @@ class KillNow:
     gen: int
 
 
-Message = Start | Stop | Healthy | StartTimedOut | Exited | KillNow | Slept | Woke | Progress
+@dataclass(frozen=True, slots=True)
+class BackoffOver:
+    gen: int
+
+
+Message = (
+    Start | Stop | Reset | Adopt | Respec | Healthy | StartTimedOut | Exited | KillNow | Slept
+    | Woke | Progress | BackoffOver
+)  # fmt: skip

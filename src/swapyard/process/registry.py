@@ -107,6 +107,7 @@ class EngineRecord:
     devices: tuple[str, ...]
     started_at: float  # unix time
     owner_pid: int  # the swapyard that wrote it
+    state: str = "ready"  # "ready" or "sleeping" (a fast swap out): how to adopt it
 
     def to_json(self) -> str:
         doc = {"format": _FORMAT, **dataclasses.asdict(self)}
@@ -139,6 +140,7 @@ class EngineRecord:
             devices=tuple(devices),
             started_at=float(_typed(doc, "started_at", (int, float))),
             owner_pid=_typed(doc, "owner_pid", int),
+            state=_typed(doc, "state", str),
         )
 
 

@@ -2,29 +2,30 @@
 
 ::
 
-    stopped ──start──▶ starting ──health 200──▶ ready
-       ▲                 │  │                     │
-       │                 │  └──stop──┐            │ stop / ttl / swap
-       │        exited / │           ▼            ▼
-       │        timeout  │         stopping ◀─────┘
-       │                 ▼           │   │
-       └──────────── failed ◀────────┘   └──exited──▶ stopped
-                  (start again)  (a start that failed, or a crash)
+                 ┌───────────── adopt (a previous swapyard's engine) ──────────────┐
+                 │                                                                  ▼
+    stopped ──spawn──▶ starting ──health 200──▶ [warming] ──warm-up done──▶ ready ◀──┐
+      ▲ ▲                │    │                    │                        │       │
+      │ │    exited /    │    └─stop / timeout─┐   │ stop / warm-up failed  │ stop, │
+      │ │    timeout     │                     ▼   ▼                        │ ttl,  │
+      │ │                │                   stopping ◀─────────────────────┘ swap  │
+      │ │                ▼                    │   │  └─slept─▶ sleeping ──▶ waking ─┘
+      │ └── backoff ◀── (a failure) ◀──────── ┘   └──exited──▶ stopped   (wake call,
+      │   (timer) │                                                     health again)
+      │           └─ start_limit failures in start_limit_interval ─▶ failed
+      └──────────── reset (an explicit load, a reload) ◀──────────────────┘
 
-``failed`` means the process is gone and the last start (or run) ended badly; the
-next request starts it again. ``ready → failed`` is a crash while serving.
-
-Engines with a fast swap (vLLM sleep, SGLang memory saver, TabbyAPI and Ollama
-unload) have one more state, ``sleeping``: the process is alive but has given
-back (most of) its GPU memory::
-
-    ready ──stop(sleep)──▶ stopping ──slept──▶ sleeping ──wake──▶ starting ──▶ ready
-                             │ sleep failed: stop as usual   │ stop / exited
-                             ▼                               ▼
-                          stopped                  stopping / failed
-
-A wake that fails stops the process and starts it cold (``starting → stopping →
-stopped → starting``).
+``backoff`` and ``failed`` have no process. In ``backoff`` a start is refused
+(``engine_backoff``, with the time left) until its timer moves it to ``stopped``:
+1 s, then 2, 4, … up to ``backoff_max``. ``failed`` is terminal (``engine_failed``)
+until an explicit load or a config reload resets it. A failure is a start that
+did not reach ``ready`` (it exited, timed out, its port was taken, its warm-up
+failed) or an engine that exited non-zero while ready or asleep; one that exits
+with 0 while serving goes to ``stopped``. ``warming`` runs the engine's own load
+step after the health check (Ollama loads the model on request); ``waking`` is
+the fast swap in of a ``sleeping`` engine (vLLM sleep, SGLang memory saver,
+TabbyAPI and Ollama unload) followed by the health check again. A wake that
+fails stops the process and starts it cold. See ``docs/states.md``.
 """
 
 from __future__ import annotations
@@ -39,17 +40,25 @@ class EngineState(StrEnum):
     STOPPING = "stopping"
     FAILED = "failed"
     SLEEPING = "sleeping"
+    WARMING = "warming"
+    WAKING = "waking"
+    BACKOFF = "backoff"
 
 
 S = EngineState
 
+FAILURES = frozenset({S.BACKOFF, S.FAILED})
+
 TRANSITIONS: dict[EngineState, frozenset[EngineState]] = {
-    S.STOPPED: frozenset({S.STARTING}),
-    S.STARTING: frozenset({S.READY, S.STOPPING, S.FAILED}),
-    S.READY: frozenset({S.STOPPING, S.FAILED}),
-    S.STOPPING: frozenset({S.STOPPED, S.FAILED, S.SLEEPING}),
-    S.FAILED: frozenset({S.STARTING, S.STOPPED}),
-    S.SLEEPING: frozenset({S.STARTING, S.STOPPING, S.FAILED}),
+    S.STOPPED: frozenset({S.STARTING, S.READY, S.SLEEPING} | FAILURES),
+    S.STARTING: frozenset({S.WARMING, S.READY, S.STOPPING} | FAILURES),
+    S.WARMING: frozenset({S.READY, S.STOPPING} | FAILURES),
+    S.READY: frozenset({S.STOPPING, S.STOPPED} | FAILURES),
+    S.STOPPING: frozenset({S.STOPPED, S.SLEEPING} | FAILURES),
+    S.SLEEPING: frozenset({S.WAKING, S.STOPPING, S.STOPPED} | FAILURES),
+    S.WAKING: frozenset({S.READY, S.STOPPING} | FAILURES),
+    S.BACKOFF: frozenset({S.STOPPED}),
+    S.FAILED: frozenset({S.STOPPED}),
 }
 
 
@@ -65,4 +74,4 @@ def check_transition(old: EngineState, new: EngineState) -> None:
 
 def is_running(state: EngineState) -> bool:
     """Whether a child process may exist in this state."""
-    return state in (S.STARTING, S.READY, S.STOPPING, S.SLEEPING)
+    return state not in (S.STOPPED, S.BACKOFF, S.FAILED)

@@ -35,11 +35,25 @@ from collections.abc import Mapping
 from dataclasses import replace
 
 from swapyard.config import SchedulerSpec
-from swapyard.errors import EngineStartError, InsufficientMemory, QueueFull, SwapyardError
+from swapyard.errors import (
+    EngineBackoff,
+    EngineStopped,
+    InsufficientMemory,
+    QueueFull,
+    SwapyardError,
+)
 from swapyard.process.state import EngineState
 from swapyard.scheduler.placement import Evict, Fit, Never, Resident, Wait, plan
 from swapyard.scheduler.policy import Policy, policy_for
-from swapyard.scheduler.terms import TO_LOAD, Effects, ModelTerms, ModelView, Queued
+from swapyard.scheduler.terms import (
+    BROKEN,
+    LOADING,
+    TO_LOAD,
+    Effects,
+    ModelTerms,
+    ModelView,
+    Queued,
+)
 
 __all__ = ["Effects", "ModelTerms", "Policy", "Scheduler"]
 
@@ -76,6 +90,10 @@ class Scheduler:
         self._now = 0.0
 
     # -- read-only views -----------------------------------------------------------
+    def knows(self, model: str) -> bool:
+        """Whether ``model`` is scheduled (a removed one is forgotten once stopped)."""
+        return model in self._m
+
     def state(self, model: str) -> EngineState:
         return self._m[model].state
 
@@ -143,7 +161,7 @@ class Scheduler:
     # -- what happened ------------------------------------------------------------------
     def request_arrived(self, request_id: int, model: str, now: float | None = None) -> None:
         self._tick(now)
-        if (err := self.queue_full()) is not None:
+        if (err := self.queue_full() or self._broken(model)) is not None:
             self._fx.reject(request_id, err)
             return
         self._queue.append(Queued(request_id, model, self._now))
@@ -169,29 +187,41 @@ class Scheduler:
         error: SwapyardError | None = None,
         now: float | None = None,
     ) -> None:
+        """The engine reports ``state`` (``warming`` and ``waking`` count as
+        ``starting``). In ``backoff`` or ``failed`` (``error`` says why) its queue
+        is rejected and so is every new request until it is ``stopped`` again; a
+        kept model is started again then unless its ``restart`` is ``never``."""
         self._tick(now)
         m = self._m[model]
+        state = S.STARTING if state in LOADING else state
         if state is S.SLEEPING:
             self._hand_over(model, self._need(m) - (m.terms.sleep_need or 0))
+        exited = state is S.STOPPED and m.state in (S.READY, S.SLEEPING)  # on its own
         m.state = state
         m.to_sleep = m.to_sleep and state is S.STOPPING
         if state is S.SLEEPING:
             m.draining = False
-        if state in (S.STOPPED, S.FAILED):
+        if state in (S.STOPPED, *BROKEN):
             self._hand_over(model, self._need(m))
             m.devices = ()
             m.draining = False
+            m.failure = error if state in BROKEN else None
+            m.failure_at = self._now
         if state is S.STARTING:
             m.starting_at = self._now
         if state is S.READY:
             m.loaded_at = self._now
             m.last_used = self._now
             m.load_time = self._now - m.starting_at
-        if state is S.FAILED and isinstance(error, EngineStartError):
-            # A start that failed fails its waiters; after a crash while serving,
-            # the requests queued for it start it again when their turn comes.
-            self._reject_queued(model, error)
-            m.keep = False
+        if state in BROKEN:
+            self._reject_queued(model, error or EngineStopped(model, f"{model!r} is {state}"))
+            m.keep = m.keep and state is S.BACKOFF and m.terms.restart != "never"
+        elif exited:
+            m.keep = m.keep and m.terms.restart == "always"
+        if state is S.STOPPED and m.retiring:
+            del self._m[model]
+            self._armed_idle.pop(model, None)
+            return
         self._step()
 
     def idle_timeout(self, model: str, token: int, now: float | None = None) -> None:
@@ -214,9 +244,70 @@ class Scheduler:
         self._step()
 
     def load(self, model: str, now: float | None = None) -> None:
-        """Load on purpose (preload, admin): kept until unloaded or evicted."""
+        """Load on purpose (preload, admin): kept until unloaded or evicted. A model
+        in ``backoff`` or ``failed`` has its failures cleared first."""
         self._tick(now)
-        self._m[model].keep = True
+        m = self._m[model]
+        m.keep = True
+        if m.state in BROKEN:
+            self._fx.reset(model)
+        self._step()
+
+    def adopted(
+        self, model: str, devices: tuple[str, ...], state: EngineState, now: float | None = None
+    ) -> None:
+        """A previous swapyard's engine was taken over, ``ready`` or ``sleeping``,
+        on ``devices``."""
+        self._tick(now)
+        m = self._m[model]
+        m.state, m.devices = state, devices
+        m.loaded_at = m.last_used = self._now
+        self._step()
+
+    def restart(self, model: str, now: float | None = None) -> None:
+        """Its config changed: take no new requests for it, stop it once its running
+        requests are done, then start it again as usual (queued requests wait)."""
+        self._tick(now)
+        m = self._m[model]
+        if m.state in (S.STARTING, S.READY):
+            m.draining = True
+        elif m.state is S.SLEEPING:
+            self._stop(model, None)
+        self._step()
+
+    def reconfigure(
+        self,
+        models: Mapping[str, ModelTerms],
+        config: SchedulerSpec,
+        budget: Mapping[str, int],
+        host: int | None,
+        now: float | None = None,
+    ) -> None:
+        """A reloaded config: new models are added, the terms and settings of the
+        others change at once, and removed models are drained, stopped and then
+        forgotten (requests queued for them are refused)."""
+        self._tick(now)
+        self._cfg, self._policy = config, policy_for(config)
+        self._budget, self._host = dict(budget), host
+        for mid, terms in models.items():
+            if mid in self._m:
+                m = self._m[mid]
+                if terms.pinned != m.terms.pinned:  # else a pin set at run time stays
+                    m.pinned = terms.pinned
+                    m.keep = m.keep or terms.pinned
+                m.terms = terms
+            else:
+                self._m[mid] = ModelView(terms, need=terms.need, pinned=terms.pinned)
+        for mid in [mid for mid in self._m if mid not in models]:
+            m = self._m[mid]
+            m.retiring, m.keep, m.pinned = True, False, False
+            self._reject_queued(mid, EngineStopped(mid, f"model {mid!r} was removed"))
+            if m.state in (S.STOPPED, *BROKEN):
+                del self._m[mid]
+            elif m.state in (S.STARTING, S.READY):
+                m.draining = True
+            elif m.state is S.SLEEPING:
+                self._stop(mid, None)
         self._step()
 
     def unload(self, model: str, now: float | None = None) -> None:
@@ -313,6 +404,9 @@ class Scheduler:
                     self._fx.start(model, devices)
                 case Evict(_, victims):
                     for v in victims:
+                        # One explicit load evicting another ends the other's keep:
+                        # two that cannot be held together must not swap forever.
+                        self._m[v].keep = self._m[v].keep and not m.keep
                         self._stop(v, model, sleep_ok)
                 case Never(reason):
                     self._reject_queued(model, InsufficientMemory(model, reason))
@@ -441,6 +535,16 @@ class Scheduler:
         if self._armed_wake is None or when < self._armed_wake or self._armed_wake <= self._now:
             self._armed_wake = when
             self._fx.wake_at(when)
+
+    def _broken(self, model: str) -> SwapyardError | None:
+        """What a request for a model in ``backoff`` or ``failed`` is told."""
+        m = self._m[model]
+        if m.state not in BROKEN:
+            return None
+        if isinstance(m.failure, EngineBackoff):
+            left = max(0.0, m.failure.retry_after - (self._now - m.failure_at))
+            return EngineBackoff(model, m.failure.cause, left)
+        return m.failure or EngineStopped(model, f"model {model!r} is {m.state}")
 
     def _reject_queued(self, model: str, error: SwapyardError) -> None:
         keep: list[Queued] = []

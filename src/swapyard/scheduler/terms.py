@@ -11,7 +11,9 @@ from swapyard.errors import SwapyardError
 from swapyard.process.state import EngineState
 
 S = EngineState
-TO_LOAD = (S.STOPPED, S.FAILED, S.SLEEPING)  # a request for it needs a start or a wake
+TO_LOAD = (S.STOPPED, S.SLEEPING)  # a request for it needs a start or a wake
+LOADING = (S.STARTING, S.WARMING, S.WAKING)  # the scheduler sees all three as starting
+BROKEN = (S.BACKOFF, S.FAILED)  # no process, and no start until its backoff ends or a reset
 
 
 class Effects(Protocol):
@@ -34,6 +36,11 @@ class Effects(Protocol):
 
     def wake_at(self, when: float) -> None: ...
 
+    def reset(self, model: str) -> None:
+        """Clear ``model``'s failures (an explicit load of a model in ``backoff`` or
+        ``failed``): its engine then reports ``stopped``."""
+        ...
+
 
 @dataclass(frozen=True, slots=True)
 class ModelTerms:
@@ -47,6 +54,7 @@ class ModelTerms:
     max_concurrent: int = 0  # 0: no limit
     sleep_need: int | None = None  # None: no fast swap; else memory kept on its devices asleep
     host_need: int = 0  # host RAM a sleeping engine holds
+    restart: str = "on-failure"  # a kept model after a crash: on-failure, always, never
 
 
 @dataclass(slots=True)
@@ -73,6 +81,9 @@ class ModelView:
     starting_at: float = 0.0
     load_time: float | None = None  # last starting -> ready, seconds
     to_sleep: bool = False  # stopping into sleep (its fast swap), not to stopped
+    failure: SwapyardError | None = None  # in backoff or failed: what requests are told
+    failure_at: float = 0.0
+    retiring: bool = False  # removed from the config: forgotten once stopped
 
     def recent(self, now: float, window: float) -> list[float]:
         """When it started the requests of the last ``window`` seconds, oldest first."""

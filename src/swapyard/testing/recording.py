@@ -37,3 +37,6 @@ class RecordingEffects:
         """The calls since the last ``take``."""
         out, self.calls = self.calls, []
         return out
+
+    def reset(self, model: str) -> None:
+        self.calls.append(("reset", model))

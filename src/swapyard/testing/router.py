@@ -13,6 +13,7 @@ from swapyard.errors import ShuttingDown, SwapyardError
 from swapyard.events import EngineStateChanged, EventBus
 from swapyard.process.logring import LogRing
 from swapyard.process.state import EngineState
+from swapyard.reload import ConfigDiff, diff
 from swapyard.surface import (
     DeviceSnapshot,
     EngineView,
@@ -98,7 +99,7 @@ class FakeRouter:
 
     # -- reads --
     def snapshot(self) -> Snapshot:
-        models = {mid: self.model(mid) for mid in self.config.models}
+        models = {mid: self.model(mid) for mid in self.config.models if mid in self._views}
         return Snapshot(models, {"default": DeviceSnapshot("default", 1, 0)},
                         started_at=self._started_at)  # fmt: skip
 
@@ -125,3 +126,13 @@ class FakeRouter:
     async def pin(self, model: str, pinned: bool) -> EngineState:
         self.commands.append(("pin" if pinned else "unpin", model))
         return self._views[model].state
+
+    async def reload(self, config: Config) -> ConfigDiff:
+        d = diff(self.config, config)
+        self.commands.append(("reload", config.source))
+        self.config = config
+        for mid in d.added:
+            self._views[mid] = EngineView(state_since=time.monotonic())
+            self._in_flight[mid] = 0
+            self._logs[mid] = LogRing()
+        return d

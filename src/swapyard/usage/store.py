@@ -121,7 +121,7 @@ class UsageStore:
             if ev.load_s is not None:
                 kind = "wake" if ev.woke else "load"
                 self._queue("events", (now, kind, ev.model, None, ev.load_s))
-            elif ev.new in (S.FAILED, S.SLEEPING, S.STOPPED):
+            elif ev.new in (S.FAILED, S.BACKOFF, S.SLEEPING, S.STOPPED) and ev.new is not ev.old:
                 self._queue("events", (now, str(ev.new), ev.model, None, None))
 
     def _queue(self, table: str, values: tuple[Any, ...]) -> None:
