@@ -55,6 +55,9 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
 
 async def _lifespan(app: web.Application) -> AsyncIterator[None]:
     config = app[CONFIG]
+    usage: UsageStore | None = None
+    if config.usage.enabled:  # first: it may refuse to open (issue 10), with nothing to undo
+        usage = UsageStore(config.usage.path or data_dir() / "usage.db", config.usage.retention)
     http = new_upstream_session()
     given = app.get(ROUTER)
     if given is not None:
@@ -64,9 +67,7 @@ async def _lifespan(app: web.Application) -> AsyncIterator[None]:
         router = Router(config, bus, http, MeasuredStore(data_dir() / "measured-memory.json"))
     metrics = Metrics(router)
     bus.add_listener(metrics.on_event)
-    usage: UsageStore | None = None
-    if config.usage.enabled:
-        usage = UsageStore(config.usage.path or data_dir() / "usage.db", config.usage.retention)
+    if usage is not None:
         bus.add_listener(usage.on_event)
         usage.run()
     state = AppState(config=config, bus=bus, http=http, router=router, metrics=metrics,
