@@ -28,6 +28,7 @@ from swapyard.proxy import error_response, new_upstream_session
 from swapyard.resources.store import MeasuredStore
 from swapyard.router import Router
 from swapyard.surface import RouterSurface
+from swapyard.usage import lifelog
 from swapyard.usage.feed import Broadcast
 from swapyard.usage.metrics import Metrics
 from swapyard.usage.store import UsageStore
@@ -67,6 +68,7 @@ async def _lifespan(app: web.Application) -> AsyncIterator[None]:
         router = Router(config, bus, http, MeasuredStore(data_dir() / "measured-memory.json"))
     metrics = Metrics(router)
     bus.add_listener(metrics.on_event)
+    bus.add_listener(lifelog.on_event)
     if usage is not None:
         bus.add_listener(usage.on_event)
         usage.run()
