@@ -126,14 +126,16 @@ def test_crash_while_serving_gives_exit_code_and_first_error_line_only() -> None
     assert "s3cret" not in text and "s3cret" not in json.dumps(doc)
 
 
-def test_failure_while_starting_is_start_failed() -> None:
+def test_failure_while_starting_is_start_failed_with_its_reason() -> None:
+    """A start error gives its reason, not the message that repeats the model's name."""
     err = EngineExitedEarly("m", "the process exited with code 2 before it became ready")
     ev = change("starting", "failed", error=err, exit_code=2)
     assert format_event(ev) == (
-        "m: failed to start (exit code 2): model 'm' failed to start: "
-        "the process exited with code 2 before it became ready"
+        "m: failed to start (exit code 2): the process exited with code 2 before it became ready"
     )
-    assert as_json(ev)["event"] == "start_failed"
+    doc = as_json(ev)
+    assert doc["event"] == "start_failed"
+    assert doc["error"] == "the process exited with code 2 before it became ready"
 
 
 def test_backoff_says_when_it_retries() -> None:

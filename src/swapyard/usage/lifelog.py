@@ -15,8 +15,9 @@ asked for, and keeps it off the stderr handler so a journal holds each line once
 An engine's state change is named by the state it enters (``STATE_EVENTS``; a
 state missing from the table is its own event, so new states need no code), then
 refined by where it came from: ``started`` or ``waking``, ``ready`` or ``woke``,
-``crashed`` or ``start_failed``. Errors are cut to their first line: the rest is
-the engine's log tail, which may echo its command line.
+``crashed`` or ``start_failed``. Errors are cut to their first line (a start
+error to its reason): the rest is the engine's log tail, which may echo its
+command line.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal, TextIO
 
+from swapyard.errors import EngineStartError, SwapyardError
 from swapyard.events import (
     ConfigReloaded,
     EngineReaped,
@@ -181,7 +183,7 @@ def _state_line(ev: EngineStateChanged) -> Line:
     port: int | str | None = None
     if ev.port:
         port = int(ev.port) if ev.port.isdigit() else ev.port
-    error = _first_line(ev.error.message) if ev.error is not None else None
+    error = _error_text(ev.error) if ev.error is not None else None
     fields: dict[str, Any] = {"from_state": old, "to_state": new}
     optional = {"duration_s": None if ev.load_s is None else round(ev.load_s, 3),
                 "pid": ev.pid, "port": port, "exit_code": ev.exit_code,
@@ -215,6 +217,14 @@ def _reload_line(ev: ConfigReloaded) -> Line:
     said = "; ".join(f"{k} {', '.join(v)}" for k, v in groups.items() if v) or "no models"
     fields = {"source": ev.source, **{k: list(v) for k, v in groups.items()}}
     return Line(None, "config_reloaded", f"config reloaded from {ev.source}: {said}", fields)
+
+
+def _error_text(err: SwapyardError) -> str:
+    # A start error keeps its reason apart: the line already names the model and
+    # says it failed, so "m: failed to start: model 'm' failed to start: ..." is noise.
+    if isinstance(err, EngineStartError):
+        return _first_line(err.reason)
+    return _first_line(err.message)
 
 
 def _first_line(message: str) -> str:
