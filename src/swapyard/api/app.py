@@ -28,6 +28,7 @@ from swapyard.proxy import error_response, new_upstream_session
 from swapyard.resources.store import MeasuredStore
 from swapyard.router import Router
 from swapyard.surface import RouterSurface
+from swapyard.usage import lifelog
 from swapyard.usage.feed import Broadcast
 from swapyard.usage.metrics import Metrics
 from swapyard.usage.store import UsageStore
@@ -56,6 +57,9 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
 
 async def _lifespan(app: web.Application) -> AsyncIterator[None]:
     config = app[CONFIG]
+    usage: UsageStore | None = None
+    if config.usage.enabled:  # first: it may refuse to open (issue 10), with nothing to undo
+        usage = UsageStore(config.usage.path or data_dir() / "usage.db", config.usage.retention)
     http = new_upstream_session()
     given = app.get(ROUTER)
     if given is not None:
@@ -66,9 +70,8 @@ async def _lifespan(app: web.Application) -> AsyncIterator[None]:
         router = Router(config, bus, http, store, state_dir=data_dir() / "engines")
     metrics = Metrics(router)
     bus.add_listener(metrics.on_event)
-    usage: UsageStore | None = None
-    if config.usage.enabled:
-        usage = UsageStore(config.usage.path or data_dir() / "usage.db", config.usage.retention)
+    bus.add_listener(lifelog.on_event)
+    if usage is not None:
         bus.add_listener(usage.on_event)
         usage.run()
     state = AppState(config=config, bus=bus, http=http, router=router, metrics=metrics,

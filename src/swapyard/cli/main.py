@@ -6,11 +6,15 @@ import asyncio
 import logging
 import sys
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import click
 
 from swapyard import __version__
 from swapyard.errors import SwapyardError
+
+if TYPE_CHECKING:
+    from swapyard.usage.lifelog import LogFormat
 
 
 @click.group()
@@ -40,18 +44,33 @@ def cli() -> None:
     show_default=True,
     help="Event loop: uvloop where installed (auto), or the standard asyncio loop.",
 )
+@click.option(
+    "--log-format",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+    help="Lifecycle lines on stdout (one per start, ready, stop, crash, reload): "
+    "short text, or one JSON object a line. Other logs stay on stderr.",
+)
 def serve(
-    config_path: str | None, host: str | None, port: int | None, verbose: bool, loop: str
+    config_path: str | None,
+    host: str | None,
+    port: int | None,
+    verbose: bool,
+    loop: str,
+    log_format: LogFormat,
 ) -> None:
     """Serve the configured models on one OpenAI-compatible endpoint."""
     from swapyard.api.app import serve as run_server
     from swapyard.config import load_config_file
     from swapyard.defaults import default_config
+    from swapyard.usage import lifelog
 
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    lifelog.log_to(log_format)
     logging.getLogger("gguf").setLevel(logging.WARNING)
     try:
         config = load_config_file(config_path) if config_path else default_config()

@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from swapyard.errors import SwapyardError
 from swapyard.events import EngineStateChanged, Event, RequestFinished, RequestRecord, SwapStarted
 from swapyard.process.state import EngineState
 
@@ -56,13 +57,35 @@ REQUEST_COLUMNS = (
 
 
 def connect(path: Path | str) -> sqlite3.Connection:
-    """Open (creating or migrating) the store."""
-    db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
-    db.row_factory = sqlite3.Row
-    db.execute("PRAGMA journal_mode=WAL")
-    db.execute("PRAGMA synchronous=NORMAL")
+    """Open (creating or migrating) the store, and its directory on first use.
+
+    Raises ``SwapyardError`` naming the path and why when either cannot be made:
+    a new user's first ``serve`` used to die in a traceback here (issue 10)."""
+    path = Path(path)
+    _make_dir(path.parent, "the usage store")
+    try:
+        db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+        db.row_factory = sqlite3.Row
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=NORMAL")
+    except sqlite3.Error as exc:
+        raise SwapyardError(f"cannot open the usage store {path}: {exc}") from exc
     migrate(db)
     return db
+
+
+def _make_dir(path: Path, purpose: str) -> None:
+    """Create ``path`` with its parents unless it is there; ``SwapyardError`` if not possible."""
+    if path.is_dir():
+        return
+    if path.exists():
+        raise SwapyardError(f"cannot use {path} for {purpose}: it exists and is not a directory")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise SwapyardError(
+            f"cannot create the directory {path} for {purpose}: {exc.strerror or exc}"
+        ) from exc
 
 
 def schema_version(db: sqlite3.Connection) -> int:
