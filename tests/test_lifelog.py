@@ -296,10 +296,10 @@ def test_serve_prints_one_text_line_per_lifecycle_event_on_stdout(tmp_path: Path
     """started, ready (with its load time and the pid /health reported), stopping,
     stopped — once each, in order, on stdout; not on stderr; also in /api/logs."""
     lines, err, pid, ring = run_serve(tmp_path, "text")
-    assert lines[0] == "m: started"
+    assert lines[0].startswith(f"m: started (pid {pid}, port ")
     assert lines[1].startswith("m: ready after ") and f"(pid {pid}" in lines[1]
     assert float(lines[1].split()[3]) > 0
-    assert lines[2:] == ["m: stopping", "m: stopped"]
+    assert lines[2:] == ["m: stopping", "m: stopped (exit code 0)"]
     assert "m: ready" not in err and "m: started" not in err
     assert any(line.endswith(lines[1]) and "swapyard.lifecycle" in line for line in ring)
 

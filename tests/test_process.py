@@ -4,6 +4,8 @@ one test per state-machine edge, plus the stop escalation (house style 5)."""
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import socket
 import sys
 from collections.abc import AsyncIterator
@@ -14,8 +16,10 @@ import pytest
 from helpers import eventually, grandchild_pid, group_members, pid_alive, spec
 from swapyard.config import ModelSpec
 from swapyard.errors import (
+    EngineBackoff,
     EngineCrashed,
     EngineExitedEarly,
+    EngineFailed,
     EngineStartTimeout,
     EngineStopped,
     PortInUse,
@@ -66,15 +70,15 @@ async def test_stopped_to_starting_to_ready_when_health_passes(h: Harness) -> No
         assert r.status == 200
 
 
-async def test_starting_to_failed_when_process_exits_early_with_log_lines(h: Harness) -> None:
+async def test_starting_to_backoff_when_process_exits_early_with_log_lines(h: Harness) -> None:
     e = h.engine(spec(fake_engine_cmd(exit_on_start=2)))
     with pytest.raises(EngineExitedEarly) as info:
         await e.start()
     assert "code 2" in info.value.message
     assert "file is corrupt (simulated)" in info.value.message
     assert any("simulated" in line for line in info.value.log_tail)
-    assert e.state is S.FAILED
-    assert h.events == [("stopped", "starting"), ("starting", "failed")]
+    assert e.state is S.BACKOFF
+    assert h.events == [("stopped", "starting"), ("starting", "backoff")]
 
 
 async def test_starting_to_stopping_to_failed_when_health_never_passes(h: Harness) -> None:
@@ -83,8 +87,8 @@ async def test_starting_to_stopping_to_failed_when_health_never_passes(h: Harnes
         await e.start()
     assert "did not answer 200 within 3 s" in info.value.message
     assert any("listening" in line for line in info.value.log_tail)
-    await eventually(lambda: e.state is S.FAILED)
-    assert h.events == [("stopped", "starting"), ("starting", "stopping"), ("stopping", "failed")]
+    await eventually(lambda: e.state is S.BACKOFF)
+    assert h.events == [("stopped", "starting"), ("starting", "stopping"), ("stopping", "backoff")]
 
 
 async def test_ready_to_stopping_to_stopped_and_group_gone(h: Harness) -> None:
@@ -131,17 +135,17 @@ async def test_cmd_stop_replaces_sigterm(h: Harness) -> None:
     assert not any("sending SIGKILL" in line for line in lines)
 
 
-async def test_ready_to_failed_when_engine_crashes(h: Harness) -> None:
+async def test_ready_to_backoff_when_engine_crashes(h: Harness) -> None:
     e = h.engine(spec(fake_engine_cmd(crash_after_tokens=1)))
     await e.start()
     body = {"model": "m", "messages": [], "max_tokens": 3}
     with pytest.raises(aiohttp.ClientError):
         async with h.http.post(e.upstream + "/v1/chat/completions", json=body) as r:
             await r.read()
-    await eventually(lambda: e.state is S.FAILED)
+    await eventually(lambda: e.state is S.BACKOFF)
     assert isinstance(e.last_error, EngineCrashed)
     assert "crashing after 1 tokens" in e.last_error.message
-    assert h.events[-1] == ("ready", "failed")
+    assert h.events[-1] == ("ready", "backoff")
 
 
 async def test_starting_to_stopping_when_stopped_during_start(h: Harness) -> None:
@@ -154,28 +158,74 @@ async def test_starting_to_stopping_when_stopped_during_start(h: Harness) -> Non
     assert h.events == [("stopped", "starting"), ("starting", "stopping"), ("stopping", "stopped")]
 
 
-async def test_failed_to_starting_on_the_next_start(h: Harness, tmp_path: object) -> None:
+async def test_backoff_refuses_a_start_until_it_is_over_then_starts(
+    h: Harness, tmp_path: object
+) -> None:
+    """After a failed start the engine backs off: a start meanwhile is refused with
+    the time left (no spawn); once the backoff is over it starts again (issue 10)."""
     flag = f"{tmp_path}/tried"
     fake = fake_engine_cmd().replace("${PORT}", '"$1"')
     script = f"if [ -f {flag} ]; then exec {fake}; else touch {flag}; echo nope; exit 4; fi"
-    e = h.engine(spec(["sh", "-c", script, "sh", "${PORT}"]))
+    e = h.engine(spec(["sh", "-c", script, "sh", "${PORT}"], backoff=0.5))
     with pytest.raises(EngineExitedEarly):
         await e.start()
+    with pytest.raises(EngineBackoff) as info:
+        await e.start()
+    assert 0 < info.value.retry_after <= 0.5
+    assert "exited with code 4" in info.value.message
+    await eventually(lambda: e.state is S.STOPPED)
     await e.start()
     assert e.state is S.READY
     assert h.events == [
-        ("stopped", "starting"), ("starting", "failed"), ("failed", "starting"),
-        ("starting", "ready"),
+        ("stopped", "starting"), ("starting", "backoff"), ("backoff", "stopped"),
+        ("stopped", "starting"), ("starting", "ready"),
     ]  # fmt: skip
 
 
-async def test_failed_to_stopped_when_stopped_explicitly(h: Harness) -> None:
-    e = h.engine(spec(fake_engine_cmd(exit_on_start=1)))
+async def test_backoff_doubles_then_failed_after_the_start_limit(h: Harness) -> None:
+    """A crash loop backs off 0.1 s, 0.2 s, 0.4 s … and after `start_limit` failures
+    within the interval stays failed: no more spawns until a reset (issue 10)."""
+    e = h.engine(spec(fake_engine_cmd(exit_on_start=3), backoff=0.1, start_limit=3))
+    retries: list[float | None] = []
+    h.bus.add_listener(
+        lambda ev: (
+            retries.append(ev.retry_in)
+            if isinstance(ev, EngineStateChanged) and ev.new is S.BACKOFF
+            else None
+        )
+    )
+    for _ in range(3):
+        await eventually(lambda: e.state is S.STOPPED)
+        with pytest.raises(EngineExitedEarly):
+            await e.start()
+    assert e.state is S.FAILED
+    assert retries == [pytest.approx(0.1), pytest.approx(0.2)]
+    with pytest.raises(EngineFailed, match="failed 3 times"):
+        await e.start()
+    assert sum(1 for ev in h.events if ev == ("stopped", "starting")) == 3  # 3 spawns only
+    await e.reset()
+    assert e.state is S.STOPPED and e.last_error is None
+
+
+async def test_stop_in_backoff_changes_nothing_and_reset_clears_it(h: Harness) -> None:
+    e = h.engine(spec(fake_engine_cmd(exit_on_start=1), backoff=30))
     with pytest.raises(EngineExitedEarly):
         await e.start()
     await e.stop()
+    assert e.state is S.BACKOFF
+    await e.reset()
     assert e.state is S.STOPPED and e.last_error is None
-    assert h.events[-1] == ("failed", "stopped")
+    assert h.events[-1] == ("backoff", "stopped")
+
+
+async def test_ready_to_stopped_when_engine_exits_cleanly(h: Harness) -> None:
+    """An engine that exits with code 0 while serving is not a failure: no backoff."""
+    e = h.engine(spec(fake_engine_cmd()))
+    await e.start()
+    assert e.pid is not None
+    os.kill(e.pid, signal.SIGINT)  # the fake engine stops with code 0 on SIGINT
+    await eventually(lambda: e.state is S.STOPPED)
+    assert h.events[-1] == ("ready", "stopped")
 
 
 async def test_start_during_stopping_restarts_after_the_stop(h: Harness) -> None:
@@ -200,7 +250,8 @@ async def test_fixed_port_in_use_fails_at_once(h: Harness) -> None:
         e = h.engine(spec(f"{sys.executable} -c pass", proxy=f"http://127.0.0.1:{port}"))
         with pytest.raises(PortInUse, match=f"port {port}"):
             await e.start()
-    assert e.state is S.FAILED
+    assert e.state is S.BACKOFF
+    assert h.events == [("stopped", "backoff")]  # never spawned
 
 
 async def test_missing_binary_fails_with_a_clear_error(h: Harness) -> None:
@@ -238,5 +289,5 @@ async def test_crash_is_seen_while_a_grandchild_still_holds_the_output_pipe(h: H
     with pytest.raises(aiohttp.ClientError):
         async with h.http.post(e.upstream + "/v1/chat/completions", json=body) as r:
             await r.read()
-    await eventually(lambda: e.state is S.FAILED)
+    await eventually(lambda: e.state is S.BACKOFF)
     await eventually(lambda: not pid_alive(child))

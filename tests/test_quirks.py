@@ -10,7 +10,7 @@ from typing import Any
 
 import aiohttp
 
-from helpers import config
+from helpers import config, eventually
 from swapyard.config import ModelSpec
 from swapyard.ports import PortAllocator
 from swapyard.quirks import StreamFix, adapt_request
@@ -109,10 +109,9 @@ async def test_usage_is_requested_and_only_shown_when_asked(http: aiohttp.Client
     async with running_server(config(models, loading_status="off")) as srv:
         plain = await stream_text(http, srv.url, "u")
         assert '"usage"' not in plain and plain.endswith("data: [DONE]\n\n")
-        log = srv.router.logs("u").tail()
+        await eventually(lambda: any("stream=True" in ln for ln in srv.router.logs("u").tail()))
         asked = await stream_text(http, srv.url, "u", stream_options={"include_usage": True})
         assert '"completion_tokens": 6' in asked
-        assert any("stream=True" in ln for ln in log)
 
 
 async def test_remote_openai_upstream_gets_its_own_key(http: aiohttp.ClientSession) -> None:

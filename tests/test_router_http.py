@@ -184,18 +184,33 @@ async def test_engine_dying_before_a_plain_answer_gives_502(http: aiohttp.Client
         assert err["code"] in {"upstream_died", "upstream_unavailable"}
 
 
-async def test_crashed_engine_is_started_again_by_the_next_request(
+async def test_crashed_engine_backs_off_then_is_started_again_by_the_next_request(
     http: aiohttp.ClientSession,
 ) -> None:
-    cfg = config({"m": {"cmd": fake_engine_cmd("m", crash_after_tokens=5)}})
+    """A crash while serving: 502 for that answer, 503 engine_backoff with
+    Retry-After while it backs off, then the next request starts it (issue 10)."""
+    cfg = config({"m": {"cmd": fake_engine_cmd("m", crash_after_tokens=5), "backoff": 1.0}})
     async with running_server(cfg) as srv:
         async with http.post(srv.url + "/v1/chat/completions", json=chat("m", max_tokens=9)) as r:
             assert r.status == 502
 
-        async def failed() -> bool:
-            return (await health(http, srv.url))["models"]["m"]["state"] == "failed"
+        async def state() -> str:
+            s: str = (await health(http, srv.url))["models"]["m"]["state"]
+            return s
 
-        await eventually(failed)
+        async def backing_off() -> bool:
+            return await state() == "backoff"
+
+        await eventually(backing_off)
+        async with http.post(srv.url + "/v1/chat/completions", json=chat("m", max_tokens=2)) as r:
+            assert r.status == 503
+            assert (await r.json())["error"]["code"] == "engine_backoff"
+            assert r.headers["Retry-After"] == "1"
+
+        async def stopped() -> bool:
+            return await state() == "stopped"
+
+        await eventually(stopped)
         async with http.post(srv.url + "/v1/chat/completions", json=chat("m", max_tokens=2)) as r:
             assert r.status == 200
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from swapyard.config import SchedulerSpec
-from swapyard.errors import EngineCrashed, EngineExitedEarly, EngineStartTimeout, ShuttingDown
+from swapyard.errors import EngineExitedEarly, EngineStartTimeout, ShuttingDown
 from swapyard.process.state import EngineState
 from swapyard.scheduler.core import Scheduler
 from swapyard.testing import RecordingEffects
@@ -109,29 +109,6 @@ def test_failed_start_rejects_every_request_waiting_for_it(fx: RecordingEffects)
     assert fx.take() == [
         ("reject", 1, "EngineExitedEarly"), ("reject", 2, "EngineExitedEarly"), ("start", "b"),
     ]  # fmt: skip
-
-
-def test_crash_while_ready_keeps_queued_requests_and_restarts(fx: RecordingEffects) -> None:
-    s = make(fx)
-    s.request_arrived(1, "a")
-    ready(s, "a")
-    s.request_arrived(2, "b")
-    s.request_arrived(3, "a")
-    fx.take()
-    s.engine_state("a", S.FAILED, EngineCrashed("a", "exited with code 3"))
-    s.request_done(1)
-    assert fx.take() == [("start", "b")]
-    assert s.queued("a") == 1
-
-
-def test_failed_model_is_started_again_by_the_next_request(fx: RecordingEffects) -> None:
-    s = make(fx)
-    s.request_arrived(1, "a")
-    s.engine_state("a", S.STARTING)
-    s.engine_state("a", S.FAILED, EngineExitedEarly("a", "x"))
-    fx.take()
-    s.request_arrived(2, "a")
-    assert fx.take() == [("start", "a")]
 
 
 def test_cancelled_queued_request_leaves_the_queue(fx: RecordingEffects) -> None:

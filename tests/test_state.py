@@ -16,21 +16,39 @@ from swapyard.process.state import (
 
 S = EngineState
 ALLOWED = {
-    (S.STOPPED, S.STARTING),
-    (S.STARTING, S.READY),
+    (S.STOPPED, S.STARTING),  # spawned
+    (S.STOPPED, S.READY),  # adopted from a previous swapyard
+    (S.STOPPED, S.SLEEPING),  # adopted asleep
+    (S.STOPPED, S.BACKOFF),  # could not even spawn (port taken, no such command)
+    (S.STOPPED, S.FAILED),  # ... and that was the start limit
+    (S.STARTING, S.WARMING),  # healthy; the engine's own load step follows (Ollama)
+    (S.STARTING, S.READY),  # healthy
+    (S.STARTING, S.STOPPING),  # stopped while starting, or its start timed out
+    (S.STARTING, S.BACKOFF),  # exited before it was ready
     (S.STARTING, S.FAILED),
-    (S.STARTING, S.STOPPING),
+    (S.WARMING, S.READY),
+    (S.WARMING, S.STOPPING),  # warm-up failed (then backoff), or stopped
+    (S.WARMING, S.BACKOFF),  # exited while warming
+    (S.WARMING, S.FAILED),
     (S.READY, S.STOPPING),
+    (S.READY, S.STOPPED),  # exited with code 0 while serving: not a failure
+    (S.READY, S.BACKOFF),  # crashed while serving
     (S.READY, S.FAILED),
     (S.STOPPING, S.STOPPED),
+    (S.STOPPING, S.SLEEPING),  # the fast swap out succeeded
+    (S.STOPPING, S.BACKOFF),  # the stop of a start that timed out or failed its warm-up
     (S.STOPPING, S.FAILED),
-    (S.FAILED, S.STARTING),
-    (S.FAILED, S.STOPPED),
-    # fast swaps
-    (S.STOPPING, S.SLEEPING),
-    (S.SLEEPING, S.STARTING),
+    (S.SLEEPING, S.WAKING),
     (S.SLEEPING, S.STOPPING),
+    (S.SLEEPING, S.STOPPED),  # exited with code 0 while asleep
+    (S.SLEEPING, S.BACKOFF),  # crashed while asleep
     (S.SLEEPING, S.FAILED),
+    (S.WAKING, S.READY),
+    (S.WAKING, S.STOPPING),  # the wake call failed: stop, then start cold
+    (S.WAKING, S.BACKOFF),  # exited while waking
+    (S.WAKING, S.FAILED),
+    (S.BACKOFF, S.STOPPED),  # its backoff is over, or a reset
+    (S.FAILED, S.STOPPED),  # a reset: an explicit load or a reload
 }
 
 
@@ -51,6 +69,9 @@ def test_table_is_exactly_the_documented_edges() -> None:
 
 def test_states_are_lower_case_strings() -> None:
     assert [str(s) for s in S] == [
-        "stopped", "starting", "ready", "stopping", "failed", "sleeping",
+        "stopped", "starting", "ready", "stopping", "failed", "sleeping", "warming", "waking",
+        "backoff",
     ]  # fmt: skip
-    assert [s for s in S if is_running(s)] == [S.STARTING, S.READY, S.STOPPING, S.SLEEPING]
+    assert [s for s in S if is_running(s)] == [
+        S.STARTING, S.READY, S.STOPPING, S.SLEEPING, S.WARMING, S.WAKING,
+    ]  # fmt: skip

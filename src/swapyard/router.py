@@ -517,8 +517,13 @@ class Router:
 def _lock(state_dir: Path) -> TextIO | None:
     """An exclusive lock on ``state_dir`` (held while the file stays open), or
     None when another swapyard holds it. Creates the directory."""
-    state_dir.mkdir(parents=True, exist_ok=True)
-    f = open(state_dir / ".lock", "a")  # noqa: SIM115 - held open on purpose
+    try:
+        state_dir.mkdir(parents=True, exist_ok=True)
+        f = open(state_dir / ".lock", "a")  # noqa: SIM115 - held open on purpose
+    except OSError as exc:
+        raise SwapyardError(
+            f"cannot use {state_dir} for the engines' state: {exc.strerror or exc}"
+        ) from exc
     try:
         fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:

@@ -37,7 +37,7 @@ async def reload_config(state: AppState) -> dict[str, list[str]]:
     """Read the config file again and apply it; raises ``ReloadRefused`` (nothing
     changed) when it cannot be read or is invalid."""
     source = state.config.source
-    if not Path(source).is_file():
+    if not await asyncio.to_thread(Path(source).is_file):
         raise ReloadRefused(f"there is no config file to reload (serving {source})")
     try:
         new = load_config_file(source)

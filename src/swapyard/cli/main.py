@@ -52,6 +52,11 @@ def cli() -> None:
     help="Lifecycle lines on stdout (one per start, ready, stop, crash, reload): "
     "short text, or one JSON object a line. Other logs stay on stderr.",
 )
+@click.option(
+    "--watch-config",
+    is_flag=True,
+    help="Reload the config when its file changes (as SIGHUP does); unchanged models keep running.",
+)
 def serve(
     config_path: str | None,
     host: str | None,
@@ -59,6 +64,7 @@ def serve(
     verbose: bool,
     loop: str,
     log_format: LogFormat,
+    watch_config: bool,
 ) -> None:
     """Serve the configured models on one OpenAI-compatible endpoint."""
     from swapyard.api.app import serve as run_server
@@ -75,7 +81,11 @@ def serve(
     try:
         config = load_config_file(config_path) if config_path else default_config()
         with asyncio.Runner(loop_factory=loop_factory(loop)) as runner:
-            runner.run(run_server(config, host or config.server.host, port or config.server.port))
+            runner.run(
+                run_server(
+                    config, host or config.server.host, port or config.server.port, watch_config
+                )
+            )
     except SwapyardError as err:
         click.echo(f"swapyard: {err.message}", err=True)
         sys.exit(1)

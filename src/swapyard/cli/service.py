@@ -132,3 +132,20 @@ def install(config_path: str, user_mode: bool, dest: str | None, just_print: boo
     click.echo("enable and start it with:")
     click.echo(f"  {ctl} daemon-reload && {ctl} enable --now swapyard")
     click.echo(f"logs: journalctl {'--user ' if user_mode else ''}-u swapyard -f")
+
+
+@config.command("reload")
+@click.option("--url", default=None, help="swapyard's URL (default: $SWAPYARD_URL, else :8080).")
+def reload_cmd(url: str | None) -> None:
+    """Ask the running swapyard to read its config file again (as SIGHUP does)."""
+    from swapyard.cli.client import Client, ClientError
+
+    try:
+        doc = Client(url).post("/api/config/reload")
+    except ClientError as err:
+        click.echo(f"swapyard: {err}", err=True)
+        sys.exit(1)
+    parts = [f"{k}: {', '.join(v)}" for k in ("added", "changed", "removed") if (v := doc[k])]
+    if doc["unchanged"]:
+        parts.append(f"unchanged: {', '.join(doc['unchanged'])}")
+    click.echo("config reloaded — " + ("; ".join(parts) or "no models"))

@@ -444,6 +444,7 @@ class EngineProcess:
         self._begin_stop()
 
     def _became_ready(self) -> None:
+        self._output.drain()  # what it printed while loading is in the ring by now
         self._set_state(S.READY)
         self._record()
         _resolve_all(self._start_waiters)

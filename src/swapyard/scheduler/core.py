@@ -214,14 +214,16 @@ class Scheduler:
             m.last_used = self._now
             m.load_time = self._now - m.starting_at
         if state in BROKEN:
-            self._reject_queued(model, error or EngineStopped(model, f"{model!r} is {state}"))
+            # Those who waited for this start get what went wrong; later ones get
+            # the backoff (or failed) error with the time left.
+            cause = getattr(error, "cause", error)
+            self._reject_queued(model, cause or EngineStopped(model, f"{model!r} is {state}"))
             m.keep = m.keep and state is S.BACKOFF and m.terms.restart != "never"
         elif exited:
             m.keep = m.keep and m.terms.restart == "always"
         if state is S.STOPPED and m.retiring:
             del self._m[model]
             self._armed_idle.pop(model, None)
-            return
         self._step()
 
     def idle_timeout(self, model: str, token: int, now: float | None = None) -> None:
@@ -295,6 +297,8 @@ class Scheduler:
                 if terms.pinned != m.terms.pinned:  # else a pin set at run time stays
                     m.pinned = terms.pinned
                     m.keep = m.keep or terms.pinned
+                if terms.need != m.terms.need:  # else a learned need stays
+                    m.need = terms.need
                 m.terms = terms
             else:
                 self._m[mid] = ModelView(terms, need=terms.need, pinned=terms.pinned)

@@ -66,7 +66,7 @@ EVENT_WORDS: dict[str, str] = {
 STARTING_STATES = frozenset({"starting", "waking", "warming"})
 SERVING_STATES = frozenset({"ready", "sleeping"})
 # Pid and port are shown in text where an operator looks for them; json has them always.
-SHOWS_PROCESS = frozenset({"started", "ready"})
+SHOWS_PROCESS = frozenset({"started", "ready", "adopted"})
 WARNINGS = frozenset({"crashed", "start_failed", "failed", "backoff", "config_reload_refused"})
 
 
@@ -84,16 +84,23 @@ class Line:
         return logging.WARNING if self.event in WARNINGS else logging.INFO
 
 
-def state_event(old: str, new: str, woke: bool = False) -> str:
-    """The event name for an engine going from state ``old`` to ``new``."""
+def state_event(old: str, new: str, woke: bool = False, reason: str | None = None) -> str:
+    """The event name for an engine going from state ``old`` to ``new`` (``reason``
+    as the actor gave it)."""
+    if reason == "adopted":
+        return "adopted"
     if new in ("starting", "waking") and old == "sleeping":
         return "waking"
     if new == "ready" and woke:
         return "woke"
-    if new == "failed" and old in SERVING_STATES:
+    if new == "failed" and reason == "start limit":
+        return "failed"
+    if new in ("failed", "backoff") and old in SERVING_STATES:
         return "crashed"
-    if new == "failed" and old in STARTING_STATES:
+    if new in ("failed", "backoff") and (old in STARTING_STATES or old in ("stopped", "stopping")):
         return "start_failed"
+    if new == "stopped" and old in SERVING_STATES and reason == "exited":
+        return "exited"
     return STATE_EVENTS.get(new, new)
 
 
@@ -179,7 +186,7 @@ def _not_lifecycle(record: logging.LogRecord) -> bool:
 
 def _state_line(ev: EngineStateChanged) -> Line:
     old, new = str(ev.old), str(ev.new)
-    event = state_event(old, new, ev.woke)
+    event = state_event(old, new, ev.woke, ev.reason)
     port: int | str | None = None
     if ev.port:
         port = int(ev.port) if ev.port.isdigit() else ev.port
@@ -195,7 +202,7 @@ def _state_line(ev: EngineStateChanged) -> Line:
         text += f" after {ev.load_s:.2f} s"
     if ev.retry_in is not None:
         text += f", retry in {ev.retry_in:.1f} s"
-    details = [ev.reason] if ev.reason else []
+    details = [ev.reason] if ev.reason and ev.reason != event else []
     if event in SHOWS_PROCESS:
         details += [f"{k} {fields[k]}" for k in ("pid", "port") if k in fields]
     if ev.exit_code is not None:
