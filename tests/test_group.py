@@ -26,6 +26,7 @@ from swapyard.ports import PortAllocator
 from swapyard.process.group import (
     Tree,
     descendants,
+    is_subreaper,
     killpg,
     orphans,
     reap_orphans,
@@ -253,8 +254,9 @@ def run_helper(script: str, *args: str) -> dict[str, object]:
 
 SUBREAPER_SCRIPT = """
 import contextlib, json, os, signal, subprocess, sys
-from swapyard.process.group import become_subreaper, descendants, stat_of
+from swapyard.process.group import become_subreaper, descendants, is_subreaper, stat_of
 
+before = is_subreaper()
 ok = become_subreaper()
 middle = subprocess.Popen([sys.executable, "-c", '''
 import os, sys
@@ -267,7 +269,8 @@ try:
     middle.stdout.close()
     st = stat_of(grandchild)
     found = grandchild in dict(descendants(os.getpid()))
-    print(json.dumps({"ok": ok, "me": os.getpid(), "ppid": st.ppid, "found": found}))
+    print(json.dumps({"before": before, "ok": ok, "after": is_subreaper(), "me": os.getpid(),
+                      "ppid": st.ppid, "found": found}))
 finally:
     os.kill(grandchild, signal.SIGKILL)
     with contextlib.suppress(ChildProcessError):
@@ -277,9 +280,11 @@ finally:
 
 def test_become_subreaper_adopts_an_orphaned_grandchild() -> None:
     """Under a subreaper, a grandchild whose parent exits is re-parented to it, not to
-    init, and so is still among its descendants."""
+    init, and so is still among its descendants. The test run itself is none."""
     out = run_helper(SUBREAPER_SCRIPT)
-    assert out == {"ok": True, "me": out["me"], "ppid": out["me"], "found": True}
+    me = out["me"]
+    assert out == {"before": False, "ok": True, "after": True, "me": me, "ppid": me, "found": True}
+    assert not is_subreaper()
 
 
 ESCAPE_SCRIPT = """

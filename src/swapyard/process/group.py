@@ -8,7 +8,8 @@ engine and swapyard (issue 10). So:
 
 - ``become_subreaper()`` makes swapyard the parent that orphaned descendants are
   re-parented to, instead of init: they stay swapyard's descendants, to be found,
-  stopped and reaped (``reap_orphans``).
+  stopped and reaped (``reap_orphans``, ``kill_orphans``; only where
+  ``is_subreaper()``).
 - ``Tree`` remembers every descendant of an engine seen while it runs, as
   (pid, start time) so a recycled pid is never signalled, and ``kill_all`` signals
   those still alive as well as the group.
@@ -29,8 +30,10 @@ import sys
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 PR_SET_CHILD_SUBREAPER = 36  # <linux/prctl.h>
+PR_GET_CHILD_SUBREAPER = 37
 
 
 async def wait_for_exit(proc: subprocess.Popen[bytes]) -> int:
@@ -67,16 +70,35 @@ def killpg(pgid: int, sig: signal.Signals) -> None:
 def become_subreaper() -> bool:
     """Make this process the subreaper of its descendants (Linux ≥ 3.4): an orphan
     among them is re-parented to it rather than to init. False where that is not
-    available; never raises. Inherited by no child; lasts for the process's life."""
+    available; never raises. Not inherited by children; kept across exec."""
+    prctl = _prctl(ctypes.c_ulong)
+    return prctl is not None and prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
+
+
+def is_subreaper() -> bool:
+    """Whether this process is a subreaper: only then can it have adopted orphans,
+    and only then should it sweep for them (an embedding process, a test run, may
+    have ``Popen`` children of its own that are none of swapyard's business)."""
+    prctl = _prctl(ctypes.POINTER(ctypes.c_int))
+    flag = ctypes.c_int(0)
+    return (
+        prctl is not None
+        and prctl(PR_GET_CHILD_SUBREAPER, ctypes.byref(flag), 0, 0, 0) == 0
+        and bool(flag.value)
+    )
+
+
+def _prctl(arg2: Any) -> Any:
+    """libc's ``prctl`` with the given type for its second argument, or None."""
     if not sys.platform.startswith("linux"):  # pragma: no cover - not Linux
-        return False
+        return None
     try:
-        prctl = ctypes.CDLL(None, use_errno=True).prctl
+        prctl = ctypes.CDLL(None, use_errno=True)["prctl"]  # a fresh function object
     except (OSError, AttributeError):  # pragma: no cover - a libc without prctl
-        return False
-    prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
+        return None
+    prctl.argtypes = [ctypes.c_int, arg2, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
     prctl.restype = ctypes.c_int
-    return bool(prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0)
+    return prctl
 
 
 # -- /proc -------------------------------------------------------------------------
