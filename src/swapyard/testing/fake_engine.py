@@ -220,6 +220,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--error-status", type=int, default=0, help="answer completions with it")
     p.add_argument("--require-key", default="", help="401 unless `Authorization: Bearer KEY`")
     p.add_argument("--grandchild", action="store_true", help="spawn a child that ignores SIGTERM")
+    p.add_argument(
+        "--setsid-grandchild",
+        action="store_true",
+        help="spawn a child that leaves the process group and session (setsid), as real "
+        "engines' helpers do (issue 10)",
+    )
     return p.parse_args(argv)
 
 
@@ -242,6 +248,13 @@ def main(argv: list[str] | None = None) -> None:
              "import signal,time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(3600)"],
         )  # fmt: skip
         say(f"grandchild pid {child.pid}")
+    if args.setsid_grandchild:
+        # Popen returns once the child has called setsid() and exec'd: the pid we
+        # print is already outside our group. It keeps our environment.
+        child = subprocess.Popen(
+            [sys.executable, "-c", "import time; time.sleep(3600)"], start_new_session=True
+        )
+        say(f"setsid grandchild pid {child.pid}")
     engine = FakeEngine(args)
     app = web.Application(middlewares=[_key_check(args.require_key)] if args.require_key else [])
     app.router.add_get("/health", engine.health)
