@@ -291,3 +291,33 @@ async def test_crash_is_seen_while_a_grandchild_still_holds_the_output_pipe(h: H
             await r.read()
     await eventually(lambda: e.state is S.BACKOFF)
     await eventually(lambda: not pid_alive(child))
+
+
+def setsid_grandchild(lines: list[str]) -> int:
+    for line in lines:
+        if "setsid grandchild pid" in line:
+            return int(line.rsplit(" ", 1)[1])
+    raise AssertionError(f"no setsid grandchild in log: {lines}")
+
+
+async def test_setsid_grandchild_is_stopped_with_its_engine(h: Harness) -> None:
+    """A helper that called setsid() left the engine's process group; stopping the
+    engine still stops it (issue 10)."""
+    e = h.engine(spec(fake_engine_cmd(setsid_grandchild=True)))
+    await e.start()
+    child = setsid_grandchild(e.logs.tail())
+    assert pid_alive(child) and os.getpgid(child) != e.pid
+    await e.stop()
+    await eventually(lambda: not pid_alive(child))
+
+
+async def test_setsid_grandchild_is_stopped_when_its_engine_crashes(h: Harness) -> None:
+    e = h.engine(spec(fake_engine_cmd(setsid_grandchild=True, crash_after_tokens=1)))
+    await e.start()
+    child = setsid_grandchild(e.logs.tail())
+    body = {"model": "m", "messages": [], "max_tokens": 3}
+    with pytest.raises(aiohttp.ClientError):
+        async with h.http.post(e.upstream + "/v1/chat/completions", json=body) as r:
+            await r.read()
+    await eventually(lambda: e.state is S.BACKOFF)
+    await eventually(lambda: not pid_alive(child))

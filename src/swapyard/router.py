@@ -18,6 +18,7 @@ import fcntl
 import itertools
 import logging
 import os
+import signal
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -45,6 +46,7 @@ from swapyard.inbox import (
 )
 from swapyard.ports import PortAllocator
 from swapyard.process.actor import EngineProcess
+from swapyard.process.group import is_subreaper, kill_orphans, reap_orphans
 from swapyard.process.logring import LogRing
 from swapyard.process.registry import EngineRegistry
 from swapyard.process.state import EngineState
@@ -65,6 +67,7 @@ from swapyard.surface import (
 log = logging.getLogger("swapyard.router")
 
 
+REAP_INTERVAL = 5.0  # seconds between sweeps for re-parented helpers that exited
 MEASURE_AFTER_READY = 0.5  # seconds: let the engine settle (warm-up) before measuring
 
 
@@ -198,6 +201,18 @@ class Router:
         for engine in self._engines.values():
             engine.run()
         self._task = asyncio.create_task(self._run(), name="router")
+        if is_subreaper():  # `swapyard serve`, not a process that embeds the router
+            self._spawn(self._reap_orphans())
+
+    def _engine_pids(self) -> list[int]:
+        return [p for e in self._engines.values() if (p := e.pid) is not None]
+
+    async def _reap_orphans(self) -> None:
+        """Reap the helpers of engines that were re-parented to us (we are a
+        subreaper under ``swapyard serve``) once they exit."""
+        while True:
+            await asyncio.sleep(REAP_INTERVAL)
+            reap_orphans(self._engine_pids())
 
     async def _take_over(self) -> None:
         """Adopt or reap what a previous swapyard left running (before any start),
@@ -257,6 +272,10 @@ class Router:
         for t in self._bg:
             t.cancel()
         await asyncio.gather(*self._bg, return_exceptions=True)
+        # Whatever escaped an engine untracked and was re-parented to us (issue 10).
+        killed = kill_orphans(self._engine_pids(), signal.SIGKILL) if is_subreaper() else []
+        if killed:
+            log.warning("killed %d orphaned engine helper(s): %s", len(killed), killed)
         if self._lock is not None:
             self._lock.close()
 

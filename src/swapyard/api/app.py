@@ -24,6 +24,7 @@ from swapyard.config import Config, check_exposure
 from swapyard.errors import NotFound, RequestError, SwapyardError
 from swapyard.events import EventBus
 from swapyard.models.fetch import data_dir
+from swapyard.process.group import become_subreaper
 from swapyard.proxy import error_response, new_upstream_session
 from swapyard.resources.store import MeasuredStore
 from swapyard.router import Router
@@ -143,6 +144,10 @@ async def serve(config: Config, host: str, port: int, watch_config: bool = False
     """Run until SIGINT/SIGTERM, then shut down in order; SIGHUP (and, with
     ``watch_config``, a change of the file) reloads the config."""
     check_exposure(config, host)
+    # Engines' helpers that leave their process group are re-parented to us, not
+    # init, so they can still be found and stopped (issue 10).
+    if not become_subreaper():
+        log.info("cannot become a child subreaper: escaped engine helpers go to init")
     runner = await start_server(config, host, port)
     state = runner.app[STATE]
     stop = asyncio.Event()

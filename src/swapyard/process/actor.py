@@ -41,7 +41,7 @@ from swapyard.errors import (
 )
 from swapyard.events import EngineStateChanged, EventBus
 from swapyard.ports import PortAllocator, port_is_free
-from swapyard.process.group import killpg, wait_for_exit, wait_for_pid_exit
+from swapyard.process.group import Tree, wait_for_exit, wait_for_pid_exit
 from swapyard.process.logring import LogFile, LogRing
 from swapyard.process.messages import (
     Adopt,
@@ -57,6 +57,7 @@ from swapyard.process.messages import (
     Start,
     StartTimedOut,
     Stop,
+    TrackTree,
     Woke,
 )
 from swapyard.process.registry import (
@@ -72,6 +73,7 @@ S = EngineState
 LOG_TAIL_IN_ERRORS = 20
 LOADING = (S.STARTING, S.WARMING, S.WAKING)  # on the way to ready
 GONE = (S.STOPPED, S.BACKOFF, S.FAILED)  # no process
+TREE_TRACK_INTERVAL = 1.0  # s between looks for descendants that left the group
 
 
 def health_poll_interval(elapsed: float) -> float:
@@ -126,6 +128,7 @@ class EngineProcess:
         self._gen = 0
         self._proc: subprocess.Popen[bytes] | None = None  # our child (None if adopted)
         self._pid: int | None = None  # the group leader, ours or adopted
+        self._tree: Tree | None = None  # its descendants, wherever their group
         self._port: str = ""
         self._devices: tuple[str, ...] = ()
         self._start_waiters: list[asyncio.Future[None]] = []
@@ -242,8 +245,8 @@ class EngineProcess:
 
     def kill_now(self) -> None:
         """Shutdown backstop: SIGKILL the group without waiting for the actor."""
-        if self._pid is not None and self._state not in GONE:
-            killpg(self._pid, signal.SIGKILL)
+        if self._state not in GONE:
+            self._kill_tree(signal.SIGKILL)
 
     # -- the actor -----------------------------------------------------------------
     async def _run(self) -> None:
@@ -285,8 +288,11 @@ class EngineProcess:
                         f"[swapyard] still running {self.spec.stop_timeout:g} s after stop; "
                         "sending SIGKILL to the process group"
                     )
-                    if self._pid is not None:
-                        killpg(self._pid, signal.SIGKILL)
+                    self._kill_tree(signal.SIGKILL)
+                case TrackTree(gen) if gen == cur and self._tree is not None:
+                    self._tree.track()
+                    loop = asyncio.get_running_loop()
+                    loop.call_later(TREE_TRACK_INTERVAL, self._inbox.put_nowait, TrackTree(gen))
                 case BackoffOver(gen) if gen == cur and self._state is S.BACKOFF:
                     self._set_state(S.STOPPED, reason="backoff over")
                 case _:
@@ -347,6 +353,8 @@ class EngineProcess:
         gen = self._gen
         self._pid, self._proc, self._port = record.pid, None, record.port
         self._devices = record.devices
+        self._tree = Tree.of(record.pid)
+        self._inbox.put_nowait(TrackTree(gen))
         self.started_at = None
         self._output.attach()
         self._spawn_task(self._output.follow())
@@ -445,6 +453,8 @@ class EngineProcess:
 
     def _became_ready(self) -> None:
         self._output.drain()  # what it printed while loading is in the ring by now
+        if self._tree is not None:
+            self._tree.track()
         self._set_state(S.READY)
         self._record()
         _resolve_all(self._start_waiters)
@@ -494,6 +504,8 @@ class EngineProcess:
             )
             return
         self._proc, self._pid = proc, proc.pid
+        self._tree = Tree.of(proc.pid)
+        self._inbox.put_nowait(TrackTree(gen))
         self._set_state(S.STARTING)
         self._record()
         self._spawn_task(self._output.follow())
@@ -532,14 +544,16 @@ class EngineProcess:
             argv = [render(a, {"PORT": self._port, "PID": str(pid)}) for a in self.spec.cmd_stop]
             self._spawn_task(self._run_stop_command(argv))
         else:
-            killpg(pid, signal.SIGTERM)
+            self._kill_tree(signal.SIGTERM)
         loop = asyncio.get_running_loop()
         loop.call_later(self.spec.stop_timeout, self._inbox.put_nowait, KillNow(gen))
 
     def _on_exited(self, rc: int | None) -> None:
-        if self._pid is not None and not self.spec.remote:
-            # The leader is gone; anything left in its group is an orphan (house style 5).
-            killpg(self._pid, signal.SIGKILL)
+        if not self.spec.remote:
+            # The leader is gone; anything left in its group, or seen among its
+            # descendants, is an orphan (house style 5, issue 10).
+            self._kill_tree(signal.SIGKILL)
+            self._tree = None
         self._output.flush()
         state = self._state
         code = "unknown" if rc is None else str(rc)
@@ -593,6 +607,17 @@ class EngineProcess:
         self._gone(S.BACKOFF, error=backoff, exit_code=exit_code, retry_in=delay)
         loop = asyncio.get_running_loop()
         loop.call_later(delay, self._inbox.put_nowait, BackoffOver(self._gen))
+
+    def _kill_tree(self, sig: signal.Signals) -> None:
+        """``sig`` to the child's group and to its descendants that left it."""
+        if self._tree is None:
+            return
+        outside = self._tree.kill_all(sig)
+        if outside:
+            self.logs.append(
+                f"[swapyard] {sig.name} to {len(outside)} process(es) that left the "
+                f"process group: {' '.join(map(str, outside))}"
+            )
 
     def _gone(self, new: EngineState, **event: Any) -> None:
         """The process is gone (or never ran): into ``new``, forget the child."""

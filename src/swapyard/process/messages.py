@@ -102,7 +102,14 @@ class BackoffOver:
     gen: int
 
 
+@dataclass(frozen=True, slots=True)
+class TrackTree:
+    """Time to look for the child's descendants again (those that leave its group)."""
+
+    gen: int
+
+
 Message = (
     Start | Stop | Reset | Adopt | Respec | Healthy | StartTimedOut | Exited | KillNow | Slept
-    | Woke | Progress | BackoffOver
+    | Woke | Progress | BackoffOver | TrackTree
 )  # fmt: skip
