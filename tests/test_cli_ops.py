@@ -95,7 +95,8 @@ def test_service_install_writes_a_unit(tmp_path: Path) -> None:
     assert r.exit_code == 0, r.output
     unit = dest.read_text()
     assert f"serve -c {cfg.resolve()}" in unit
-    assert "Restart=on-failure" in unit and "KillMode=mixed" in unit
+    assert "Restart=on-failure" in unit and "KillMode=process" in unit
+    assert "ExecReload=/bin/kill -HUP $MAINPID" in unit
     assert "WantedBy=multi-user.target" in unit
     assert "systemctl daemon-reload && systemctl enable --now swapyard" in r.output
 

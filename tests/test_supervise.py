@@ -112,6 +112,25 @@ def test_restarted_swapyard_adopts_the_running_engine(tmp_path: Path, servers: l
     eventually_sync(lambda: not pid_alive(pid), what="the adopted engine stopped with swapyard")
 
 
+def test_sigusr2_leaves_the_engines_for_the_next_swapyard(
+    tmp_path: Path, servers: list[Serve]
+) -> None:
+    """SIGUSR2: a clean exit (status 75, for systemd to restart it) that leaves the
+    engines running; the next swapyard adopts them (an upgrade without reloads)."""
+    cfg = write(tmp_path / "c.yaml", {"m": {"cmd": fake_engine_cmd("m")}})
+    first = Serve(tmp_path, cfg)
+    servers.append(first)
+    first.ask("m")
+    pid = first.pid("m")
+    first.proc.send_signal(signal.SIGUSR2)
+    assert first.proc.wait(timeout=30) == 75
+    assert pid_alive(pid)
+    second = Serve(tmp_path, cfg)
+    servers.append(second)
+    eventually_sync(lambda: second.health()["m"]["pid"] == pid, what="adopted")
+    assert second.ask("m")["model"] == "m"
+
+
 def test_engine_whose_config_changed_is_reaped_not_adopted(
     tmp_path: Path, servers: list[Serve]
 ) -> None:

@@ -252,11 +252,15 @@ class Router:
         self._scheduler.reject_all(ShuttingDown("swapyard is shutting down"))
         self._publish()
 
-    async def shutdown(self, deadline: float) -> None:
+    async def shutdown(self, deadline: float, keep_engines: bool = False) -> None:
         """Reject queued requests, stop every engine, end the loop; by ``deadline``
-        (a ``time.monotonic()`` value) whatever is still alive gets SIGKILL."""
+        (a ``time.monotonic()`` value) whatever is still alive gets SIGKILL. With
+        ``keep_engines`` the engines are left running, recorded for adoption."""
         self.stop_admitting()
         self._fx.cancel_timers()
+        if keep_engines:
+            for e in self._engines.values():
+                e.abandon()
         closes = [asyncio.ensure_future(e.close()) for e in self._engines.values()]
         if closes:
             _, pending = await asyncio.wait(closes, timeout=max(0.1, deadline - time.monotonic()))
@@ -273,7 +277,8 @@ class Router:
             t.cancel()
         await asyncio.gather(*self._bg, return_exceptions=True)
         # Whatever escaped an engine untracked and was re-parented to us (issue 10).
-        killed = kill_orphans(self._engine_pids(), signal.SIGKILL) if is_subreaper() else []
+        sweep = is_subreaper() and not keep_engines
+        killed = kill_orphans(self._engine_pids(), signal.SIGKILL) if sweep else []
         if killed:
             log.warning("killed %d orphaned engine helper(s): %s", len(killed), killed)
         if self._lock is not None:

@@ -150,8 +150,9 @@ class RouterSurface(Protocol):
         """Refuse new requests and reject the queued ones; running ones go on."""
         ...
 
-    async def shutdown(self, deadline: float) -> None:
-        """Stop every engine by ``deadline`` (``time.monotonic()``), then end."""
+    async def shutdown(self, deadline: float, keep_engines: bool = False) -> None:
+        """Stop every engine by ``deadline`` (``time.monotonic()``), then end; with
+        ``keep_engines``, leave them running (and recorded) for the next swapyard."""
         ...
 
     # -- requests --

@@ -85,7 +85,7 @@ async def _lifespan(app: web.Application) -> AsyncIterator[None]:
         yield
     finally:
         deadline = state.shutdown_deadline or (time.monotonic() + config.server.shutdown_timeout)
-        await router.shutdown(deadline)
+        await router.shutdown(deadline, keep_engines=state.keep_engines)
         await http.close()
         if usage is not None:
             await usage.close()
@@ -140,9 +140,14 @@ async def start_server(
     return runner
 
 
-async def serve(config: Config, host: str, port: int, watch_config: bool = False) -> None:
-    """Run until SIGINT/SIGTERM, then shut down in order; SIGHUP (and, with
-    ``watch_config``, a change of the file) reloads the config."""
+EXIT_KEPT_ENGINES = 75  # EX_TEMPFAIL: systemd's Restart=on-failure starts us again
+
+
+async def serve(config: Config, host: str, port: int, watch_config: bool = False) -> int:
+    """Run until SIGINT/SIGTERM, then shut down in order (engines stopped); SIGHUP
+    (and, with ``watch_config``, a change of the file) reloads the config; SIGUSR2
+    shuts down but leaves the engines running for the next swapyard to adopt.
+    Returns the exit status."""
     check_exposure(config, host)
     # Engines' helpers that leave their process group are re-parented to us, not
     # init, so they can still be found and stopped (issue 10).
@@ -154,6 +159,12 @@ async def serve(config: Config, host: str, port: int, watch_config: bool = False
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+
+    def on_usr2() -> None:
+        state.keep_engines = True
+        stop.set()
+
+    loop.add_signal_handler(signal.SIGUSR2, on_usr2)
     reloads: set[asyncio.Task[None]] = set()
 
     def on_hup() -> None:
@@ -171,6 +182,9 @@ async def serve(config: Config, host: str, port: int, watch_config: bool = False
     loop.remove_signal_handler(signal.SIGHUP)
     for task in (*reloads, *([watcher] if watcher is not None else [])):
         task.cancel()
-    print("swapyard: shutting down, stopping engines", file=sys.stderr)
-    runner.app[STATE].shutdown_deadline = time.monotonic() + config.server.shutdown_timeout
+    keep = state.keep_engines
+    what = "leaving the engines running for the next swapyard" if keep else "stopping engines"
+    print(f"swapyard: shutting down, {what}", file=sys.stderr)
+    state.shutdown_deadline = time.monotonic() + config.server.shutdown_timeout
     await runner.cleanup()
+    return EXIT_KEPT_ENGINES if keep else 0

@@ -30,6 +30,7 @@ class AppState:
     log: LogRing = field(default_factory=LogRing)
     started_at: float = field(default_factory=time.time)
     shutdown_deadline: float | None = None
+    keep_engines: bool = False  # SIGUSR2: shut down, leave the engines for the next swapyard
     closing: asyncio.Event = field(default_factory=asyncio.Event)  # ends live streams
 
 

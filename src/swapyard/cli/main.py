@@ -81,7 +81,7 @@ def serve(
     try:
         config = load_config_file(config_path) if config_path else default_config()
         with asyncio.Runner(loop_factory=loop_factory(loop)) as runner:
-            runner.run(
+            status = runner.run(
                 run_server(
                     config, host or config.server.host, port or config.server.port, watch_config
                 )
@@ -89,6 +89,7 @@ def serve(
     except SwapyardError as err:
         click.echo(f"swapyard: {err.message}", err=True)
         sys.exit(1)
+    sys.exit(status)
 
 
 def loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop] | None:

@@ -57,12 +57,16 @@ Environment=SWAPYARD_DATA_DIR={data_dir}
 # API keys and engine keys (SWAPYARD_ADMIN_KEY=..., one per line), kept out of the unit.
 EnvironmentFile=-{env_file}
 Restart=on-failure
-RestartSec=5s
-# SIGTERM to swapyard only: it drains answers and stops its engines' process groups
-# itself; whatever is left after TimeoutStopSec gets SIGKILL.
-KillMode=mixed
+RestartSec=2s
+# SIGTERM to swapyard only: it drains answers and stops its engines itself (so
+# `systemctl stop` and `restart` unload every model). Signals go to swapyard alone,
+# never to the engines: when swapyard dies (a crash, OOM, kill -9) or is told to
+# leave them (`systemctl kill -s USR2 --kill-whom=main swapyard`, exit status 75),
+# the engines keep running and the restarted swapyard adopts them, ready at once.
+KillMode=process
 KillSignal=SIGTERM
 TimeoutStopSec={stop_timeout}
+ExecReload=/bin/kill -HUP $MAINPID
 LimitNOFILE=65536
 
 [Install]

@@ -243,6 +243,16 @@ class EngineProcess:
         await asyncio.gather(self._actor, *self._tasks, return_exceptions=True)
         self._actor = None
 
+    def abandon(self) -> None:
+        """Let the child run on without us (swapyard exits, the next one adopts it):
+        end the actor and its helper tasks; the child and its record stay."""
+        if self._actor is not None:
+            self._actor.cancel()
+            for t in self._tasks:
+                t.cancel()
+        self._state = S.STOPPED  # as far as this process is concerned: close() is a no-op
+        self._actor = None
+
     def kill_now(self) -> None:
         """Shutdown backstop: SIGKILL the group without waiting for the actor."""
         if self._state not in GONE:

@@ -65,7 +65,7 @@ class FakeRouter:
     def stop_admitting(self) -> None:
         self.closing = True
 
-    async def shutdown(self, deadline: float) -> None:
+    async def shutdown(self, deadline: float, keep_engines: bool = False) -> None:
         self.stop_admitting()
         self.running = False
 
