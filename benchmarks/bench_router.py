@@ -6,15 +6,21 @@ Sections (each prints a markdown table):
 
 1. Added latency, fake engine: non-streaming p50/p99 and time to first streamed
    byte, direct vs swapyard vs LiteLLM, all in front of the *same* engine process.
-2. Added latency, llama.cpp (``llama-server``, tiny model): direct vs swapyard vs
-   LiteLLM on the same process, and llama.cpp's own router mode (its own child,
-   same binary and flags).
+   swapyard three ways: the one that owns the engine (``serve``'s default loop,
+   uvloop where installed) and two more with that engine as a remote
+   (``engine: openai``, a pure pass-through), one ``--loop uvloop`` and one
+   ``--loop asyncio``: those two differ only in the event loop (issue 9).
+2. Added latency, llama.cpp (``llama-server``, tiny model): direct vs the same
+   three swapyards vs LiteLLM on the same process, and llama.cpp's own router mode
+   (its own child, same binary and flags).
 3. Cold swap: time to first token for a request that needs another model
    (stop A, start B), minus the same done by hand (SIGTERM A and wait, spawn B,
    poll its health every 5 ms, ask it). For swapyard and for llama.cpp's router.
 4. Does a running answer survive a request for another model?
 
-Requests are interleaved across targets (round robin) so drift hits all alike.
+Requests are interleaved across targets (one request to each per round, in a new
+seeded order every round) so drift, and the work a target leaves behind for the
+next one, hit all alike.
 Everything runs on 127.0.0.1; peers that cannot run here are reported as such.
 """
 
@@ -25,6 +31,7 @@ import asyncio
 import contextlib
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -60,10 +67,11 @@ def free_port() -> int:
         return port
 
 
-def paired(xs: list[float], base: list[float]) -> str:
+def paired(xs: list[float], base: list[float], places: int = 1) -> str:
     """Median of per-rep differences ``x - base`` in ms, with the 25th-75th percentiles."""
     d = [(x - b) * 1000 for x, b in zip(xs, base, strict=True)]
-    return f"{statistics.median(d):+.1f} ({pct(d, 0.25):+.1f}…{pct(d, 0.75):+.1f})"
+    f = f"+.{places}f"
+    return f"{statistics.median(d):{f}} ({pct(d, 0.25):{f}}…{pct(d, 0.75):{f}})"
 
 
 def pct(xs: list[float], p: float) -> float:
@@ -161,7 +169,7 @@ async def _one_request(
 
 async def latency(
     http: aiohttp.ClientSession, targets: list[Target], n: int, max_tokens: int
-) -> dict[str, dict[str, float]]:
+) -> dict[str, dict[str, Any]]:
     res: dict[str, dict[str, list[float]]] = {t.name: {"total": [], "ttfb": []} for t in targets}
     for t in targets:  # warm-up
         for _ in range(5):
@@ -169,26 +177,40 @@ async def latency(
             await one_request(http, t, stream=True, max_tokens=max_tokens)
     # Non-streamed, then streamed, each round robin over the targets: mixing them on
     # one connection would charge llama-server's close-after-stream to every request.
-    for _ in range(n):
-        for t in targets:
-            total, _, _ = await one_request(http, t, stream=False, max_tokens=max_tokens)
-            res[t.name]["total"].append(total)
-    for _ in range(n):
-        for t in targets:
-            _, ttfb, _ = await one_request(http, t, stream=True, max_tokens=max_tokens)
-            res[t.name]["ttfb"].append(ttfb)
+    # Each round in a new (seeded) order: what a target leaves running after its
+    # answer (a proxy's metering, llama-server's threads spinning down) lands on
+    # whoever comes next, and with a fixed order that is always the same target.
+    rng = random.Random(9)
+    for stream in (False, True):
+        for _ in range(n):
+            for t in rng.sample(targets, len(targets)):
+                total, ttfb, _ = await one_request(http, t, stream=stream, max_tokens=max_tokens)
+                res[t.name]["ttfb" if stream else "total"].append(ttfb if stream else total)
     return {
         name: {
             "p50_ms": pct(v["total"], 0.5) * 1000,
             "p99_ms": pct(v["total"], 0.99) * 1000,
             "ttfb_p50_ms": pct(v["ttfb"], 0.5) * 1000,
             "ttfb_p99_ms": pct(v["ttfb"], 0.99) * 1000,
+            "total_all": v["total"],
+            "ttfb_all": v["ttfb"],
         }
         for name, v in res.items()
     }
 
 
-def latency_table(title: str, rows: dict[str, dict[str, float]], direct: str) -> str:
+def loop_delta(rows: dict[str, Any]) -> str:
+    """asyncio minus uvloop: the two remote swapyards' requests of each round paired
+    (same moment, same engine), median and 25th-75th percentiles, in ms."""
+    u, a = (rows[f"swapyard ({loop}, remote)"] for loop in LOOPS)
+    return (
+        f"\nasyncio − uvloop (remote swapyards, paired per round), ms: "
+        f"p50 {paired(a['total_all'], u['total_all'], 2)}, "
+        f"TTFB {paired(a['ttfb_all'], u['ttfb_all'], 2)}"
+    )
+
+
+def latency_table(title: str, rows: dict[str, dict[str, Any]], direct: str) -> str:
     d = rows[direct]
     out = [
         f"\n### {title}\n",
@@ -267,15 +289,19 @@ THREADS = int(os.environ.get("BENCH_LLAMA_THREADS", "2"))
 
 
 @contextlib.asynccontextmanager
-async def swapyard_server(http: aiohttp.ClientSession, cfg: dict[str, Any]) -> AsyncIterator[Any]:
-    """``swapyard serve`` as its own process, as users run it; yields an object with
-    ``.url``. (In-process it would share the benchmark client's event loop.)"""
+async def swapyard_server(
+    http: aiohttp.ClientSession, cfg: dict[str, Any], loop: str = "auto"
+) -> AsyncIterator[Any]:
+    """``swapyard serve --loop LOOP`` as its own process, as users run it; yields an
+    object with ``.url``. (In-process it would share the benchmark client's event
+    loop.) Each server gets its own usage store, so that servers running side by
+    side do not contend for one SQLite file."""
     tmp = Path(tempfile.mkdtemp())
     path = tmp / "swapyard.json.yaml"
-    path.write_text(json.dumps(cfg))
+    path.write_text(json.dumps({"usage": {"path": str(tmp / "usage.db")}, **cfg}))
     port = free_port()
     proc = await _spawn([sys.executable, "-m", "swapyard", "serve", "-c", str(path),
-                         "--port", str(port)])  # fmt: skip
+                         "--port", str(port), "--loop", loop])  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     try:
         await wait_http(http, url + "/health", every=0.02)
@@ -298,6 +324,30 @@ async def upstream_of(http: aiohttp.ClientSession, url: str, model: str) -> str:
         return up
 
 
+LOOPS = ("uvloop", "asyncio")
+
+
+@contextlib.asynccontextmanager
+async def swapyard_remotes(
+    http: aiohttp.ClientSession, model: str, upstream: str
+) -> AsyncIterator[list[Target]]:
+    """One ``swapyard serve --loop L`` per loop, each with the running engine at
+    ``upstream`` as a remote: no ``model:`` (the request's name goes as sent) and no
+    ``stream_usage`` (nothing is added to the request or kept back from the stream),
+    so the path is the same byte pipe as the owning swapyard's and the two differ
+    only in the loop."""
+    cfg = {"models": {model: {"engine": "openai", "base_url": upstream + "/v1",
+                              "stream_usage": False}}}  # fmt: skip
+    async with contextlib.AsyncExitStack() as stack:
+        targets: list[Target] = []
+        for loop in LOOPS:
+            srv = await stack.enter_async_context(swapyard_server(http, cfg, loop))
+            t = Target(f"swapyard ({loop}, remote)", srv.url + "/v1", model)
+            await one_request(http, t, stream=False, max_tokens=4)
+            targets.append(t)
+        yield targets
+
+
 # -- sections ----------------------------------------------------------------------------
 
 
@@ -308,11 +358,16 @@ async def section_fake(http: aiohttp.ClientSession, n: int) -> dict[str, Any]:
         up = await upstream_of(http, srv.url, "fake")
         targets = [Target("direct (fake engine)", up + "/v1", "fake"),
                    Target("swapyard", srv.url + "/v1", "fake")]  # fmt: skip
-        async with litellm_proxy(http, "fake", up + "/v1") as lite:
+        async with (
+            swapyard_remotes(http, "fake", up) as remotes,
+            litellm_proxy(http, "fake", up + "/v1") as lite,
+        ):
+            targets += remotes
             if lite:
                 targets.append(lite)
             rows = await latency(http, targets, n, max_tokens=8)
     print(latency_table("Added latency, fake engine (8 tokens)", rows, targets[0].name))
+    print(loop_delta(rows))
     return rows
 
 
@@ -326,14 +381,17 @@ async def section_llama(
         targets = [Target("direct (llama-server)", up + "/v1", "tiny"),
                    Target("swapyard", srv.url + "/v1", "tiny")]  # fmt: skip
         async with (
+            swapyard_remotes(http, "tiny", up) as remotes,
             llama_router(http, {"tiny": models["tiny"]}) as router_url,
             litellm_proxy(http, "tiny", up + "/v1") as lite,
         ):
+            targets += remotes
             targets.append(Target("llama.cpp router mode", router_url, "tiny"))
             if lite:
                 targets.append(lite)
             rows = await latency(http, targets, n, max_tokens=4)
     print(latency_table("Added latency, llama.cpp tiny model (4 tokens)", rows, targets[0].name))
+    print(loop_delta(rows))
     return rows
 
 
