@@ -100,7 +100,7 @@ def test_signal_stops_every_engine_before_exit(tmp_path: Path, sig: signal.Signa
 
 @pytest.mark.parametrize("loop", ["auto", "asyncio"])
 def test_serve_runs_on_uvloop_unless_asked_for_asyncio(tmp_path: Path, loop: str) -> None:
-    """`serve` runs on uvloop by default (the benchmarks' figures are taken on it);
+    """`serve` runs on uvloop by default (benchmarks/README.md measures both loops);
     `--loop asyncio` gives the standard loop. Regression: issue 9."""
     cfg = write_config(tmp_path, f"models:\n  m:\n    cmd: {fake_engine_cmd('m')}\n")
     port = PortAllocator().allocate()
