@@ -17,14 +17,12 @@ import os
 import signal
 import subprocess
 import time
-from collections import deque
 from collections.abc import Awaitable, Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
 import aiohttp
-from yarl import URL
 
 from swapyard.config import ModelSpec, render
 from swapyard.engines.base import Control, FastSwap, FastSwapFailed, ProgressFn
@@ -41,6 +39,17 @@ from swapyard.errors import (
 )
 from swapyard.events import EngineStateChanged, EventBus
 from swapyard.ports import PortAllocator, port_is_free
+from swapyard.process.child import (
+    Failures,
+    fail,
+    fail_all,
+    host_port,
+    poll_health,
+    popen,
+    resolve,
+    resolve_all,
+    run_stop_command,
+)
 from swapyard.process.group import Tree, wait_for_exit, wait_for_pid_exit
 from swapyard.process.logring import LogFile, LogRing
 from swapyard.process.messages import (
@@ -74,18 +83,6 @@ LOG_TAIL_IN_ERRORS = 20
 LOADING = (S.STARTING, S.WARMING, S.WAKING)  # on the way to ready
 GONE = (S.STOPPED, S.BACKOFF, S.FAILED)  # no process
 TREE_TRACK_INTERVAL = 1.0  # s between looks for descendants that left the group
-
-
-def health_poll_interval(elapsed: float) -> float:
-    """Fast polls while a quick engine is likely to come up, slower later (≤ 100 ms).
-
-    Half the interval is added to every cold start on average; a poll that finds no
-    listener costs ~50 µs, so the first seconds poll every 5 ms."""
-    if elapsed < 2.0:
-        return 0.005
-    if elapsed < 10.0:
-        return 0.025
-    return 0.1
 
 
 class EngineProcess:
@@ -136,7 +133,7 @@ class EngineProcess:
         self._restart_after_stop: list[tuple[asyncio.Future[None], Start]] = []
         self._failure: SwapyardError | None = None  # what a request is told now
         self._pending_failure: SwapyardError | None = None  # reported once the child is gone
-        self._failures: deque[float] = deque()  # when recent starts/runs failed
+        self._failures = Failures()  # recent failed starts and crashes
         self._retry_at: float | None = None
         self._then_stop = False  # a full stop was asked while a sleep was under way
         self._next_spec: ModelSpec | None = None
@@ -270,7 +267,7 @@ class EngineProcess:
                     self._on_stop(reply, sleep)
                 case Reset(reply):
                     self._on_reset()
-                    _resolve(reply)
+                    resolve(reply)
                 case Adopt(reply, record):
                     self._on_adopt(reply, record)
                 case Respec(spec, restart):
@@ -311,7 +308,7 @@ class EngineProcess:
     async def _on_start(self, msg: Start) -> None:
         reply = msg.reply
         if self._state is S.READY:
-            _resolve(reply)
+            resolve(reply)
         elif self._state in LOADING:
             self._start_waiters.append(reply)
         elif self._state is S.STOPPING:
@@ -322,25 +319,25 @@ class EngineProcess:
         elif self._state is S.BACKOFF:
             assert self._failure is not None and self._retry_at is not None
             left = max(0.0, self._retry_at - time.monotonic())
-            _fail(reply, EngineBackoff(self.spec.id, self._failure, left))
+            fail(reply, EngineBackoff(self.spec.id, self._failure, left))
         elif self._state is S.FAILED:
             assert self._failure is not None
-            _fail(reply, self._failure)
+            fail(reply, self._failure)
         else:
             self._start_waiters.append(reply)
             await self._spawn(msg.env, msg.devices)
 
     def _on_stop(self, reply: asyncio.Future[None], sleep: bool = False) -> None:
         if self._state in GONE or (sleep and self._state is S.SLEEPING):
-            _resolve(reply)
+            resolve(reply)
             return
         self._stop_waiters.append(reply)
         restarts, self._restart_after_stop = self._restart_after_stop, []
-        _fail_all([f for f, _ in restarts], EngineStopped(self.spec.id, "engine was stopped"))
+        fail_all([f for f, _ in restarts], EngineStopped(self.spec.id, "engine was stopped"))
         if self._state is S.STOPPING:
             self._then_stop = self._then_stop or not sleep
             return
-        _fail_all(
+        fail_all(
             self._start_waiters,
             EngineStopped(self.spec.id, f"model {self.spec.id!r} was stopped while starting"),
         )
@@ -357,7 +354,7 @@ class EngineProcess:
 
     def _on_adopt(self, reply: asyncio.Future[None], record: EngineRecord) -> None:
         if self._state is not S.STOPPED:
-            _fail(reply, EngineStopped(self.spec.id, f"cannot adopt while {self._state}"))
+            fail(reply, EngineStopped(self.spec.id, f"cannot adopt while {self._state}"))
             return
         self._gen += 1
         gen = self._gen
@@ -372,7 +369,7 @@ class EngineProcess:
         self.logs.append(f"[swapyard] adopted pid {record.pid} (port {record.port or '-'})")
         asleep = record.state == str(S.SLEEPING)
         self._set_state(S.SLEEPING if asleep else S.READY, reason="adopted")
-        _resolve(reply)
+        resolve(reply)
 
     def _on_start_timeout(self) -> None:
         err = EngineStartTimeout(
@@ -382,7 +379,7 @@ class EngineProcess:
             self.logs.tail(LOG_TAIL_IN_ERRORS),
         )
         self._pending_failure = err
-        _fail_all(self._start_waiters, err)
+        fail_all(self._start_waiters, err)
         self._begin_stop()
 
     # -- fast swaps and warm-up: the adapter's HTTP calls run in helper tasks -----------
@@ -414,7 +411,7 @@ class EngineProcess:
             self._then_stop = False
             self._begin_stop()
             return
-        _resolve_all(self._stop_waiters)
+        resolve_all(self._stop_waiters)
 
     def _begin_wake(self) -> None:
         assert self._fast is not None
@@ -450,7 +447,7 @@ class EngineProcess:
             err = EngineExitedEarly(self.spec.id, f"loading the model failed: {error}",
                                     self.logs.tail(LOG_TAIL_IN_ERRORS))  # fmt: skip
             self._pending_failure = err
-            _fail_all(self._start_waiters, err)
+            fail_all(self._start_waiters, err)
             self._begin_stop()
             return
         if error is None:  # waking: ready when its health check answers again
@@ -467,7 +464,7 @@ class EngineProcess:
             self._tree.track()
         self._set_state(S.READY)
         self._record()
-        _resolve_all(self._start_waiters)
+        resolve_all(self._start_waiters)
 
     def _log_line(self, line: str) -> None:
         # Called by the output reader (a helper task): it only posts a message.
@@ -503,7 +500,7 @@ class EngineProcess:
         try:
             out = self._output.open_for_engine()
             try:
-                proc = _popen(argv, {**env, **extra_env}, out)
+                proc = popen(argv, {**env, **extra_env}, out)
             finally:
                 os.close(out)
         except OSError as exc:
@@ -529,7 +526,7 @@ class EngineProcess:
             self._port = str(self._ports.allocate())
             return None
         self._port = ""
-        host, port = _host_port(self.upstream)
+        host, port = host_port(self.upstream)
         if host in ("127.0.0.1", "localhost", "::1") and not port_is_free(host, port):
             return PortInUse(
                 self.spec.id, f"port {port} of {self.upstream} is already in use by another process"
@@ -537,7 +534,7 @@ class EngineProcess:
         return None
 
     def _fail_start(self, err: EngineStartError) -> None:
-        _fail_all(self._start_waiters, err)
+        fail_all(self._start_waiters, err)
         self._failed(err)
 
     def _begin_stop(self) -> None:
@@ -552,7 +549,9 @@ class EngineProcess:
         gen = self._gen
         if self.spec.cmd_stop:
             argv = [render(a, {"PORT": self._port, "PID": str(pid)}) for a in self.spec.cmd_stop]
-            self._spawn_task(self._run_stop_command(argv))
+            self._spawn_task(
+                run_stop_command(argv, self.spec.env, self.spec.stop_timeout, self.logs.append)
+            )
         else:
             self._kill_tree(signal.SIGTERM)
         loop = asyncio.get_running_loop()
@@ -591,7 +590,7 @@ class EngineProcess:
             else:
                 self._gone(S.STOPPED, exit_code=rc)
             self._then_stop = False
-            _resolve_all(self._stop_waiters)
+            resolve_all(self._stop_waiters)
             restarts, self._restart_after_stop = self._restart_after_stop, []
             for _, start in restarts:
                 self._inbox.put_nowait(start)
@@ -602,15 +601,11 @@ class EngineProcess:
         BACKOFF → FATAL; systemd's start limit)."""
         now = time.monotonic()
         spec = self.spec
-        self._failures.append(now)
-        while self._failures and self._failures[0] < now - spec.start_limit_interval:
-            self._failures.popleft()
-        n = len(self._failures)
-        if n >= spec.start_limit:
+        n, delay = self._failures.add(now, spec)
+        if delay is None:
             self._failure = EngineFailed(spec.id, n, spec.start_limit_interval, err)
             self._gone(S.FAILED, error=self._failure, exit_code=exit_code, reason="start limit")
             return
-        delay = min(spec.backoff_max, spec.backoff * 2 ** (n - 1))
         self._failure = err
         self._retry_at = now + delay
         backoff = EngineBackoff(spec.id, err, delay)
@@ -705,81 +700,10 @@ class EngineProcess:
         self._inbox.put_nowait(Exited(gen, None))
 
     async def _poll_health(self, gen: int) -> None:
-        url = self.upstream + self.spec.check_endpoint
-        t0 = time.monotonic()
-        timeout = aiohttp.ClientTimeout(total=2.0)
-        while self._gen == gen and self._state in (S.STARTING, S.WAKING):
-            elapsed = time.monotonic() - t0
-            if elapsed > self.spec.start_timeout:
-                self._inbox.put_nowait(StartTimedOut(gen))
-                return
-            try:
-                async with self._http.get(
-                    url, timeout=timeout, headers=self.spec.check_headers
-                ) as resp:
-                    await resp.read()
-                    if resp.status == 200:
-                        self._inbox.put_nowait(Healthy(gen))
-                        return
-            except (aiohttp.ClientError, TimeoutError, OSError):
-                pass
-            await asyncio.sleep(health_poll_interval(elapsed))
-
-    async def _run_stop_command(self, argv: list[str]) -> None:
-        self.logs.append(f"[swapyard] stopping with: {' '.join(argv)}")
-        try:
-            proc = await asyncio.create_subprocess_exec(
-                *argv,
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.STDOUT,
-                env={**os.environ, **self.spec.env},
-            )
-            out, _ = await asyncio.wait_for(proc.communicate(), self.spec.stop_timeout)
-        except (OSError, TimeoutError) as exc:
-            self.logs.append(f"[swapyard] cmd_stop failed: {exc}; the kill timer still applies")
-            return
-        for line in out.decode("utf-8", "replace").splitlines():
-            self.logs.append(f"[cmd_stop] {line}")
-
-
-def _popen(argv: list[str], env: Mapping[str, str], out: int) -> subprocess.Popen[bytes]:
-    """The engine's child in a session (and process group) of its own, its output
-    to the file ``out``. Popen, not asyncio's subprocess: its wait() only returns
-    once every pipe is closed, so an orphan holding one would hide an exit. (The
-    fork/exec is synchronous either way: asyncio calls Popen too.)"""
-    return subprocess.Popen(
-        argv,
-        stdin=subprocess.DEVNULL,
-        stdout=out,
-        stderr=out,
-        start_new_session=True,
-        env={**os.environ, **env},
-    )
-
-
-def _host_port(url: str) -> tuple[str, int]:
-    u = URL(url)
-    return (u.host or "127.0.0.1", u.port or 80)
-
-
-def _resolve(fut: asyncio.Future[None]) -> None:
-    if not fut.done():
-        fut.set_result(None)
-
-
-def _fail(fut: asyncio.Future[None], err: BaseException) -> None:
-    if not fut.done():
-        fut.set_exception(err)
-
-
-def _resolve_all(futs: list[asyncio.Future[None]]) -> None:
-    for f in futs:
-        _resolve(f)
-    futs.clear()
-
-
-def _fail_all(futs: list[asyncio.Future[None]], err: BaseException) -> None:
-    for f in futs:
-        _fail(f, err)
-    futs.clear()
+        healthy = await poll_health(
+            self._http, self.upstream + self.spec.check_endpoint, self.spec.check_headers,
+            self.spec.start_timeout,
+            lambda: self._gen == gen and self._state in (S.STARTING, S.WAKING),
+        )  # fmt: skip
+        if healthy is not None:
+            self._inbox.put_nowait(Healthy(gen) if healthy else StartTimedOut(gen))
