@@ -127,9 +127,12 @@ def main() -> int:
     print(f"llama.cpp: {server}; {args.reps} reps; medians (min–max)\n")
     print("| model | cold start → first token | restarted, adopted → first token | ratio |")
     print("|---|---|---|---|")
+
+    def ms(median: float, lo: float, hi: float) -> str:
+        return f"{median * 1000:.0f} ms ({lo * 1000:.0f}–{hi * 1000:.0f})"
+
     for model, c, a, cmin, cmax, amin, amax in rows:
-        print(f"| {model} | {c * 1000:.0f} ms ({cmin * 1000:.0f}–{cmax * 1000:.0f}) | "
-              f"{a * 1000:.0f} ms ({amin * 1000:.0f}–{amax * 1000:.0f}) | {c / a:.1f}× |")  # fmt: skip
+        print(f"| {model} | {ms(c, cmin, cmax)} | {ms(a, amin, amax)} | {c / a:.1f}× |")
     print("\nlifecycle lines of an adopted run:")
     for line in sample:
         print("   ", line)

@@ -41,8 +41,7 @@ async def reload_config(state: AppState) -> dict[str, list[str]]:
         raise ReloadRefused(f"there is no config file to reload (serving {source})")
     try:
         new = load_config_file(source)
-    except ConfigError as err:
-        log.error("config reload refused: %s", err.message)
+    except ConfigError as err:  # the lifecycle log says so (one line)
         state.bus.publish(ConfigReloaded(source, error=err.message))
         raise ReloadRefused(err.message) from err
     old = state.config

@@ -227,8 +227,12 @@ def _reload_line(ev: ConfigReloaded) -> Line:
 
 
 def _error_text(err: SwapyardError) -> str:
+    # A backoff or a start limit carries the failure that caused it: that is the news.
     # A start error keeps its reason apart: the line already names the model and
     # says it failed, so "m: failed to start: model 'm' failed to start: ..." is noise.
+    cause = getattr(err, "cause", None)
+    if isinstance(cause, SwapyardError):
+        err = cause
     if isinstance(err, EngineStartError):
         return _first_line(err.reason)
     return _first_line(err.message)
