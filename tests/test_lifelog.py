@@ -22,6 +22,7 @@ from swapyard.events import (
     ConfigReloaded,
     EngineReaped,
     EngineStateChanged,
+    Event,
     RequestAdmitted,
     RequestFinished,
     RequestRecord,
@@ -254,9 +255,13 @@ def test_listener_logs_one_record_per_lifecycle_event(lifecycle_stream: io.Strin
 
 def test_crashes_backoff_and_refused_reloads_are_warnings() -> None:
     """Lines an operator must act on are logged at WARNING, the rest at INFO."""
-    warn = [change("ready", "failed"), change("starting", "failed"), change("failed", "backoff"),
-            ConfigReloaded("my.yaml", error="bad")]  # fmt: skip
-    info = [change("stopped", "starting"), change("starting", "ready"), ConfigReloaded("my.yaml")]
+    warn: list[Event] = [
+        change("ready", "failed"), change("starting", "failed"), change("failed", "backoff"),
+        ConfigReloaded("my.yaml", error="bad"),
+    ]  # fmt: skip
+    info: list[Event] = [
+        change("stopped", "starting"), change("starting", "ready"), ConfigReloaded("my.yaml"),
+    ]  # fmt: skip
     assert {lifelog.describe(ev).level for ev in warn} == {logging.WARNING}  # type: ignore[union-attr]
     assert {lifelog.describe(ev).level for ev in info} == {logging.INFO}  # type: ignore[union-attr]
 

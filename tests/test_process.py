@@ -204,7 +204,7 @@ async def test_backoff_doubles_then_failed_after_the_start_limit(h: Harness) -> 
         await e.start()
     assert sum(1 for ev in h.events if ev == ("stopped", "starting")) == 3  # 3 spawns only
     await e.reset()
-    assert e.state is S.STOPPED and e.last_error is None
+    assert e.view().state is S.STOPPED and e.last_error is None
 
 
 async def test_stop_in_backoff_changes_nothing_and_reset_clears_it(h: Harness) -> None:
@@ -214,7 +214,7 @@ async def test_stop_in_backoff_changes_nothing_and_reset_clears_it(h: Harness) -
     await e.stop()
     assert e.state is S.BACKOFF
     await e.reset()
-    assert e.state is S.STOPPED and e.last_error is None
+    assert e.view().state is S.STOPPED and e.last_error is None
     assert h.events[-1] == ("backoff", "stopped")
 
 

@@ -61,10 +61,9 @@ def test_backoff_rejects_the_queue_and_new_requests_with_the_time_left(
     assert rejected(fx.take()) == [
         ("reject", 1, "EngineExitedEarly"), ("reject", 2, "EngineExitedEarly"),
     ]  # fmt: skip
-    errors: list[EngineBackoff] = []
-    fx.reject = lambda rid, err: errors.append(err)  # type: ignore[method-assign]
     s.request_arrived(3, "a", now=1.5)
-    assert len(errors) == 1 and errors[0].retry_after == pytest.approx(1.0)
+    err = fx.errors[3]
+    assert isinstance(err, EngineBackoff) and err.retry_after == pytest.approx(1.0)
     assert fx.take() == []  # no start while it backs off
 
 
@@ -201,10 +200,9 @@ def test_reconfigure_refuses_requests_queued_for_a_removed_model(fx: RecordingEf
     s.engine_state("b", S.STARTING, now=0.0)
     s.request_arrived(2, "a", now=0.1)
     fx.take()
-    errors: list[object] = []
-    fx.reject = lambda rid, err: errors.append((rid, err))  # type: ignore[method-assign]
     s.reconfigure({"b": ModelTerms(need=6 * GIB)}, SchedulerSpec(), {"gpu0": 8 * GIB}, None, 1.0)
-    assert [(rid, type(e)) for rid, e in errors] == [(2, EngineStopped)]  # type: ignore[misc]
+    assert fx.take() == [("reject", 2, "EngineStopped")]
+    assert isinstance(fx.errors[2], EngineStopped)
     assert not s.knows("a")  # it was stopped: forgotten at once
 
 

@@ -13,6 +13,7 @@ class RecordingEffects:
 
     calls: list[tuple[object, ...]] = field(default_factory=list)
     placements: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    errors: dict[int, SwapyardError] = field(default_factory=dict)  # rejections, by request
 
     def start(self, model: str, devices: tuple[str, ...]) -> None:
         self.calls.append(("start", model))
@@ -26,6 +27,7 @@ class RecordingEffects:
 
     def reject(self, request_id: int, error: SwapyardError) -> None:
         self.calls.append(("reject", request_id, type(error).__name__))
+        self.errors[request_id] = error
 
     def arm_idle_timer(self, model: str, ttl: float, token: int) -> None:
         self.calls.append(("arm", model, ttl, token))
