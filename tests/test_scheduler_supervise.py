@@ -64,7 +64,7 @@ def test_backoff_rejects_the_queue_and_new_requests_with_the_time_left(
     s.request_arrived(3, "a", now=1.5)
     err = fx.errors[3]
     assert isinstance(err, EngineBackoff) and err.retry_after == pytest.approx(1.0)
-    assert fx.take() == []  # no start while it backs off
+    assert fx.take() == [("reject", 3, "EngineBackoff")]  # and no start while it backs off
 
 
 def test_backoff_over_a_request_starts_it_again(fx: RecordingEffects) -> None:

@@ -239,7 +239,8 @@ def test_broken_reload_changes_nothing_and_says_why(tmp_path: Path, servers: lis
     assert err["code"] == "invalid_config" and "tll" in err["message"]
     srv.proc.send_signal(signal.SIGHUP)  # the same through the signal: logged, no change
     eventually_sync(
-        lambda: any("config reload refused" in ln for ln in srv.lines()), what="refusal logged"
+        lambda: any("config reload from" in ln and "refused" in ln for ln in srv.lines()),
+        what="refusal logged",
     )
     assert srv.pid("m") == pid and srv.health()["m"]["state"] == "ready"
     assert srv.ask("m")["model"] == "m"
