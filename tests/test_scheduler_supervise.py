@@ -161,10 +161,13 @@ def test_warming_and_waking_count_as_starting(fx: RecordingEffects) -> None:
 
 
 def test_adopted_model_is_ready_on_its_devices_and_serves_at_once(fx: RecordingEffects) -> None:
+    """Its ready event (from the actor) comes after: no load time is made up for it."""
     s = make(fx)
-    s.adopted("a", ("gpu0",), S.READY, now=0.0)
+    s.adopted("a", ("gpu0",), S.READY, now=100.0)
+    s.engine_state("a", S.READY, now=100.0)
+    assert s.load_time("a") is None
     assert s.used() == {"gpu0": 6 * GIB}
-    s.request_arrived(1, "a", now=0.1)
+    s.request_arrived(1, "a", now=100.1)
     assert fx.take() == [("dispatch", 1, "a")]
 
 

@@ -103,6 +103,10 @@ class Scheduler:
     def devices(self, model: str) -> tuple[str, ...]:
         return self._m[model].devices
 
+    def load_time(self, model: str) -> float | None:
+        """Seconds its last start (or wake) took here; None if never seen."""
+        return self._m[model].load_time
+
     def need(self, model: str) -> int | None:
         return self._m[model].need
 
@@ -196,7 +200,8 @@ class Scheduler:
         state = S.STARTING if state in LOADING else state
         if state is S.SLEEPING:
             self._hand_over(model, self._need(m) - (m.terms.sleep_need or 0))
-        exited = state is S.STOPPED and m.state in (S.READY, S.SLEEPING)  # on its own
+        was = m.state
+        exited = state is S.STOPPED and was in (S.READY, S.SLEEPING)  # on its own
         m.state = state
         m.to_sleep = m.to_sleep and state is S.STOPPING
         if state is S.SLEEPING:
@@ -212,7 +217,8 @@ class Scheduler:
         if state is S.READY:
             m.loaded_at = self._now
             m.last_used = self._now
-            m.load_time = self._now - m.starting_at
+            if was is S.STARTING:  # not an adopted engine: it was never started here
+                m.load_time = self._now - m.starting_at
         if state in BROKEN:
             # Those who waited for this start get what went wrong; later ones get
             # the backoff (or failed) error with the time left.
