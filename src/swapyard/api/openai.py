@@ -80,7 +80,7 @@ async def proxy_post(request: web.Request) -> web.StreamResponse:
         and state.config.server.loading_status != "off"
     )
     spec = state.config.models[model]
-    body, fix = adapt_request(spec, doc, body)
+    body, fix = adapt_request(spec, request.path, doc, body)
     ticket = Ticket(model, spec.engine, request.path, stream, request.get(KEY_NAME), not ready)
     footer = spec.footer if spec.footer is not None else state.config.server.footer
     metering = Metering(ticket, t0, footer and request.path.endswith("completions"), fix)
