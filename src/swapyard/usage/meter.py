@@ -83,9 +83,14 @@ class Meter:
             doc = json.loads(raw)
         except ValueError:
             return
-        usage = doc.get("usage") if isinstance(doc, dict) else None
+        if not isinstance(doc, dict):
+            return
+        # Anthropic streams split it: input tokens in message_start's message,
+        # output tokens in message_delta.
+        msg = doc.get("message")
+        usage = msg.get("usage") if isinstance(msg, dict) else doc.get("usage")
         if isinstance(usage, dict):
-            self.usage = usage
+            self.usage = {**(self.usage or {}), **usage}
 
     def body(self, body: bytes) -> None:
         """A whole (non-streaming) JSON answer."""
@@ -106,9 +111,10 @@ class Meter:
         usage = usage or self.usage
         out: dict[str, Any] = {"total_s": now - self.t0}
         completion = None
-        if usage is not None:
-            out["prompt_tokens"] = _int(usage.get("prompt_tokens"))
-            out["completion_tokens"] = completion = _int(usage.get("completion_tokens"))
+        if usage is not None:  # OpenAI's names, else Anthropic's (/v1/messages)
+            out["prompt_tokens"] = _int(usage.get("prompt_tokens", usage.get("input_tokens")))
+            completion = _int(usage.get("completion_tokens", usage.get("output_tokens")))
+            out["completion_tokens"] = completion
         elif stream and self.chunks:
             out["completion_tokens"] = completion = self.chunks
             out["tokens_counted"] = True
