@@ -15,6 +15,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 
 from swapyard.config.values import (
     DeviceSpec,
+    Footer,
     LoadingStatus,
     ModelSpec,
     Policy,
@@ -87,7 +88,7 @@ class ServerIn(Strict):
     loading_status: LoadingStatus = _SERVER.loading_status
     list_aliases: bool = _SERVER.list_aliases
     shutdown_timeout: Duration = _SERVER.shutdown_timeout
-    footer: bool = _SERVER.footer
+    footer: Footer = _SERVER.footer
     allow_unauthenticated: bool = _SERVER.allow_unauthenticated
 
 
@@ -129,7 +130,7 @@ class ModelIn(Strict):
     host_memory: Size | None = _MODEL.host_memory
     cumulative_stream: bool = _MODEL.cumulative_stream
     stream_usage: bool | None = None  # None: what the engine kind honours
-    footer: bool | None = _MODEL.footer
+    footer: Footer | None = _MODEL.footer
     env: dict[str, str] = dict(_MODEL.env)
     proxy: str = _MODEL.proxy
     check_endpoint: str = _MODEL.check_endpoint
