@@ -33,6 +33,7 @@ class ServerSpec:
     shutdown_timeout: float = 30.0
     footer: Footer = False  # append "⚡ tok/s" to chat answers
     allow_unauthenticated: bool = False  # listen beyond loopback with no API keys
+    cors: tuple[str, ...] = ()  # origins browsers may call from ("*": any); (): off
 
 
 @dataclass(frozen=True, slots=True)
