@@ -48,13 +48,16 @@ class StreamFix:
 
     def feed(self, chunk: bytes) -> bytes:
         """Whole events out of the bytes so far; a partial event waits for more."""
-        self._buf += chunk
-        out = []
+        buf = self._buf + chunk
+        if b"\r" not in buf:  # the common framing: a split is cheapest
+            *events, self._buf = buf.split(b"\n\n")
+            return b"".join([self._event(e + b"\n\n") for e in events])
+        out = []  # CRLF (sse-starlette): cut at either boundary, keep it as sent
         start = 0
-        for m in _BOUNDARY.finditer(self._buf):
-            out.append(self._event(self._buf[start : m.end()]))
+        for m in _BOUNDARY.finditer(buf):
+            out.append(self._event(buf[start : m.end()]))
             start = m.end()
-        self._buf = self._buf[start:]
+        self._buf = buf[start:]
         return b"".join(out)
 
     def flush(self) -> bytes:
@@ -63,12 +66,12 @@ class StreamFix:
 
     def _event(self, raw: bytes) -> bytes:
         """One event with its terminator: as it came, changed, or nothing."""
+        if not self.cumulative and b'"usage"' not in raw:
+            return raw  # nothing to fix: no need to parse it
         lines = raw.rstrip(b"\r\n").split(b"\n")
         data = [ln[5:].strip() for ln in lines if ln.startswith(b"data:")]
         if len(data) != 1 or data[0] == b"[DONE]":
             return raw
-        if not self.cumulative and b'"usage"' not in data[0]:
-            return raw  # nothing to fix: no need to parse it
         try:
             doc = json.loads(data[0])
         except ValueError:
