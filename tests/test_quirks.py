@@ -16,6 +16,8 @@ from swapyard.ports import PortAllocator
 from swapyard.quirks import StreamFix, adapt_request
 from swapyard.testing import fake_engine_cmd, running_server
 
+CHAT = "/v1/chat/completions"
+
 
 def sse(*docs: dict[str, Any]) -> bytes:
     return b"".join(b"data: " + json.dumps(d).encode() + b"\n\n" for d in docs) + (
@@ -70,16 +72,16 @@ def spec_of(**fields: Any) -> ModelSpec:
 def test_requests_get_usage_and_the_engines_model_name_only_when_needed() -> None:
     body = json.dumps({"model": "m", "stream": True, "messages": []}).encode()
     doc = json.loads(body)
-    same, fix = adapt_request(spec_of(), doc, body)
+    same, fix = adapt_request(spec_of(), CHAT, doc, body)
     assert same is body and not fix.active
-    out, fix = adapt_request(spec_of(stream_usage=True), doc, body)
+    out, fix = adapt_request(spec_of(stream_usage=True), CHAT, doc, body)
     assert json.loads(out)["stream_options"] == {"include_usage": True} and fix.drop_usage
     asked = {**doc, "stream_options": {"include_usage": True}}
     raw = json.dumps(asked).encode()
-    out, fix = adapt_request(spec_of(stream_usage=True), asked, raw)
+    out, fix = adapt_request(spec_of(stream_usage=True), CHAT, asked, raw)
     assert out is raw and not fix.drop_usage  # the client asked: it gets the usage chunk
     ollama = config({"o": {"engine": "ollama", "model": "qwen2.5:7b"}}).models["o"]
-    out, _ = adapt_request(ollama, {"model": "o"}, b'{"model": "o"}')
+    out, _ = adapt_request(ollama, CHAT, {"model": "o"}, b'{"model": "o"}')
     assert json.loads(out)["model"] == "qwen2.5:7b"
 
 

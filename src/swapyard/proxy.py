@@ -20,7 +20,15 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from swapyard import sse
 from swapyard.errors import SwapyardError, UpstreamDied, UpstreamError, UpstreamUnavailable
 from swapyard.surface import Lease
-from swapyard.usage.meter import Metering, add_footer, footer_chunk, footer_text, record_headers
+from swapyard.usage.meter import (
+    COMPLETIONS,
+    FooterSlot,
+    Metering,
+    add_footer,
+    footer_chunk,
+    footer_text,
+    record_headers,
+)
 
 HOP_BY_HOP = frozenset(
     {
@@ -200,12 +208,14 @@ async def stream_body(
 ) -> None:
     """Copy the body chunk by chunk as it arrives (through ``fix`` when the engine's
     SSE stream needs one, past the meter when there is one). With the footer on,
-    one extra delta goes out just before ``data: [DONE]`` (or at the end). If the
-    engine dies mid-way, an SSE stream ends with an error event (never a hang);
-    other bodies just end."""
+    one extra chunk goes out just before the one carrying ``finish_reason``
+    (``FooterSlot``). If the engine dies mid-way, an SSE stream ends with an error
+    event (never a hang); other bodies just end."""
     fix = metering.fix if events and metering.fix is not None and metering.fix.active else None
     meter = metering.meter
-    footer = metering.footer and events and resp.status == 200
+    footer = None
+    if metering.footer and events and resp.status == 200:
+        footer = FooterSlot(lambda: _footer(metering, model))
     try:
         async for chunk in resp.content.iter_any():
             if fix is not None:
@@ -213,16 +223,14 @@ async def stream_body(
                 if not chunk:
                     continue
             meter.feed(chunk)
-            if footer and (at := chunk.find(sse.DONE)) >= 0:
-                await out.write(chunk[:at] + _footer(metering, model) + chunk[at:])
-                footer = False
+            if footer is not None and not (chunk := footer.feed(chunk)):
                 continue
             await out.write(chunk)
         if fix is not None and (rest := fix.flush()):
             meter.feed(rest)
+            await out.write(rest if footer is None else footer.feed(rest))
+        if footer is not None and (rest := footer.flush()):
             await out.write(rest)
-        if footer:
-            await out.write(_footer(metering, model))
     except (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError):
         if events:
             err = UpstreamDied(
@@ -232,7 +240,8 @@ async def stream_body(
 
 
 def _footer(metering: Metering, model: str) -> bytes:
-    return footer_chunk(model, footer_text(metering.final()))
+    chat = metering.ticket.path != COMPLETIONS
+    return footer_chunk(model, footer_text(metering.so_far()), chat=chat)
 
 
 def error_response(err: SwapyardError, headers: Mapping[str, Any] | None = None) -> web.Response:

@@ -1,25 +1,35 @@
 """Engine quirks clients must not see, fixed on the way through.
 
 Requests: the ``model`` field is rewritten to the name the engine knows (Ollama
-tags, a remote server's model id), and streaming requests to engines that honour
-``stream_options.include_usage`` ask for usage (so every answer's token counts
-are known). Nothing is changed when nothing needs to be: the original bytes go.
+tags, a remote server's model id), and streaming requests on the OpenAI routes
+(``USAGE_ROUTES``) to engines that honour ``stream_options.include_usage`` ask for
+usage (so every answer's token counts are known). Other routes (Anthropic's
+``/v1/messages``, anything an engine adds) are never changed that way: their
+streams have their own shape (issue 11). Nothing is changed when nothing needs to
+be: the original bytes go.
 
 Responses (only when a fix is needed; otherwise the byte pipe is untouched): an
-engine that streams cumulative text has it turned into deltas, and the usage
-chunk the client did not ask for is kept back from it (its figures are still
-read). The stream is cut at event boundaries (a blank line), so SSE framing is
-never broken.
+engine that streams cumulative text has it turned into deltas, and the one chunk
+swapyard's own request for usage added (usage and ``"choices": []``) is kept back
+from a client that did not ask (its figures are still read). Every other event —
+usage an engine sends on its own, as llama.cpp does on the last ``/v1/completions``
+chunk, and unknown fields — goes through byte for byte. The stream is cut at event
+boundaries (a blank line), so SSE framing is never broken.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
 from swapyard import sse
 from swapyard.config import ModelSpec
+
+# The OpenAI routes whose streams end with a usage-only chunk when asked for one.
+USAGE_ROUTES = frozenset({"/v1/chat/completions", "/v1/completions"})
+_BOUNDARY = re.compile(rb"\r\n\r\n|\n\n")  # the end of an SSE event
 
 
 @dataclass(slots=True)
@@ -38,43 +48,43 @@ class StreamFix:
 
     def feed(self, chunk: bytes) -> bytes:
         """Whole events out of the bytes so far; a partial event waits for more."""
-        self._buf += chunk
-        if b"\n\n" not in self._buf and b"\r\n\r\n" not in self._buf:
-            return b""
-        self._buf = self._buf.replace(b"\r\n", b"\n")
-        *events, self._buf = self._buf.split(b"\n\n")
-        return b"".join(self._event(e) for e in events)
+        buf = self._buf + chunk
+        if b"\r" not in buf:  # the common framing: a split is cheapest
+            *events, self._buf = buf.split(b"\n\n")
+            return b"".join([self._event(e + b"\n\n") for e in events])
+        out = []  # CRLF (sse-starlette): cut at either boundary, keep it as sent
+        start = 0
+        for m in _BOUNDARY.finditer(buf):
+            out.append(self._event(buf[start : m.end()]))
+            start = m.end()
+        self._buf = buf[start:]
+        return b"".join(out)
 
     def flush(self) -> bytes:
         rest, self._buf = self._buf, b""
-        return self._event(rest) if rest.strip() else b""
+        return self._event(rest) if rest.strip() else rest
 
-    def _event(self, event: bytes) -> bytes:
-        lines = event.split(b"\n")
-        data = [ln[5:].lstrip() for ln in lines if ln.startswith(b"data:")]
+    def _event(self, raw: bytes) -> bytes:
+        """One event with its terminator: as it came, changed, or nothing."""
+        if not self.cumulative and b'"usage"' not in raw:
+            return raw  # nothing to fix: no need to parse it
+        lines = raw.rstrip(b"\r\n").split(b"\n")
+        data = [ln[5:].strip() for ln in lines if ln.startswith(b"data:")]
         if len(data) != 1 or data[0] == b"[DONE]":
-            return event + b"\n\n"
-        if not self.cumulative and b'"usage"' not in data[0]:
-            return event + b"\n\n"  # nothing to fix: no need to parse it
+            return raw
         try:
             doc = json.loads(data[0])
         except ValueError:
-            return event + b"\n\n"
+            return raw
         if not isinstance(doc, dict):
-            return event + b"\n\n"
+            return raw
         if isinstance(doc.get("usage"), dict):
             self.usage = doc["usage"]
-            if self.drop_usage and not doc.get("choices"):
-                return b""  # the usage-only chunk the client did not ask for
-        changed = False
-        if self.cumulative:
-            changed = self._to_delta(doc)
-        if self.drop_usage and doc.get("usage") is not None:
-            doc.pop("usage")
-            changed = True
-        if not changed:
-            return event + b"\n\n"
-        rest = [ln for ln in lines if not ln.startswith(b"data:")]
+            if self.drop_usage and doc.get("choices") == []:
+                return b""  # the usage-only chunk swapyard asked for, not the client
+        if not (self.cumulative and self._to_delta(doc)):
+            return raw
+        rest = [ln.rstrip(b"\r") for ln in lines if not ln.startswith(b"data:")]
         body = json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode()
         return sse.frame_data(body, rest)
 
@@ -99,9 +109,10 @@ class StreamFix:
 
 
 def adapt_request(
-    spec: ModelSpec, doc: dict[str, Any] | None, body: bytes
+    spec: ModelSpec, path: str, doc: dict[str, Any] | None, body: bytes
 ) -> tuple[bytes, StreamFix]:
-    """The body to send to ``spec``'s engine, and the fixes its stream needs."""
+    """The body to send to ``spec``'s engine for a request to ``path``, and the
+    fixes its stream needs."""
     fix = StreamFix(cumulative=spec.cumulative_stream)
     if doc is None:
         return body, fix
@@ -109,7 +120,7 @@ def adapt_request(
     if spec.upstream_model and doc.get("model") != spec.upstream_model:
         doc = {**doc, "model": spec.upstream_model}
         changed = True
-    if spec.stream_usage and doc.get("stream") is True:
+    if spec.stream_usage and doc.get("stream") is True and path in USAGE_ROUTES:
         opts = doc.get("stream_options")
         if not (isinstance(opts, dict) and opts.get("include_usage")):
             base = opts if isinstance(opts, dict) else {}

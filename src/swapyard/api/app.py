@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
 
-from swapyard.api import admin, live, openai, reload
+from swapyard.api import admin, cors, live, openai, reload
 from swapyard.api.auth import auth_middleware
 from swapyard.api.state import CONFIG, ROUTER, STATE, AppState
 from swapyard.config import Config, check_exposure
@@ -108,6 +108,7 @@ def build_app(config: Config, router: RouterSurface | None = None) -> web.Applic
         client_max_size=config.server.max_body_bytes,
     )
     app[CONFIG] = config
+    cors.install(app)
     if router is not None:
         app[ROUTER] = router
     app.cleanup_ctx.append(_lifespan)

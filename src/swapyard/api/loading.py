@@ -29,7 +29,7 @@ STATUS_EVERY = 1.0
 
 def status_chunk(chunk_id: str, model: str, text: str, field: str, first: bool) -> bytes:
     delta: dict[str, str] = {"role": "assistant"} if first else {}
-    delta[field] = text if field == "reasoning_content" else text + "\n"
+    delta[field] = text + "\n"  # one line each, in a client's "thinking" block too (issue 11)
     doc = {
         "id": chunk_id,
         "object": "chat.completion.chunk",

@@ -19,7 +19,7 @@ from swapyard.errors import BodyTooLarge, InvalidJSON, MissingModel, SwapyardErr
 from swapyard.events import RequestFinished
 from swapyard.proxy import forward
 from swapyard.quirks import adapt_request
-from swapyard.usage.meter import Metering, Ticket
+from swapyard.usage.meter import Metering, Ticket, footer_wanted
 
 
 def parse_model(content_type: str, body: bytes) -> tuple[str, dict[str, Any] | None]:
@@ -80,10 +80,10 @@ async def proxy_post(request: web.Request) -> web.StreamResponse:
         and state.config.server.loading_status != "off"
     )
     spec = state.config.models[model]
-    body, fix = adapt_request(spec, doc, body)
+    body, fix = adapt_request(spec, request.path, doc, body)
     ticket = Ticket(model, spec.engine, request.path, stream, request.get(KEY_NAME), not ready)
     footer = spec.footer if spec.footer is not None else state.config.server.footer
-    metering = Metering(ticket, t0, footer and request.path.endswith("completions"), fix)
+    metering = Metering(ticket, t0, footer_wanted(footer, request.path, doc), fix)
     try:
         if use_status:
             return await stream_with_loading_status(request, state, model, body, metering)

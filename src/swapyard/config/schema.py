@@ -15,6 +15,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 
 from swapyard.config.values import (
     DeviceSpec,
+    Footer,
     LoadingStatus,
     ModelSpec,
     Policy,
@@ -26,6 +27,7 @@ from swapyard.config.values import (
 from swapyard.engines.base import EngineFields, EngineKind
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_ORIGIN = re.compile(r"^https?://[^/\s]+$")
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B|B)?\s*$", re.IGNORECASE)
 _SIZE_UNITS = {
     "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
@@ -62,8 +64,19 @@ def parse_size(value: Any) -> int:
     return int(float(m.group(1)) * _SIZE_UNITS[(m.group(2) or "b").lower()])
 
 
+def parse_origin(value: Any) -> str:
+    """``"*"`` or an origin as browsers send it: ``scheme://host[:port]``, no path."""
+    m = _ORIGIN.match(value) if isinstance(value, str) else None
+    if value != "*" and m is None:
+        raise ValueError(
+            f"expected '*' or an origin like 'https://app.example:3000', got {value!r}"
+        )
+    return str(value)
+
+
 Duration = Annotated[float, BeforeValidator(parse_duration)]
 Size = Annotated[int, BeforeValidator(parse_size)]
+Origin = Annotated[str, BeforeValidator(parse_origin)]
 
 
 # Every default is read from a value object built with its own defaults (the
@@ -87,8 +100,9 @@ class ServerIn(Strict):
     loading_status: LoadingStatus = _SERVER.loading_status
     list_aliases: bool = _SERVER.list_aliases
     shutdown_timeout: Duration = _SERVER.shutdown_timeout
-    footer: bool = _SERVER.footer
+    footer: Footer = _SERVER.footer
     allow_unauthenticated: bool = _SERVER.allow_unauthenticated
+    cors: tuple[Origin, ...] = _SERVER.cors
 
 
 class DeviceIn(Strict):
@@ -129,7 +143,7 @@ class ModelIn(Strict):
     host_memory: Size | None = _MODEL.host_memory
     cumulative_stream: bool = _MODEL.cumulative_stream
     stream_usage: bool | None = None  # None: what the engine kind honours
-    footer: bool | None = _MODEL.footer
+    footer: Footer | None = _MODEL.footer
     env: dict[str, str] = dict(_MODEL.env)
     proxy: str = _MODEL.proxy
     check_endpoint: str = _MODEL.check_endpoint

@@ -15,6 +15,9 @@ from swapyard.engines.base import EngineKind, Launch
 
 LoadingStatus = Literal["reasoning", "content", "off"]
 Policy = Literal["fifo", "batch"]
+# The "⚡ tok/s" footer: False; True (plain chat answers); "always" (also the text
+# of /v1/completions). Never JSON mode or tool calls (usage/meter.footer_wanted).
+Footer = bool | Literal["always"]
 
 # A raw ``cmd`` engine's launch: where a model is reached unless it says otherwise.
 _COMMAND = Launch(cmd=())
@@ -28,8 +31,9 @@ class ServerSpec:
     loading_status: LoadingStatus = "reasoning"
     list_aliases: bool = False
     shutdown_timeout: float = 30.0
-    footer: bool = False  # append "⚡ tok/s" to every answer
+    footer: Footer = False  # append "⚡ tok/s" to chat answers
     allow_unauthenticated: bool = False  # listen beyond loopback with no API keys
+    cors: tuple[str, ...] = ()  # origins browsers may call from ("*": any); (): off
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,7 +124,7 @@ class ModelSpec:
     upstream_model: str | None = None
     stream_usage: bool = False
     cumulative_stream: bool = False
-    footer: bool | None = None  # None: server.footer
+    footer: Footer | None = None  # None: server.footer
     sleep_memory: int | None = None  # GPU memory held while asleep (fast swap)
     host_memory: int | None = None  # host RAM held while asleep
     # Crash policy (issue 10): a failed start or a crash backs off backoff, 2x, 4x

@@ -8,6 +8,10 @@ engine's usage, else counted (one per text chunk, as engines stream them), time
 to first token (from the request's arrival at swapyard, so it includes any wait
 for a load), generation tok/s (completion tokens over the time from the first
 to the last token) and the total.
+
+The footer (``server.footer``, a model's ``footer``) goes only into answers a person
+reads (``footer_wanted``); in a stream ``FooterSlot`` puts it just before the chunk
+that carries ``finish_reason``, found by a byte search.
 """
 
 from __future__ import annotations
@@ -15,10 +19,12 @@ from __future__ import annotations
 import json
 import re
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from swapyard import sse
+from swapyard.config import Footer
 from swapyard.errors import SwapyardError
 from swapyard.events import RequestRecord
 
@@ -27,6 +33,15 @@ if TYPE_CHECKING:
 
 _TEXT = re.compile(rb'"(?:content|text|reasoning_content)"\s*:\s*"(?!")')
 _DATA_USAGE = re.compile(rb"^data: ?(\{.*\"usage\".*\})\s*$", re.MULTILINE)
+_FINISH = re.compile(rb'"finish_reason"\s*:\s*"')  # a finish_reason that is not null
+_TOOL_CALL = re.compile(rb'"tool_calls"\s*:\s*\[\s*\{')  # a non-empty tool_calls list
+_EVENT_END = re.compile(rb"\r\n\r\n|\n\n")
+CHAT, COMPLETIONS = "/v1/chat/completions", "/v1/completions"
+# Request fields that constrain the output to a shape a program parses (OpenAI's
+# response_format aside): llama.cpp's json_schema/grammar, vLLM's guided_* and
+# structured_outputs. A footer would break what they promise.
+_CONSTRAINED = ("json_schema", "grammar", "guided_json", "guided_regex", "guided_choice",
+                "guided_grammar", "structured_outputs")  # fmt: skip
 
 
 def record_headers(r: RequestRecord) -> dict[str, str]:
@@ -83,9 +98,14 @@ class Meter:
             doc = json.loads(raw)
         except ValueError:
             return
-        usage = doc.get("usage") if isinstance(doc, dict) else None
+        if not isinstance(doc, dict):
+            return
+        # Anthropic streams split it: input tokens in message_start's message,
+        # output tokens in message_delta.
+        msg = doc.get("message")
+        usage = msg.get("usage") if isinstance(msg, dict) else doc.get("usage")
         if isinstance(usage, dict):
-            self.usage = usage
+            self.usage = {**(self.usage or {}), **usage}
 
     def body(self, body: bytes) -> None:
         """A whole (non-streaming) JSON answer."""
@@ -106,9 +126,10 @@ class Meter:
         usage = usage or self.usage
         out: dict[str, Any] = {"total_s": now - self.t0}
         completion = None
-        if usage is not None:
-            out["prompt_tokens"] = _int(usage.get("prompt_tokens"))
-            out["completion_tokens"] = completion = _int(usage.get("completion_tokens"))
+        if usage is not None:  # OpenAI's names, else Anthropic's (/v1/messages)
+            out["prompt_tokens"] = _int(usage.get("prompt_tokens", usage.get("input_tokens")))
+            completion = _int(usage.get("completion_tokens", usage.get("output_tokens")))
+            out["completion_tokens"] = completion
         elif stream and self.chunks:
             out["completion_tokens"] = completion = self.chunks
             out["tokens_counted"] = True
@@ -130,12 +151,86 @@ def _int(v: Any) -> int | None:
     return v if isinstance(v, int) and not isinstance(v, bool) else None
 
 
-def footer_chunk(model: str, text: str) -> bytes:
-    """One extra final SSE delta carrying the footer text."""
-    doc = {"id": "swapyard-footer", "object": "chat.completion.chunk", "created": int(time.time()),
-           "model": model, "choices": [{"index": 0, "delta": {"content": text},
-                                        "finish_reason": None}]}  # fmt: skip
+def footer_wanted(setting: Footer, path: str, doc: Mapping[str, Any] | None) -> bool:
+    """Whether the footer goes into the answer to this request (issue 11): plain
+    chat text only (``/v1/completions`` too when the setting is ``"always"``), never
+    an answer a program parses — JSON mode or other constrained output, or a turn
+    that offers tools."""
+    if not setting or doc is None:
+        return False
+    if path != CHAT and not (setting == "always" and path == COMPLETIONS):
+        return False
+    if doc.get("tools") or doc.get("functions"):
+        return False
+    fmt = doc.get("response_format")
+    if isinstance(fmt, dict) and fmt.get("type", "text") != "text":
+        return False
+    return all(doc.get(k) is None for k in _CONSTRAINED)
+
+
+def footer_chunk(model: str, text: str, *, chat: bool = True) -> bytes:
+    """One extra SSE chunk carrying the footer text (a chat delta, or a
+    ``text_completion`` chunk for ``/v1/completions``)."""
+    if chat:
+        obj, choice = "chat.completion.chunk", {"index": 0, "delta": {"content": text}}
+    else:
+        obj, choice = "text_completion", {"index": 0, "text": text, "logprobs": None}
+    doc = {"id": "swapyard-footer", "object": obj, "created": int(time.time()), "model": model,
+           "choices": [{**choice, "finish_reason": None}]}  # fmt: skip
     return sse.frame(doc)
+
+
+class FooterSlot:
+    """Puts the footer into a stream just before the first event whose
+    ``finish_reason`` is not null (after it, if that event carries text too), else
+    before ``data: [DONE]``: a byte search, no parsing. Events go out whole, so the
+    bytes after the last event boundary wait for the next chunk until the footer is
+    placed. A tool call seen first means no footer; a stream that ends with neither
+    a finish_reason nor ``[DONE]`` did not finish and gets none either."""
+
+    def __init__(self, make: Callable[[], bytes]) -> None:
+        self._make = make  # called once, when the slot is found: the figures so far
+        self._held = b""
+        self.done = False
+
+    def feed(self, chunk: bytes) -> bytes:
+        if self.done:
+            return chunk
+        data = self._held + chunk
+        end = _last_event_end(data, len(data))
+        self._held = data[end:]
+        return self._place(data[:end]) if end else b""
+
+    def flush(self) -> bytes:
+        """What is still held, at the end of the stream."""
+        held, self._held = self._held, b""
+        return held
+
+    def _place(self, events: bytes) -> bytes:
+        finish = _FINISH.search(events)
+        at = finish.start() if finish else events.find(sse.DONE)
+        tool = _TOOL_CALL.search(events, 0, at if at >= 0 else len(events))
+        if tool is not None:
+            self.done = True  # a tool-call turn: no footer
+            return events + self.flush()
+        if at < 0:
+            return events
+        start = _last_event_end(events, at)
+        if finish is not None:
+            end = _EVENT_END.search(events, at)
+            stop = end.end() if end else len(events)
+            if _TEXT.search(events, start, stop):
+                start = stop  # the last text rides with finish_reason: keep it first
+        self.done = True
+        return events[:start] + self._make() + events[start:] + self.flush()
+
+
+def _last_event_end(data: bytes, before: int) -> int:
+    """Where the last event that ends before ``before`` ends (0: none does)."""
+    end = 0
+    for m in _EVENT_END.finditer(data, 0, before):
+        end = m.end()
+    return end
 
 
 def add_footer(body: bytes, text: str) -> bytes | None:
@@ -150,8 +245,9 @@ def add_footer(body: bytes, text: str) -> bytes | None:
     for c in doc["choices"]:
         if isinstance(c, dict):
             msg = c.get("message")
-            if isinstance(msg, dict) and isinstance(msg.get("content"), str):
-                msg["content"] += text
+            if isinstance(msg, dict):
+                if isinstance(msg.get("content"), str) and not msg.get("tool_calls"):
+                    msg["content"] += text
             elif isinstance(c.get("text"), str):
                 c["text"] += text
     return json.dumps(doc, ensure_ascii=False).encode()
@@ -205,12 +301,16 @@ class Metering:
     def final(self) -> RequestRecord:
         """The record, built on the first call; later calls return the same one."""
         if self._final is None:
-            t = self.ticket
-            kept = self.fix.usage if self.fix is not None else None
-            seen = self.meter.figures(t.stream, t.wait_s, self.meter.usage or kept)
-            self._final = RequestRecord(
-                request_id=t.request_id, model=t.model, engine=t.engine, path=t.path,
-                status=t.status, stream=t.stream, key=t.key, wait_s=t.wait_s,
-                loaded=t.loaded, error=t.error, **seen,
-            )  # fmt: skip
+            self._final = self.so_far()
         return self._final
+
+    def so_far(self) -> RequestRecord:
+        """A record of what was seen until now (the footer's figures mid-stream)."""
+        t = self.ticket
+        kept = self.fix.usage if self.fix is not None else None
+        seen = self.meter.figures(t.stream, t.wait_s, self.meter.usage or kept)
+        return RequestRecord(
+            request_id=t.request_id, model=t.model, engine=t.engine, path=t.path,
+            status=t.status, stream=t.stream, key=t.key, wait_s=t.wait_s,
+            loaded=t.loaded, error=t.error, **seen,
+        )  # fmt: skip
