@@ -12,13 +12,13 @@
     │   ├── NotFound                   404 no such route
     │   └── QueueFull                  429 the queue is at `max_queue`; carries Retry-After
     ├── EngineError                    (5xx) the engine could not serve the request
-    │   ├── EngineStartError           503 never became ready; carries its last log lines
+    │   ├── EngineStartError           503 never became ready; its last log lines in ``detail``
     │   │   ├── EngineExitedEarly      the process exited before its health check passed
     │   │   ├── EngineStartTimeout     health never passed within `start_timeout`
     │   │   └── PortInUse              the engine's fixed port is held by another process
     │   ├── InsufficientMemory         503 the model can never fit; says need and budget
     │   ├── EngineStopped              503 the engine was stopped while the request waited
-    │   ├── EngineCrashed              503 the engine exited while serving (carries its log)
+    │   ├── EngineCrashed              503 the engine exited while serving (log in ``detail``)
     │   ├── EngineBackoff              503 it failed recently; Retry-After: when it may start
     │   ├── EngineFailed               503 it failed `start_limit` times: off until loaded again
     │   ├── UpstreamUnavailable        502 connecting to the engine failed (source: engine)
@@ -30,6 +30,11 @@ Client and OS exceptions (aiohttp, OSError) are caught where they happen, in the
 process actor and the proxy, and re-raised as one of these with ``from exc``.
 ``to_openai()`` renders the ``{"error": {...}}`` envelope, with ``source`` saying
 whether swapyard or the engine produced it.
+
+``message`` is what any client may read: short, naming the model and the cause.
+``detail`` (an engine's last log lines) is for operators only: ``/api/models``
+shows it with the model's last error; no envelope carries it (issue 11: a log
+tail holds the engine's command line, and whatever the config put there).
 """
 
 from __future__ import annotations
@@ -48,13 +53,16 @@ class SwapyardError(Exception):
     code: ClassVar[str] = "internal_error"
     source: ClassVar[Source] = "swapyard"
 
-    def __init__(self, message: str, *, param: str | None = None) -> None:
+    def __init__(
+        self, message: str, *, param: str | None = None, detail: str | None = None
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.param = param
+        self.detail = detail
 
     def to_openai(self) -> dict[str, Any]:
-        """The OpenAI error envelope for this error."""
+        """The OpenAI error envelope for this error (never its ``detail``)."""
         return {
             "error": {
                 "message": self.message,
@@ -147,22 +155,27 @@ class EngineError(SwapyardError):
     type = "engine_error"
     code = "engine_unavailable"
 
-    def __init__(self, model: str, message: str) -> None:
-        super().__init__(message)
+    def __init__(self, model: str, message: str, detail: str | None = None) -> None:
+        super().__init__(message, detail=detail)
         self.model = model
 
 
+def _log_detail(log_tail: Sequence[str]) -> str:
+    tail = "\n".join(log_tail) if log_tail else "(no output)"
+    return f"last log lines:\n{tail}"
+
+
 class EngineStartError(EngineError):
-    """The engine never became ready; ``log_tail`` holds its last output lines."""
+    """The engine never became ready; ``log_tail`` holds its last output lines
+    (in ``detail``, for operators; the message says the model and the reason)."""
 
     code = "engine_start_failed"
 
     def __init__(self, model: str, reason: str, log_tail: Sequence[str] = ()) -> None:
         self.reason = reason
         self.log_tail = tuple(log_tail)
-        tail = "\n".join(self.log_tail) if self.log_tail else "(no output)"
         super().__init__(
-            model, f"model {model!r} failed to start: {reason}\nlast log lines:\n{tail}"
+            model, f"model {model!r} failed to start: {reason}", _log_detail(self.log_tail)
         )
 
 
@@ -183,13 +196,12 @@ class EngineCrashed(EngineError):
 
     def __init__(self, model: str, reason: str, log_tail: Sequence[str] = ()) -> None:
         self.log_tail = tuple(log_tail)
-        tail = "\n".join(self.log_tail) if self.log_tail else "(no output)"
-        super().__init__(model, f"model {model!r} crashed: {reason}\nlast log lines:\n{tail}")
+        super().__init__(model, f"model {model!r} crashed: {reason}", _log_detail(self.log_tail))
 
 
 class EngineBackoff(EngineError):
     """The model's engine failed moments ago and backs off before the next start;
-    ``cause`` is that failure (its message keeps the last log lines)."""
+    ``cause`` is that failure (its ``detail`` keeps the last log lines)."""
 
     code = "engine_backoff"
 
@@ -200,6 +212,7 @@ class EngineBackoff(EngineError):
             model,
             f"model {model!r} failed moments ago and may start again in {retry_after:.1f} s; "
             f"it failed with: {cause.message}",
+            cause.detail,
         )
 
 
@@ -216,6 +229,7 @@ class EngineFailed(EngineError):
             f"model {model!r} failed {failures} times within {window:g} s and will not be "
             f"started again until it is loaded on purpose (swapyard load {model}) or the config "
             f"is reloaded; the last failure: {cause.message}",
+            cause.detail,
         )
 
 

@@ -76,7 +76,7 @@ from swapyard.process.registry import (
     spec_hash,
 )
 from swapyard.process.state import EngineState, check_transition
-from swapyard.surface import EngineView
+from swapyard.surface import EngineView, ErrorView
 
 S = EngineState
 LOG_TAIL_IN_ERRORS = 20
@@ -184,7 +184,7 @@ class EngineProcess:
             state_since=self.state_since,
             pid=self._pid,
             upstream=self.upstream if live else None,
-            last_error=self._failure.message if self._failure else None,
+            last_error=ErrorView.of(self._failure),
             fast_swap=self.fast_mode,
             loading_since=self.started_at,
             waking=self._state is S.WAKING,

@@ -17,6 +17,7 @@ from swapyard.reload import ConfigDiff, diff
 from swapyard.surface import (
     DeviceSnapshot,
     EngineView,
+    ErrorView,
     Lease,
     ModelSnapshot,
     Snapshot,
@@ -54,7 +55,7 @@ class FakeRouter:
         old = self._views[model].state
         self._views[model] = replace(
             self._views[model], state=state, state_since=time.monotonic(),
-            last_error=error.message if error else None,
+            last_error=ErrorView.of(error),
         )  # fmt: skip
         self.bus.publish(EngineStateChanged(model, old, state, error))
 
