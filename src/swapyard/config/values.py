@@ -133,6 +133,23 @@ class ModelSpec:
     start_limit_interval: float = 300.0
     backoff: float = 1.0
     backoff_max: float = 60.0
+    # Issue 11. What the log shows of cmd/cmd_stop: ${env.*} as written (None: the
+    # same as cmd, which has none). The variables the engine must not inherit:
+    # those auth names, and the other models' api_key_env/admin_key_env.
+    cmd_shown: tuple[str, ...] | None = None
+    cmd_stop_shown: tuple[str, ...] | None = None
+    env_drop: frozenset[str] = frozenset()
+
+    @property
+    def cmd_display(self) -> str:
+        """``cmd`` as the logs show it: no ``${env.*}`` value, ``${PORT}`` unrendered."""
+        return " ".join(self.cmd if self.cmd_shown is None else self.cmd_shown)
+
+    @property
+    def cmd_stop_display(self) -> str:
+        """``cmd_stop`` as the logs show it (empty without one)."""
+        shown = self.cmd_stop if self.cmd_stop_shown is None else self.cmd_stop_shown
+        return " ".join(shown or ())
 
     @property
     def needs_port(self) -> bool:

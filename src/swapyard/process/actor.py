@@ -495,12 +495,12 @@ class EngineProcess:
             self._fail_start(taken)
             return
         argv = [render(a, {"PORT": self._port}) for a in spec.cmd]
-        self.logs.append(f"[swapyard] starting: {' '.join(argv)}")
+        self.logs.append(f"[swapyard] starting: {render(spec.cmd_display, {'PORT': self._port})}")
         env = {k: render(v, {"PORT": self._port}) for k, v in spec.env.items()}
         try:
             out = self._output.open_for_engine()
             try:
-                proc = popen(argv, {**env, **extra_env}, out)
+                proc = popen(argv, {**env, **extra_env}, out, spec.env_drop)
             finally:
                 os.close(out)
         except OSError as exc:
@@ -548,10 +548,8 @@ class EngineProcess:
             return
         gen = self._gen
         if self.spec.cmd_stop:
-            argv = [render(a, {"PORT": self._port, "PID": str(pid)}) for a in self.spec.cmd_stop]
-            self._spawn_task(
-                run_stop_command(argv, self.spec.env, self.spec.stop_timeout, self.logs.append)
-            )
+            at = {"PORT": self._port, "PID": str(pid)}
+            self._spawn_task(run_stop_command(self.spec, at, self.logs.append))
         else:
             self._kill_tree(signal.SIGTERM)
         loop = asyncio.get_running_loop()
