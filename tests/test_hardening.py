@@ -1,10 +1,13 @@
-"""Issue 11: no secret on an open route or in an engine's environment.
+"""Issue 11: no secret on an open route or in an engine's environment, and a
+client's mistakes are 4xx in the OpenAI envelope (a bug is a 500 with a request id).
 
-Against a real server on 127.0.0.1 and the fake engine."""
+Against a real server on 127.0.0.1; a ``FakeRouter`` where no engine process is
+needed, the fake engine where one is."""
 
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 from pathlib import Path
 from typing import Any
@@ -12,8 +15,11 @@ from typing import Any
 import aiohttp
 import pytest
 
+from helpers import config
+from swapyard.api.openai import MAX_JSON_DEPTH, parse_model
 from swapyard.config import load_config
-from swapyard.testing import fake_engine_cmd, running_server
+from swapyard.errors import InvalidJSON
+from swapyard.testing import FakeRouter, fake_engine_cmd, running_server
 
 ADMIN, CLIENT, OTHER = "sk-admin-5d1e", "sk-client-77a0", "sk-other-engine-c3f9"
 SECRET = "engine-secret-90b2"  # given to an engine on its command line via ${env.*}
@@ -137,3 +143,136 @@ async def test_failed_start_shows_clients_the_cause_and_only_admins_the_log(
     assert "file is corrupt (simulated)" in lines
     assert SECRET not in lines
     assert last["code"] == "engine_failed" and "file is corrupt (simulated)" in last["detail"]
+
+
+# -- a client's mistakes ------------------------------------------------------------
+
+
+def nested(depth: int) -> bytes:
+    return b'{"model": "m", "x": ' + b"[" * (depth - 1) + b"]" * (depth - 1) + b"}"
+
+
+def test_json_nested_up_to_the_limit_parses_and_one_level_more_is_refused() -> None:
+    assert parse_model("application/json", nested(MAX_JSON_DEPTH))[0] == "m"
+    with pytest.raises(InvalidJSON, match="deeper than"):
+        parse_model("application/json", nested(MAX_JSON_DEPTH + 1))
+
+
+@pytest.fixture
+async def fake() -> Any:
+    cfg = config({"m": {"cmd": fake_engine_cmd("m")}}, max_body_bytes=4 * 2**20)
+    router = FakeRouter(cfg)
+    async with running_server(cfg, router) as srv:
+        yield srv.url, router
+
+
+async def test_deeply_nested_json_is_400_not_a_recursion_error(
+    fake: Any, http: aiohttp.ClientSession, caplog: pytest.LogCaptureFixture
+) -> None:
+    url, router = fake
+    for depth in (MAX_JSON_DEPTH + 1, 100_000):
+        async with http.post(url + "/v1/chat/completions", data=nested(depth),
+                             headers={"Content-Type": "application/json"}) as r:  # fmt: skip
+            assert r.status == 400
+            err = (await r.json())["error"]
+        assert err["code"] == "invalid_json" and "deeper than" in err["message"]
+    assert router.acquired == []
+    assert not [rec for rec in caplog.records if rec.exc_info]
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/api/models/m/logs?lines=abc",
+        "/api/models/m/logs?lines=-1",
+        "/api/logs?lines=1e3",
+        "/api/requests?limit=abc",
+        "/api/requests?limit=-5",
+        "/api/usage?since=abc",
+        "/api/usage?since=nan",
+        "/api/usage?by=nobody",
+        "/api/events?history=abc",
+    ],
+)
+async def test_bad_admin_query_parameter_is_400_naming_it(
+    fake: Any, http: aiohttp.ClientSession, path: str
+) -> None:
+    url, _ = fake
+    async with http.get(url + path) as r:
+        assert r.status == 400
+        err = (await r.json())["error"]
+    name = path.split("?")[1].split("=")[0]
+    assert (err["type"], err["param"]) == ("invalid_request_error", name)
+    assert f"?{name}=" in err["message"]
+
+
+async def raw_exchange(url: str, data: bytes, *, bound: float = 30.0) -> bytes:
+    """Send ``data`` on a fresh connection and read until the server closes it
+    (``bound`` only keeps a broken server from hanging the suite)."""
+    host, port = url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    try:
+        writer.write(data)
+        await writer.drain()
+        return await asyncio.wait_for(reader.read(), bound)
+    finally:
+        writer.close()
+
+
+async def test_authorization_header_that_is_not_utf8_is_401() -> None:
+    cfg = keyed(KEY_ENV, {"cmd": fake_engine_cmd("m")})
+    async with running_server(cfg, FakeRouter(cfg)) as srv:
+        for header in (b"Authorization: Bearer \xff\xfe\x80", b"x-api-key: sk-\xc3\x28"):
+            got = await raw_exchange(
+                srv.url,
+                b"GET /v1/models HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+                + header
+                + b"\r\n\r\n",
+            )
+            head, _, body = got.partition(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 401"), got
+            assert json.loads(body)["error"]["code"] == "invalid_api_key"
+
+
+async def test_unknown_model_name_is_echoed_cut(fake: Any, http: aiohttp.ClientSession) -> None:
+    url, _ = fake
+    body = io.BytesIO(json.dumps(chat("x" * 2**20)).encode())  # a 1 MiB name
+    async with http.post(url + "/v1/chat/completions", data=body,
+                         headers={"Content-Type": "application/json"}) as r:  # fmt: skip
+        assert r.status == 404
+        err = (await r.json())["error"]
+    assert len(err["message"]) < 200 and "x" * 64 + "…" in err["message"]
+
+
+async def test_unexpected_exception_is_a_500_envelope_with_its_request_id_in_the_log(
+    fake: Any, http: aiohttp.ClientSession, caplog: pytest.LogCaptureFixture
+) -> None:
+    """One log line carries the traceback and the request id; the client gets the
+    id in the envelope, never the traceback."""
+    url, router = fake
+    router.refuse["m"] = RuntimeError("a bug behind the surface")
+    async with http.post(url + "/v1/chat/completions", json=chat("m")) as r:
+        assert r.status == 500
+        rid = r.headers["X-Request-Id"]
+        body = await r.text()
+    err = json.loads(body)["error"]
+    assert (err["type"], err["code"]) == ("server_error", "internal_error")
+    assert rid in err["message"]
+    assert "Traceback" not in body and "a bug behind" not in body
+    logged = [rec for rec in caplog.records if rec.exc_info]
+    assert len(logged) == 1 and rid in logged[0].getMessage()
+
+
+async def test_unexpected_exception_after_a_stream_began_closes_it_logged_once(
+    fake: Any, http: aiohttp.ClientSession, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A loading-status stream has begun when the bug strikes: the connection is
+    closed (no envelope can follow) and the traceback is logged once, by us."""
+    url, router = fake
+    router.refuse["m"] = RuntimeError("a bug behind the surface")
+    with pytest.raises(aiohttp.ClientPayloadError):
+        async with http.post(url + "/v1/chat/completions", json=chat("m", stream=True)) as r:
+            assert r.status == 200
+            await r.read()
+    logged = [rec for rec in caplog.records if rec.exc_info]
+    assert len(logged) == 1 and "request id" in logged[0].getMessage()

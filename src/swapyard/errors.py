@@ -7,7 +7,7 @@
     ├── RequestError                   (4xx) the client's request is wrong; nothing changes
     │   ├── InvalidJSON                400 malformed JSON body
     │   ├── MissingModel               400 no `model` in the body / form
-    │   ├── UnknownModel               404 names the models that exist
+    │   ├── UnknownModel               404 names the models that exist (the asked name cut)
     │   ├── BodyTooLarge               413 body over `server.max_body_bytes`
     │   ├── NotFound                   404 no such route
     │   └── QueueFull                  429 the queue is at `max_queue`; carries Retry-After
@@ -24,7 +24,8 @@
     │   ├── UpstreamUnavailable        502 connecting to the engine failed (source: engine)
     │   ├── UpstreamDied               502 the engine dropped the response mid-way (source: engine)
     │   └── UpstreamError              502 the engine answered an error after a stream began
-    └── ShuttingDown                   503 swapyard is stopping
+    ├── ShuttingDown                   503 swapyard is stopping
+    └── InternalError                  500 a bug: the log has the traceback under its request id
 
 Client and OS exceptions (aiohttp, OSError) are caught where they happen, in the
 process actor and the proxy, and re-raised as one of these with ``from exc``.
@@ -43,6 +44,13 @@ from collections.abc import Sequence
 from typing import Any, ClassVar, Literal
 
 Source = Literal["swapyard", "engine"]
+ECHO_LIMIT = 64  # characters of a client's own text (a model name) said back to it
+
+
+def clip(text: str, limit: int = ECHO_LIMIT) -> str:
+    """``text`` cut to ``limit`` characters (and "…"): an error never echoes a
+    client's megabyte back to it."""
+    return text if len(text) <= limit else text[:limit] + "…"
 
 
 class SwapyardError(Exception):
@@ -104,7 +112,7 @@ class UnknownModel(RequestError):
     def __init__(self, model: str, available: Sequence[str]) -> None:
         names = ", ".join(sorted(available)) or "(none configured)"
         super().__init__(
-            f"model {model!r} does not exist; available models: {names}", param="model"
+            f"model {clip(model)!r} does not exist; available models: {names}", param="model"
         )
         self.model = model
         self.available = tuple(available)
@@ -265,3 +273,15 @@ class UpstreamError(EngineError):
     status = 502
     code = "upstream_error"
     source = "engine"
+
+
+class InternalError(SwapyardError):
+    """An exception nobody raised on purpose: the client gets this envelope and
+    ``request_id``; the log gets the traceback under the same id."""
+
+    def __init__(self, request_id: str) -> None:
+        super().__init__(
+            f"internal error in swapyard (request id {request_id}); "
+            "the server log has the details under this id"
+        )
+        self.request_id = request_id
