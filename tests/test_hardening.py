@@ -1,25 +1,31 @@
-"""Issue 11: no secret on an open route or in an engine's environment, and a
-client's mistakes are 4xx in the OpenAI envelope (a bug is a 500 with a request id).
+"""Issue 11: no secret on an open route or in an engine's environment, a client's
+mistakes are 4xx in the OpenAI envelope (a bug is a 500 with a request id), and a
+client cannot hold the server with stalled or surplus connections.
 
 Against a real server on 127.0.0.1; a ``FakeRouter`` where no engine process is
-needed, the fake engine where one is."""
+needed, the fake engine where one is. Timeouts are tiny and the tests assert that
+the connection was closed, never how fast."""
 
 from __future__ import annotations
 
 import asyncio
 import io
 import json
+import logging
+import sqlite3
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
 
-from helpers import config
+from helpers import config, eventually
 from swapyard.api.openai import MAX_JSON_DEPTH, parse_model
 from swapyard.config import load_config
 from swapyard.errors import InvalidJSON
+from swapyard.events import RequestFinished, RequestRecord
 from swapyard.testing import FakeRouter, fake_engine_cmd, running_server
+from swapyard.usage.store import UsageStore
 
 ADMIN, CLIENT, OTHER = "sk-admin-5d1e", "sk-client-77a0", "sk-other-engine-c3f9"
 SECRET = "engine-secret-90b2"  # given to an engine on its command line via ${env.*}
@@ -276,3 +282,113 @@ async def test_unexpected_exception_after_a_stream_began_closes_it_logged_once(
             await r.read()
     logged = [rec for rec in caplog.records if rec.exc_info]
     assert len(logged) == 1 and "request id" in logged[0].getMessage()
+
+
+# -- what one client may hold ---------------------------------------------------------
+
+
+@pytest.fixture
+async def stingy() -> Any:
+    """A server with tiny header and body timeouts."""
+    cfg = config({"m": {"cmd": fake_engine_cmd("m")}}, header_timeout=0.2, body_timeout=0.2)
+    async with running_server(cfg, FakeRouter(cfg)) as srv:
+        yield srv.url
+
+
+async def test_connection_that_sends_nothing_is_closed(stingy: str) -> None:
+    assert await raw_exchange(stingy, b"") == b""
+
+
+async def test_connection_that_sends_half_a_head_is_closed(stingy: str) -> None:
+    half = b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: appl"
+    assert await raw_exchange(stingy, half) == b""
+
+
+async def test_body_that_stops_arriving_is_408_and_the_connection_closed(stingy: str) -> None:
+    head = (b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
+            b"Content-Type: application/json\r\nContent-Length: 100\r\n\r\n")  # fmt: skip
+    got = await raw_exchange(stingy, head + b'{"model": "m", ')
+    head_out, _, body = got.partition(b"\r\n\r\n")
+    assert head_out.startswith(b"HTTP/1.1 408"), got
+    assert json.loads(body)["error"]["code"] == "request_timeout"
+
+
+async def test_connections_beyond_max_connections_get_503_and_one_log_line(
+    http: aiohttp.ClientSession, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Two idle connections hold the cap of 2: five more are each answered 503 and
+    closed, with one log line; once the two go, new connections are served."""
+    cfg = config({"m": {"cmd": fake_engine_cmd("m")}}, max_connections=2)
+    async with running_server(cfg, FakeRouter(cfg)) as srv:
+        host, port = srv.url.removeprefix("http://").split(":")
+        held = [await asyncio.open_connection(host, int(port)) for _ in range(2)]
+        for _ in range(5):
+            got = await raw_exchange(srv.url, b"")  # (a request sent now could meet a reset)
+            assert got.startswith(b"HTTP/1.1 503"), got
+            assert b"too_many_connections" in got
+        reached = [r for r in caplog.records if "connection limit of 2 reached" in r.getMessage()]
+        assert len(reached) == 1
+        for _, writer in held:
+            writer.close()
+
+        async def served() -> bool:
+            got = await raw_exchange(
+                srv.url, b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+            )
+            return got.startswith(b"HTTP/1.1 200")
+
+        await eventually(served, what="a connection served once the two are gone")
+    assert any("connections were refused" in r.getMessage() for r in caplog.records)
+
+
+# -- the usage store's writer ------------------------------------------------------------
+
+
+def finished(request_id: int, **kw: Any) -> RequestFinished:
+    return RequestFinished(RequestRecord(request_id=request_id, model="m", engine="command",
+                                         path="/v1/chat/completions", status=200, stream=False,
+                                         **kw))  # fmt: skip
+
+
+def store_errors(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if r.name == "swapyard.usage" and r.levelno >= logging.ERROR]
+
+
+async def test_usage_writer_keeps_rows_while_the_database_is_locked_and_goes_on(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Writes fail while another process holds the database: one log line however
+    many tries, the rows wait, and they are written once it is free."""
+    path = tmp_path / "usage.db"
+    store = UsageStore(path, flush_every=0.02)
+    store.db.execute("PRAGMA busy_timeout = 0")  # fail at once instead of after 5 s
+    other = sqlite3.connect(path, isolation_level=None)
+    other.execute("BEGIN EXCLUSIVE")
+    store.run()
+    try:
+        for n in (1, 2, 3):
+            store.on_event(finished(n))
+            assert await store.flush() is False
+        assert len(store_errors(caplog)) == 1
+        other.execute("COMMIT")
+        store.on_event(finished(4))  # for the writer task, which went on
+        await eventually(lambda: len(store.recent()) == 4, what="every row written")
+        assert any("writing again" in r.getMessage() for r in caplog.records)
+    finally:
+        other.close()
+        await store.close()
+
+
+async def test_usage_writer_drops_rows_sqlite_refuses_and_goes_on(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = UsageStore(tmp_path / "usage.db", flush_every=0.02)
+    store.run()
+    try:
+        store.on_event(finished(1, key=["not", "storable"]))  # a bug upstream of the store
+        await eventually(lambda: store_errors(caplog), what="the refused row logged")
+        store.on_event(finished(2))
+        await eventually(lambda: [r["request_id"] for r in store.recent()] == [2])
+        assert len(store_errors(caplog)) == 1
+    finally:
+        await store.close()

@@ -18,7 +18,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
 
-from swapyard.api import admin, live, openai, reload
+from swapyard.api import admin, limits, live, openai, reload
 from swapyard.api.auth import auth_middleware
 from swapyard.api.state import CONFIG, ROUTER, STATE, AppState
 from swapyard.config import Config, check_exposure
@@ -151,9 +151,11 @@ async def start_server(
         handler_cancellation=True,
         access_log=None,
         shutdown_timeout=config.server.shutdown_timeout / 2,
+        **limits.handler_args(config.server),
     )
     await runner.setup()
-    site = web.TCPSite(runner, host, port)
+    cap = config.server.connection_cap(limits.open_files_limit())
+    site = limits.CappedSite(runner, host, port, cap)
     try:
         await site.start()
     except OSError as exc:

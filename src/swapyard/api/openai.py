@@ -12,10 +12,11 @@ from typing import Any
 from aiohttp import web
 
 from swapyard.api.auth import check_model_allowed
+from swapyard.api.limits import read_body
 from swapyard.api.loading import stream_with_loading_status
 from swapyard.api.state import KEY_MODELS, KEY_NAME, STATE, AppState
 from swapyard.config import Config
-from swapyard.errors import BodyTooLarge, InvalidJSON, MissingModel, SwapyardError, UnknownModel
+from swapyard.errors import InvalidJSON, MissingModel, SwapyardError, UnknownModel
 from swapyard.events import RequestFinished
 from swapyard.proxy import forward
 from swapyard.quirks import adapt_request
@@ -96,10 +97,8 @@ def resolve(config: Config, name: str) -> str:
 async def proxy_post(request: web.Request) -> web.StreamResponse:
     t0 = time.perf_counter()
     state: AppState = request.app[STATE]
-    try:
-        body = await request.read()
-    except web.HTTPRequestEntityTooLarge as exc:
-        raise BodyTooLarge(state.config.server.max_body_bytes) from exc
+    server = state.config.server
+    body = await read_body(request, server.max_body_bytes, server.body_timeout)
     name, doc = parse_model(request.headers.get("Content-Type", ""), body)
     model = resolve(state.config, name)
     check_model_allowed(request, model)

@@ -16,6 +16,7 @@ from swapyard.engines.base import EngineKind, Launch
 LoadingStatus = Literal["reasoning", "content", "off"]
 Policy = Literal["fifo", "batch"]
 
+FD_RESERVE = 64  # open files swapyard keeps for itself: engines' logs, pidfds, the store
 # A raw ``cmd`` engine's launch: where a model is reached unless it says otherwise.
 _COMMAND = Launch(cmd=())
 
@@ -25,11 +26,26 @@ class ServerSpec:
     host: str = "127.0.0.1"
     port: int = 8080
     max_body_bytes: int = 64 * 2**20
+    # What one client may hold (issue 11). A request head must arrive within
+    # header_timeout of the connection opening or of the previous answer (longer
+    # than reverse proxies' idle keep-alive, nginx's 60 s, so they close first); a
+    # body that stops for body_timeout is answered 408. max_connections: None is
+    # half the open files left after FD_RESERVE (each client connection may hold
+    # one to an engine too); beyond it a connection gets a 503 and is closed.
+    header_timeout: float = 75.0
+    body_timeout: float = 60.0
+    max_connections: int | None = None
     loading_status: LoadingStatus = "reasoning"
     list_aliases: bool = False
     shutdown_timeout: float = 30.0
     footer: bool = False  # append "⚡ tok/s" to every answer
     allow_unauthenticated: bool = False  # listen beyond loopback with no API keys
+
+    def connection_cap(self, open_files: int) -> int:
+        """``max_connections``, else what the open-file limit ``open_files`` allows."""
+        if self.max_connections is not None:
+            return self.max_connections
+        return max(1, (open_files - FD_RESERVE) // 2)
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,6 +6,12 @@ block the data path: rows are queued in memory and written in batches by one
 background task, in a thread (``flush_every`` seconds, or sooner when
 ``batch`` rows are waiting). Rows older than ``retention`` are deleted at start
 and then hourly. Queries are for the CLI and the dashboard.
+
+The writer outlives any failure (issue 11: an ``OSError`` with file descriptors
+exhausted ended it, and usage was lost from then on): a failed write is logged
+once per distinct error and its rows wait for the next try — at most
+``MAX_PENDING``, the oldest dropped first — unless the rows themselves are what
+sqlite refused; one line says when writing works again.
 """
 
 from __future__ import annotations
@@ -25,6 +31,12 @@ from swapyard.process.state import EngineState
 
 log = logging.getLogger("swapyard.usage")
 S = EngineState
+MAX_PENDING = 10_000  # rows kept for a retry while writes fail
+# sqlite refused the values (a type it cannot store is a ProgrammingError), not
+# the write: retrying the same rows cannot help.
+_BAD_ROWS = (
+    sqlite3.ProgrammingError, sqlite3.InterfaceError, sqlite3.DataError, sqlite3.IntegrityError,
+)  # fmt: skip
 
 # Each entry takes the schema from version i to i+1. Never edit a released one:
 # add a new one.
@@ -124,6 +136,8 @@ class UsageStore:
         self.batch = batch
         self.db = connect(self.path)
         self._rows: list[tuple[str, tuple[Any, ...]]] = []
+        self._errors: set[str] = set()  # the distinct write errors logged since the last success
+        self.dropped = 0  # rows given up on since the last success
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self.prune()
@@ -161,18 +175,47 @@ class UsageStore:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self.flush_every)
             self._wake.clear()
-            await self.flush()
+            if not await self.flush():
+                await asyncio.sleep(self.flush_every)  # not as fast as rows arrive
             if time.monotonic() - last_prune > 3600:
                 last_prune = time.monotonic()
-                await asyncio.to_thread(self.prune)
+                try:
+                    await asyncio.to_thread(self.prune)
+                except Exception as exc:
+                    self._failed(exc, "cannot delete old rows")
 
-    async def flush(self) -> None:
+    async def flush(self) -> bool:
+        """Write the queued rows; never raises. False when the write failed (the
+        rows wait for the next try, unless they were the problem)."""
         rows, self._rows = self._rows, []
-        if rows:
-            try:
-                await asyncio.to_thread(self._write, rows)
-            except sqlite3.Error:  # pragma: no cover - disk full, file removed
-                log.exception("usage store: could not write %d rows", len(rows))
+        if not rows:
+            return True
+        try:
+            await asyncio.to_thread(self._write, rows)
+        except Exception as exc:
+            if isinstance(exc, _BAD_ROWS):
+                self.dropped += len(rows)
+                self._failed(exc, f"dropped {len(rows)} rows sqlite refused")
+            else:
+                self._rows[:0] = rows
+                over = max(0, len(self._rows) - MAX_PENDING)
+                del self._rows[:over]
+                self.dropped += over
+                self._failed(exc, f"cannot write; {len(self._rows)} rows wait for the next try")
+            return False
+        if self._errors:
+            log.warning("usage store: writing again (%d rows dropped meanwhile)", self.dropped)
+            self._errors.clear()
+            self.dropped = 0
+        return True
+
+    def _failed(self, exc: Exception, what: str) -> None:
+        """Log ``exc`` once per distinct error until a write succeeds."""
+        key = f"{type(exc).__name__}: {exc}"
+        if key not in self._errors:
+            self._errors.add(key)
+            log.error("usage store %s: %s (said once until it works again)", self.path,
+                      f"{what}: {key}", exc_info=exc)  # fmt: skip
 
     def _write(self, rows: Sequence[tuple[str, tuple[Any, ...]]]) -> None:
         req = [v for t, v in rows if t == "requests"]
