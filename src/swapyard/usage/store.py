@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import logging
 import sqlite3
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -135,6 +136,10 @@ class UsageStore:
         self.flush_every = flush_every
         self.batch = batch
         self.db = connect(self.path)
+        # Held by the thread that writes, and to close: a write cancelled on the
+        # loop's side goes on in its thread, and closing the connection under it
+        # crashed the process (a segfault in sqlite at shutdown).
+        self._db_lock = threading.Lock()
         self._rows: list[tuple[str, tuple[Any, ...]]] = []
         self._errors: set[str] = set()  # the distinct write errors logged since the last success
         self.dropped = 0  # rows given up on since the last success
@@ -222,7 +227,7 @@ class UsageStore:
         evs = [v for t, v in rows if t == "events"]
         cols = ", ".join(REQUEST_COLUMNS)
         marks = ", ".join("?" * len(REQUEST_COLUMNS))
-        with self.db:
+        with self._db_lock, self.db:
             self.db.execute("BEGIN")
             self.db.executemany(f"INSERT INTO requests ({cols}) VALUES ({marks})", req)
             self.db.executemany(
@@ -231,19 +236,25 @@ class UsageStore:
 
     def prune(self) -> int:
         cutoff = time.time() - self.retention
-        with self.db:
+        with self._db_lock, self.db:
             self.db.execute("BEGIN")
             n = self.db.execute("DELETE FROM requests WHERE at < ?", (cutoff,)).rowcount
             self.db.execute("DELETE FROM events WHERE at < ?", (cutoff,))
         return int(n)
 
     async def close(self) -> None:
+        """Stop the writer, write what is queued, close the file (once no thread
+        is writing to it)."""
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
         await self.flush()
-        self.db.close()
+        await asyncio.to_thread(self._close_db)
+
+    def _close_db(self) -> None:
+        with self._db_lock:
+            self.db.close()
 
     # -- reading -------------------------------------------------------------------
     def recent(self, limit: int = 50, model: str | None = None) -> list[dict[str, Any]]:
