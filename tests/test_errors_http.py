@@ -97,15 +97,23 @@ async def test_unknown_route_is_an_openai_shaped_404(
         assert (await r.json())["error"]["type"] == "invalid_request_error"
 
 
-async def test_engine_that_fails_to_start_is_503_with_its_last_log_lines() -> None:
+async def test_engine_that_fails_to_start_is_503_naming_the_model_and_cause() -> None:
+    """The client is told which model failed and why; its log lines stay with the
+    admin routes (issue 11: they hold the command line)."""
     cfg = config({"m": {"cmd": fake_engine_cmd("m", exit_on_start=3)}})
     async with running_server(cfg) as srv, aiohttp.ClientSession() as http:
         status, err = await post(http, srv.url, json={"model": "m", "messages": []})
+        async with http.get(srv.url + "/api/models") as r:
+            last = (await r.json())["models"]["m"]["last_error"]
     assert status == 503
     assert err["code"] == "engine_exited"
     assert err["source"] == "swapyard"
-    assert "exited with code 3" in err["message"]
-    assert "file is corrupt (simulated)" in err["message"]
+    assert err["message"] == (
+        "model 'm' failed to start: the process exited with code 3 before it became ready"
+    )
+    assert "detail" not in err
+    assert last["code"] == "engine_exited"
+    assert "file is corrupt (simulated)" in last["detail"]
 
 
 async def test_engine_that_never_gets_ready_is_503_after_start_timeout() -> None:
@@ -114,4 +122,5 @@ async def test_engine_that_never_gets_ready_is_503_after_start_timeout() -> None
         status, err = await post(http, srv.url, json={"model": "m", "messages": []})
     assert status == 503
     assert err["code"] == "engine_start_timeout"
-    assert "[fake-engine] listening" in err["message"]
+    assert "did not answer 200 within 3 s" in err["message"]
+    assert "[fake-engine] listening" not in err["message"]

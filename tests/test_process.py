@@ -75,7 +75,8 @@ async def test_starting_to_backoff_when_process_exits_early_with_log_lines(h: Ha
     with pytest.raises(EngineExitedEarly) as info:
         await e.start()
     assert "code 2" in info.value.message
-    assert "file is corrupt (simulated)" in info.value.message
+    assert "file is corrupt (simulated)" in (info.value.detail or "")
+    assert "simulated" not in info.value.message, "the log tail is for operators (issue 11)"
     assert any("simulated" in line for line in info.value.log_tail)
     assert e.state is S.BACKOFF
     assert h.events == [("stopped", "starting"), ("starting", "backoff")]
@@ -144,7 +145,7 @@ async def test_ready_to_backoff_when_engine_crashes(h: Harness) -> None:
             await r.read()
     await eventually(lambda: e.state is S.BACKOFF)
     assert isinstance(e.last_error, EngineCrashed)
-    assert "crashing after 1 tokens" in e.last_error.message
+    assert "crashing after 1 tokens" in (e.last_error.detail or "")
     assert h.events[-1] == ("ready", "backoff")
 
 

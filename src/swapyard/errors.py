@@ -7,29 +7,35 @@
     ├── RequestError                   (4xx) the client's request is wrong; nothing changes
     │   ├── InvalidJSON                400 malformed JSON body
     │   ├── MissingModel               400 no `model` in the body / form
-    │   ├── UnknownModel               404 names the models that exist
+    │   ├── UnknownModel               404 names the models that exist (the asked name cut)
     │   ├── BodyTooLarge               413 body over `server.max_body_bytes`
     │   ├── NotFound                   404 no such route
     │   └── QueueFull                  429 the queue is at `max_queue`; carries Retry-After
     ├── EngineError                    (5xx) the engine could not serve the request
-    │   ├── EngineStartError           503 never became ready; carries its last log lines
+    │   ├── EngineStartError           503 never became ready; its last log lines in ``detail``
     │   │   ├── EngineExitedEarly      the process exited before its health check passed
     │   │   ├── EngineStartTimeout     health never passed within `start_timeout`
     │   │   └── PortInUse              the engine's fixed port is held by another process
     │   ├── InsufficientMemory         503 the model can never fit; says need and budget
     │   ├── EngineStopped              503 the engine was stopped while the request waited
-    │   ├── EngineCrashed              503 the engine exited while serving (carries its log)
+    │   ├── EngineCrashed              503 the engine exited while serving (log in ``detail``)
     │   ├── EngineBackoff              503 it failed recently; Retry-After: when it may start
     │   ├── EngineFailed               503 it failed `start_limit` times: off until loaded again
     │   ├── UpstreamUnavailable        502 connecting to the engine failed (source: engine)
     │   ├── UpstreamDied               502 the engine dropped the response mid-way (source: engine)
     │   └── UpstreamError              502 the engine answered an error after a stream began
-    └── ShuttingDown                   503 swapyard is stopping
+    ├── ShuttingDown                   503 swapyard is stopping
+    └── InternalError                  500 a bug: the log has the traceback under its request id
 
 Client and OS exceptions (aiohttp, OSError) are caught where they happen, in the
 process actor and the proxy, and re-raised as one of these with ``from exc``.
 ``to_openai()`` renders the ``{"error": {...}}`` envelope, with ``source`` saying
 whether swapyard or the engine produced it.
+
+``message`` is what any client may read: short, naming the model and the cause.
+``detail`` (an engine's last log lines) is for operators only: ``/api/models``
+shows it with the model's last error; no envelope carries it (issue 11: a log
+tail holds the engine's command line, and whatever the config put there).
 """
 
 from __future__ import annotations
@@ -38,6 +44,13 @@ from collections.abc import Sequence
 from typing import Any, ClassVar, Literal
 
 Source = Literal["swapyard", "engine"]
+ECHO_LIMIT = 64  # characters of a client's own text (a model name) said back to it
+
+
+def clip(text: str, limit: int = ECHO_LIMIT) -> str:
+    """``text`` cut to ``limit`` characters (and "…"): an error never echoes a
+    client's megabyte back to it."""
+    return text if len(text) <= limit else text[:limit] + "…"
 
 
 class SwapyardError(Exception):
@@ -48,13 +61,16 @@ class SwapyardError(Exception):
     code: ClassVar[str] = "internal_error"
     source: ClassVar[Source] = "swapyard"
 
-    def __init__(self, message: str, *, param: str | None = None) -> None:
+    def __init__(
+        self, message: str, *, param: str | None = None, detail: str | None = None
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.param = param
+        self.detail = detail
 
     def to_openai(self) -> dict[str, Any]:
-        """The OpenAI error envelope for this error."""
+        """The OpenAI error envelope for this error (never its ``detail``)."""
         return {
             "error": {
                 "message": self.message,
@@ -96,7 +112,7 @@ class UnknownModel(RequestError):
     def __init__(self, model: str, available: Sequence[str]) -> None:
         names = ", ".join(sorted(available)) or "(none configured)"
         super().__init__(
-            f"model {model!r} does not exist; available models: {names}", param="model"
+            f"model {clip(model)!r} does not exist; available models: {names}", param="model"
         )
         self.model = model
         self.available = tuple(available)
@@ -147,22 +163,27 @@ class EngineError(SwapyardError):
     type = "engine_error"
     code = "engine_unavailable"
 
-    def __init__(self, model: str, message: str) -> None:
-        super().__init__(message)
+    def __init__(self, model: str, message: str, detail: str | None = None) -> None:
+        super().__init__(message, detail=detail)
         self.model = model
 
 
+def _log_detail(log_tail: Sequence[str]) -> str:
+    tail = "\n".join(log_tail) if log_tail else "(no output)"
+    return f"last log lines:\n{tail}"
+
+
 class EngineStartError(EngineError):
-    """The engine never became ready; ``log_tail`` holds its last output lines."""
+    """The engine never became ready; ``log_tail`` holds its last output lines
+    (in ``detail``, for operators; the message says the model and the reason)."""
 
     code = "engine_start_failed"
 
     def __init__(self, model: str, reason: str, log_tail: Sequence[str] = ()) -> None:
         self.reason = reason
         self.log_tail = tuple(log_tail)
-        tail = "\n".join(self.log_tail) if self.log_tail else "(no output)"
         super().__init__(
-            model, f"model {model!r} failed to start: {reason}\nlast log lines:\n{tail}"
+            model, f"model {model!r} failed to start: {reason}", _log_detail(self.log_tail)
         )
 
 
@@ -183,13 +204,12 @@ class EngineCrashed(EngineError):
 
     def __init__(self, model: str, reason: str, log_tail: Sequence[str] = ()) -> None:
         self.log_tail = tuple(log_tail)
-        tail = "\n".join(self.log_tail) if self.log_tail else "(no output)"
-        super().__init__(model, f"model {model!r} crashed: {reason}\nlast log lines:\n{tail}")
+        super().__init__(model, f"model {model!r} crashed: {reason}", _log_detail(self.log_tail))
 
 
 class EngineBackoff(EngineError):
     """The model's engine failed moments ago and backs off before the next start;
-    ``cause`` is that failure (its message keeps the last log lines)."""
+    ``cause`` is that failure (its ``detail`` keeps the last log lines)."""
 
     code = "engine_backoff"
 
@@ -200,6 +220,7 @@ class EngineBackoff(EngineError):
             model,
             f"model {model!r} failed moments ago and may start again in {retry_after:.1f} s; "
             f"it failed with: {cause.message}",
+            cause.detail,
         )
 
 
@@ -216,6 +237,7 @@ class EngineFailed(EngineError):
             f"model {model!r} failed {failures} times within {window:g} s and will not be "
             f"started again until it is loaded on purpose (swapyard load {model}) or the config "
             f"is reloaded; the last failure: {cause.message}",
+            cause.detail,
         )
 
 
@@ -251,3 +273,15 @@ class UpstreamError(EngineError):
     status = 502
     code = "upstream_error"
     source = "engine"
+
+
+class InternalError(SwapyardError):
+    """An exception nobody raised on purpose: the client gets this envelope and
+    ``request_id``; the log gets the traceback under the same id."""
+
+    def __init__(self, request_id: str) -> None:
+        super().__init__(
+            f"internal error in swapyard (request id {request_id}); "
+            "the server log has the details under this id"
+        )
+        self.request_id = request_id

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 from swapyard.config import Config
+from swapyard.errors import SwapyardError
 from swapyard.events import EventBus
 from swapyard.process.logring import LogRing
 from swapyard.process.state import EngineState
@@ -56,6 +57,24 @@ class MemorySnapshot:
 
 
 @dataclass(frozen=True, slots=True)
+class ErrorView:
+    """An engine's last failure as readers see it: ``code`` is safe on the open
+    ``/health``; ``message`` is what clients are told; ``detail`` (its last log
+    lines) only the admin routes show (issue 11)."""
+
+    code: str
+    message: str
+    detail: str | None = None
+
+    @staticmethod
+    def of(err: SwapyardError | None) -> ErrorView | None:
+        return None if err is None else ErrorView(err.code, err.message, err.detail)
+
+    def as_json(self) -> dict[str, str | None]:
+        return {"code": self.code, "message": self.message, "detail": self.detail}
+
+
+@dataclass(frozen=True, slots=True)
 class EngineView:
     """What an engine's actor publishes about itself (its own state machine)."""
 
@@ -63,7 +82,7 @@ class EngineView:
     state_since: float = 0.0  # time.monotonic() of the last transition
     pid: int | None = None
     upstream: str | None = None  # while starting or ready
-    last_error: str | None = None
+    last_error: ErrorView | None = None
     fast_swap: str | None = None  # the engine's fast swap ("sleep", "unload"...), if any
     loading_since: float | None = None  # monotonic start of the current start or wake
     waking: bool = False  # starting by a fast swap in
@@ -95,7 +114,7 @@ class ModelSnapshot:
             "state_for_s": round(now - e.state_since, 3),
             "pid": e.pid,
             "upstream": e.upstream,
-            "last_error": e.last_error,
+            "last_error": e.last_error.as_json() if e.last_error is not None else None,
             "fast_swap": e.fast_swap,
             "progress": e.progress,
             "devices": list(self.devices),

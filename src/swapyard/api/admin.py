@@ -1,4 +1,9 @@
-"""Admin routes: health, the resident set, load/unload/pin, and engine logs."""
+"""Admin routes: health, the resident set, load/unload/pin, and engine logs.
+
+``/health`` is open (no key), so it says states only: no log line, no command
+line, no upstream URL (a remote engine's may carry a ``${env.*}`` secret), and
+for the last failure only its code (issue 11). The keyed ``/api/models`` shows
+each failure whole, its last log lines included."""
 
 from __future__ import annotations
 
@@ -10,17 +15,20 @@ from swapyard.api.live import ring_response
 from swapyard.api.state import STATE
 from swapyard.errors import UnknownModel
 
-_HEALTH_KEYS = ("state", "pid", "upstream", "state_for_s", "last_error", "fast_swap",
-                "in_flight", "queued")  # fmt: skip
+_HEALTH_KEYS = ("state", "pid", "state_for_s", "fast_swap", "in_flight", "queued")
 
 
 async def health(request: web.Request) -> web.Response:
+    """swapyard's and each engine's state; ``last_error`` is the failure's code
+    (``engine_exited``...), never its text."""
     state = request.app[STATE]
     now = time.monotonic()
     models = {}
     for mid, m in state.router.snapshot().models.items():
         full = m.as_json(now)
+        error = m.engine.last_error
         models[mid] = {k: full[k] for k in _HEALTH_KEYS}
+        models[mid]["last_error"] = error.code if error is not None else None
     return web.json_response(
         {"status": "ok", "uptime_s": round(time.time() - state.started_at, 3), "models": models}
     )
@@ -35,8 +43,8 @@ def _model_of(request: web.Request) -> str:
 
 
 async def resident(request: web.Request) -> web.Response:
-    """The resident set: each model's state, placement and memory; each device's
-    budget, use and room."""
+    """The resident set: each model's state, placement, memory and last failure
+    (code, message and its last log lines); each device's budget, use and room."""
     state = request.app[STATE]
     snap = state.router.snapshot()
     devices = {
@@ -47,7 +55,7 @@ async def resident(request: web.Request) -> web.Response:
     for mid, m in snap.models.items():
         spec = state.config.models.get(mid)  # None: removed by a reload, still stopping
         full = m.as_json(now)
-        del full["upstream"], full["last_error"]
+        del full["upstream"]
         name, engine = (spec.name or mid, spec.engine) if spec else (mid, "(removed)")
         models[mid] = {"name": name, "engine": engine, **full}
     return web.json_response({"devices": devices, "models": models})

@@ -13,15 +13,16 @@ import logging
 import signal
 import sys
 import time
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
 
-from swapyard.api import admin, cors, live, openai, reload
+from swapyard.api import admin, cors, limits, live, openai, reload
 from swapyard.api.auth import auth_middleware
 from swapyard.api.state import CONFIG, ROUTER, STATE, AppState
 from swapyard.config import Config, check_exposure
-from swapyard.errors import NotFound, RequestError, SwapyardError
+from swapyard.errors import InternalError, NotFound, RequestError, SwapyardError, clip
 from swapyard.events import EventBus
 from swapyard.models.fetch import data_dir
 from swapyard.process.group import become_subreaper
@@ -40,6 +41,9 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 @web.middleware
 async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every error on every route leaves as the OpenAI envelope. An exception
+    nobody raised on purpose is logged once, with its traceback and a request id,
+    and the client gets a 500 with that id and no traceback (issue 11)."""
     try:
         return await handler(request)
     except SwapyardError as err:
@@ -51,9 +55,27 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         if exc.status < 400:
             raise
         cls = NotFound if exc.status == 404 else RequestError
-        out = error_response(cls(f"{request.method} {request.path}: {exc.reason}"))
+        out = error_response(cls(f"{request.method} {clip(request.path)}: {exc.reason}"))
         out.set_status(exc.status)
         return out
+    except Exception as exc:
+        return _internal_error(request, exc)
+
+
+def _internal_error(request: web.Request, exc: Exception) -> web.StreamResponse:
+    transport = request.transport
+    if isinstance(exc, ConnectionError) and (transport is None or transport.is_closing()):
+        return web.Response()  # the client went away: nobody to answer, nothing to log
+    rid = uuid.uuid4().hex[:12]
+    log.error("internal error, request id %s: %s %s", rid, request.method,
+              clip(request.path), exc_info=exc)  # fmt: skip
+    if request.writer.output_size > 0:
+        # An answer has begun (a stream): no envelope can follow it. Closing the
+        # connection tells the client it is cut; aiohttp then drops the response
+        # below without logging the exception a second time.
+        request.protocol.force_close()
+        return web.Response()
+    return error_response(InternalError(rid), {"X-Request-Id": rid})
 
 
 async def _lifespan(app: web.Application) -> AsyncIterator[None]:
@@ -130,9 +152,11 @@ async def start_server(
         handler_cancellation=True,
         access_log=None,
         shutdown_timeout=config.server.shutdown_timeout / 2,
+        **limits.handler_args(config.server),
     )
     await runner.setup()
-    site = web.TCPSite(runner, host, port)
+    cap = config.server.connection_cap(limits.open_files_limit())
+    site = limits.CappedSite(runner, host, port, cap)
     try:
         await site.start()
     except OSError as exc:

@@ -34,16 +34,23 @@ def presented_key(request: web.Request) -> str | None:
     return request.headers.get("x-api-key") or None
 
 
+def _raw(text: str) -> bytes:
+    # A header that is not UTF-8 reaches us with surrogates for its bytes (so may
+    # a key from the environment); a plain .encode() raised on them, and the
+    # client got a 500 (issue 11). Any str encodes this way, the same on both sides.
+    return text.encode("utf-8", "surrogatepass")
+
+
 def _match(auth: AuthSpec, key: str) -> KeySpec | None:
     found = None
     for k in auth.keys:
-        if hmac.compare_digest(k.key.encode(), key.encode()):
+        if hmac.compare_digest(_raw(k.key), _raw(key)):
             found = k
     return found
 
 
 def _is_admin(auth: AuthSpec, key: str) -> bool:
-    return auth.admin_key is not None and hmac.compare_digest(auth.admin_key.encode(), key.encode())
+    return auth.admin_key is not None and hmac.compare_digest(_raw(auth.admin_key), _raw(key))
 
 
 @web.middleware

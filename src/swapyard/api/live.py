@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -15,7 +16,7 @@ from aiohttp import web
 from swapyard import sse
 from swapyard.api.state import STATE
 from swapyard.config import parse_duration
-from swapyard.errors import NotFound
+from swapyard.errors import NotFound, RequestError, clip
 from swapyard.process.logring import LogRing
 from swapyard.usage.metrics import CONTENT_TYPE
 
@@ -57,10 +58,26 @@ async def sse_stream(
     return out
 
 
+def query_count(request: web.Request, name: str, default: int) -> int:
+    """The query parameter ``name`` as a count (0 or more); 400 naming it when it
+    is not one (it was a 500, issue 11)."""
+    raw = request.query.get(name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise RequestError(f"?{name}={clip(raw)!r}: expected a whole number, 0 or more",
+                           param=name)  # fmt: skip
+    return value
+
+
 async def ring_response(request: web.Request, ring: LogRing, name: str) -> web.StreamResponse:
     """A log ring's last ``?lines=N`` (default 200) as text, or JSON with ``Accept:
     application/json``; ``?follow=1`` streams them and every new line (SSE)."""
-    n = int(request.query.get("lines", "200"))
+    n = query_count(request, "lines", 200)
     if request.query.get("follow") in ("1", "true"):
         q = ring.follow()
         return await sse_stream(request, ring.tail(n), q, lambda: ring.unfollow(q))
@@ -81,8 +98,14 @@ def _since(request: web.Request) -> float:
         return 0.0
     try:
         value = float(raw)
+        if not math.isfinite(value):
+            raise ValueError(raw)
     except ValueError:
-        return time.time() - parse_duration(raw)
+        try:
+            return time.time() - parse_duration(raw)
+        except ValueError:
+            raise RequestError(f"?since={clip(raw)!r}: expected a duration like 1h or 7d, "
+                               "or a Unix time", param="since") from None  # fmt: skip
     return value if value > 10**8 else time.time() - value  # a Unix time, or seconds ago
 
 
@@ -99,7 +122,7 @@ async def usage(request: web.Request) -> web.Response:
     await store.flush()
     by = request.query.get("by", "model")
     if by not in ("model", "key"):
-        raise NotFound(f"by={by!r}: expected model or key")
+        raise RequestError(f"?by={clip(by)!r}: expected model or key", param="by")
     rows = store.summary(_since(request), by)
     return web.json_response({"by": by, "since": _since(request), "rows": rows})
 
@@ -107,7 +130,7 @@ async def usage(request: web.Request) -> web.Response:
 async def requests_recent(request: web.Request) -> web.Response:
     store = _store(request)
     await store.flush()
-    limit = min(1000, int(request.query.get("limit", "50")))
+    limit = min(1000, query_count(request, "limit", 50))
     rows = store.recent(limit, request.query.get("model"))
     return web.json_response({"requests": rows})
 
@@ -116,9 +139,9 @@ async def events(request: web.Request) -> web.StreamResponse:
     """Live events (state changes, swaps, admissions, finished requests); with
     ``?history=N``, the last N stored requests first."""
     state = request.app[STATE]
+    n = query_count(request, "history", 0)
     q = state.broadcast.subscribe()
     history: list[Any] = []
-    n = int(request.query.get("history", "0"))
     if n and state.usage is not None:
         await state.usage.flush()
         history = [{"type": "request", **r} for r in reversed(state.usage.recent(n))]

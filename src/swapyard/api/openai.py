@@ -12,43 +12,78 @@ from typing import Any
 from aiohttp import web
 
 from swapyard.api.auth import check_model_allowed
+from swapyard.api.limits import read_body
 from swapyard.api.loading import stream_with_loading_status
 from swapyard.api.state import KEY_MODELS, KEY_NAME, STATE, AppState
 from swapyard.config import Config
-from swapyard.errors import BodyTooLarge, InvalidJSON, MissingModel, SwapyardError, UnknownModel
+from swapyard.errors import InvalidJSON, MissingModel, SwapyardError, UnknownModel
 from swapyard.events import RequestFinished
 from swapyard.proxy import forward
 from swapyard.quirks import adapt_request
 from swapyard.usage.meter import Metering, Ticket, footer_wanted
+
+MAX_JSON_DEPTH = 100  # arrays and objects inside one another; JSON schemas need ~20
+
+
+def nested_deeper_than(doc: Any, limit: int) -> bool:
+    """Whether ``doc`` holds arrays/objects more than ``limit`` levels deep (no recursion)."""
+    stack = [(doc, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > limit:
+            return True
+        items = node.values() if isinstance(node, dict) else node
+        stack.extend((v, depth + 1) for v in items if isinstance(v, dict | list))
+    return False
 
 
 def parse_model(content_type: str, body: bytes) -> tuple[str, dict[str, Any] | None]:
     """The ``model`` the request names, and the JSON body when it is JSON.
 
     Multipart forms (audio transcription, image edits) carry ``model`` as a form
-    field; anything else must be a JSON object.
+    field; anything else must be a JSON object, nested at most ``MAX_JSON_DEPTH``
+    levels (deeper ones raised a RecursionError and a 500 per request, issue 11;
+    an engine's own parser may not be safer).
     """
     if content_type.startswith("multipart/form-data"):
-        msg = BytesParser(policy=policy.HTTP).parsebytes(
-            b"Content-Type: " + content_type.encode("latin-1") + b"\r\n\r\n" + body
-        )
-        for part in msg.iter_parts():
-            if part.get_param("name", header="content-disposition") == "model":
-                value = part.get_payload(decode=True)
-                name = value.decode("utf-8", "replace").strip() if isinstance(value, bytes) else ""
-                if name:
-                    return name, None
-        raise MissingModel("the multipart form has no `model` field")
+        return _form_model(content_type, body), None
+    too_deep = f"the request body nests arrays/objects deeper than {MAX_JSON_DEPTH} levels"
     try:
         doc = json.loads(body)
+    except RecursionError as exc:  # deeper than Python's own limit
+        raise InvalidJSON(too_deep) from exc
     except (ValueError, UnicodeDecodeError) as exc:
         raise InvalidJSON(f"the request body is not valid JSON: {exc}") from exc
+    # Counting brackets runs at C speed; only a body with more of them is walked.
+    if body.count(b"[") + body.count(b"{") > MAX_JSON_DEPTH and nested_deeper_than(
+        doc, MAX_JSON_DEPTH
+    ):
+        raise InvalidJSON(too_deep)
     if not isinstance(doc, dict):
         raise InvalidJSON("the request body must be a JSON object")
     model = doc.get("model")
     if not isinstance(model, str) or not model:
         raise MissingModel()
     return model, doc
+
+
+def _form_model(content_type: str, body: bytes) -> str:
+    # The header as it came: aiohttp decodes bytes that are not UTF-8 as surrogates.
+    head = content_type.encode("utf-8", "surrogateescape")
+    try:
+        msg = BytesParser(policy=policy.HTTP).parsebytes(
+            b"Content-Type: " + head + b"\r\n\r\n" + body
+        )
+        parts = list(msg.iter_parts())
+    except RecursionError as exc:
+        raise InvalidJSON("the multipart form nests too deeply") from exc
+    for part in parts:
+        if part.get_param("name", header="content-disposition") == "model":
+            value = part.get_payload(decode=True)
+            name = value.decode("utf-8", "replace").strip() if isinstance(value, bytes) else ""
+            if name:
+                return name
+    raise MissingModel("the multipart form has no `model` field")
 
 
 def resolve(config: Config, name: str) -> str:
@@ -62,10 +97,8 @@ def resolve(config: Config, name: str) -> str:
 async def proxy_post(request: web.Request) -> web.StreamResponse:
     t0 = time.perf_counter()
     state: AppState = request.app[STATE]
-    try:
-        body = await request.read()
-    except web.HTTPRequestEntityTooLarge as exc:
-        raise BodyTooLarge(state.config.server.max_body_bytes) from exc
+    server = state.config.server
+    body = await read_body(request, server.max_body_bytes, server.body_timeout)
     name, doc = parse_model(request.headers.get("Content-Type", ""), body)
     model = resolve(state.config, name)
     check_model_allowed(request, model)

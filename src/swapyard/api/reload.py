@@ -6,7 +6,8 @@ file, key, why — is logged, published and returned). A valid one is handed to
 the router, whose task applies it (``swapyard.reload``): unchanged models keep
 running, changed ones are drained and restarted, removed ones drained and
 stopped, new ones added; scheduler settings, keys and devices apply at once.
-``server.host``/``port`` need a restart (said in the log when they change).
+``server.host``/``port``/``header_timeout``/``max_connections`` need a restart
+(said in the log when they change); ``body_timeout`` applies at once.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from pathlib import Path
 from aiohttp import web
 
 from swapyard.api.state import STATE, AppState
-from swapyard.config import load_config_file
+from swapyard.config import Config, load_config_file
 from swapyard.errors import ConfigError, RequestError
 from swapyard.events import ConfigReloaded
 
@@ -45,12 +46,19 @@ async def reload_config(state: AppState) -> dict[str, list[str]]:
         state.bus.publish(ConfigReloaded(source, error=err.message))
         raise ReloadRefused(err.message) from err
     old = state.config
-    if (new.server.host, new.server.port) != (old.server.host, old.server.port):
-        log.warning("server.host/port changed in %s: they apply at the next restart", source)
+    if _listening(new) != _listening(old):
+        log.warning("server.host/port/header_timeout/max_connections changed in %s: they "
+                    "apply at the next restart", source)  # fmt: skip
     d = await state.router.reload(new)
     state.config = new
     return {"added": list(d.added), "changed": list(d.changed), "removed": list(d.removed),
             "unchanged": list(d.unchanged)}  # fmt: skip
+
+
+def _listening(config: Config) -> tuple[object, ...]:
+    """The server settings fixed when swapyard starts listening."""
+    s = config.server
+    return (s.host, s.port, s.header_timeout, s.max_connections)
 
 
 async def reload_route(request: web.Request) -> web.Response:

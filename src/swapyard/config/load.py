@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 from types import MappingProxyType
 
 import yaml
 from pydantic import ValidationError
 
-from swapyard.config.macros import secret, user_macros
+from swapyard.config.macros import Hidden, secret, user_macros
 from swapyard.config.models import build_model, check_aliases
 from swapyard.config.schema import AuthIn, ConfigIn, explain
 from swapyard.config.values import (
@@ -50,7 +51,11 @@ def load_config(
     env = os.environ if environ is None else environ
     parsed = _parse(text, source)
     macros = user_macros(source, parsed.macros, env)
-    models = {mid: build_model(source, mid, m, macros, env) for mid, m in parsed.models.items()}
+    shown = user_macros(source, parsed.macros, Hidden(env))
+    models = {
+        mid: build_model(source, mid, m, macros, env, shown) for mid, m in parsed.models.items()
+    }
+    models = _without_keys(parsed, models)
     check_aliases(source, models)
     devices = _devices(source, parsed)
     _check_preload(source, parsed.preload, models)
@@ -123,6 +128,21 @@ def check_exposure(config: Config, host: str) -> None:
         f"{config.source}: server.host: {host} would expose every model without API keys; "
         "configure auth.keys / auth.admin_key_env, or set server.allow_unauthenticated: true"
     )
+
+
+def _without_keys(parsed: ConfigIn, models: Mapping[str, ModelSpec]) -> dict[str, ModelSpec]:
+    """Each model with ``env_drop``: the variables its engine must not inherit
+    (issue 11) — every one ``auth`` names, and the other models' engine keys. A
+    model's own ``api_key_env``/``admin_key_env`` stay: an engine may read its
+    key from there (vLLM's ``VLLM_API_KEY``); auth's win when both name one."""
+    a = parsed.auth
+    named = {a.admin_key_env, *(k.key_env for k in a.keys)}
+    own = {mid: {m.api_key_env, m.admin_key_env} - {None} for mid, m in parsed.models.items()}
+    every = set().union(*own.values())
+    return {
+        mid: replace(spec, env_drop=frozenset(v for v in named | (every - own[mid]) if v))
+        for mid, spec in models.items()
+    }
 
 
 def _auth(

@@ -15,19 +15,25 @@ One splitter and one secret helper serve every key (issue 9 merged two of each):
   for ``auth`` keys and an engine's ``api_key_env``/``admin_key_env`` alike, so a
   missing secret never turns into no secret. ``${env.NAME}`` in text is not a
   secret: there an empty variable is a value.
+
+A command is shown (in the engine's log, hence in errors and the admin routes)
+with its ``${env.NAME}`` macros as written, never their values (issue 11): it is
+expanded a second time against ``Hidden(env)``, whose every value is a mark that
+``reveal`` turns back into ``${env.NAME}``.
 """
 
 from __future__ import annotations
 
 import re
 import shlex
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 
 from swapyard.errors import ConfigError
 
 _MACRO = re.compile(r"\$\{([^}]*)\}")
 _MACRO_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")
+_HIDDEN = re.compile("\x00([^\x00]*)\x00")
 # Macros only known when the engine is started (or stopped), per field.
 RUNTIME_MACROS = {"cmd": {"PORT"}, "proxy": {"PORT"}, "cmd_stop": {"PORT", "PID"}}
 
@@ -116,3 +122,27 @@ def secret(var: str | None, env: Mapping[str, str], where: str) -> str | None:
     if not value:
         raise ConfigError(f"{where}: environment variable {var!r} is not set or is empty")
     return value
+
+
+class Hidden(Mapping[str, str]):
+    """``env`` with every value replaced by a mark of its name (for ``reveal``):
+    the same variables are set, so expansion fails or succeeds as it does on ``env``."""
+
+    def __init__(self, env: Mapping[str, str]) -> None:
+        self._env = env
+
+    def __getitem__(self, name: str) -> str:
+        if name not in self._env:
+            raise KeyError(name)
+        return f"\x00{name}\x00"
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._env)
+
+    def __len__(self) -> int:
+        return len(self._env)
+
+
+def reveal(text: str) -> str:
+    """``text`` expanded against ``Hidden``, with each mark shown as ``${env.NAME}``."""
+    return _HIDDEN.sub(lambda m: "${env." + m.group(1) + "}", text)

@@ -8,7 +8,7 @@ from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from types import MappingProxyType
 
-from swapyard.config.macros import RUNTIME_MACROS, expand, secret, split_args
+from swapyard.config.macros import RUNTIME_MACROS, Hidden, expand, reveal, secret, split_args
 from swapyard.config.schema import ModelIn
 from swapyard.config.values import ModelSpec
 from swapyard.engines import EngineFields, adapter
@@ -21,6 +21,7 @@ _ENGINE_ONLY = (
     "base_url", "api_key_env", "admin_key_env",
 )  # fmt: skip
 _URL = ("http://", "https://")
+_NOT_SHOWN = ("(a command built from ${env.*} values; see the config)",)
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,18 +54,23 @@ class _Scope:
 
 
 def build_model(
-    source: str, model_id: str, m: ModelIn, user: Mapping[str, str], env: Mapping[str, str]
+    source: str,
+    model_id: str,
+    m: ModelIn,
+    user: Mapping[str, str],
+    env: Mapping[str, str],
+    shown: Mapping[str, str],
 ) -> ModelSpec:
-    """One ``models:`` entry, its macros expanded; raises ``ConfigError``."""
+    """One ``models:`` entry, its macros expanded; raises ``ConfigError``. ``user``
+    are the user macros expanded against ``env``, ``shown`` against ``Hidden(env)``."""
     if not _MODEL_ID.match(model_id):
         raise ConfigError(f"{source}: models.{model_id}: a model id cannot contain spaces")
     at = _Scope(f"{source}: models.{model_id}", {**user, "MODEL_ID": model_id}, env)
     fields, launch = _engine(at, model_id, m)
-    if m.cmd is not None:  # a raw cmd overrides what the engine kind would run
-        cmd = at.command("cmd", m.cmd)
-    else:
-        cmd = at.command("cmd", launch.cmd) if launch.cmd else ()
-    cmd_stop = None if m.cmd_stop is None else at.command("cmd_stop", m.cmd_stop)
+    cmd, cmd_stop = _commands(at, m, launch)
+    cmd_shown, cmd_stop_shown = _shown(
+        _Scope(at.where, {**shown, "MODEL_ID": model_id}, Hidden(env)), model_id, m, cmd, cmd_stop
+    )
     proxy = _proxy(at, m, launch)
     env_vars = {**launch.env, **{k: at.text(f"env.{k}", v, {"PORT"}) for k, v in m.env.items()}}
     if "${PORT}" in proxy and cmd and not any("${PORT}" in a for a in (*cmd, *env_vars.values())):
@@ -108,7 +114,38 @@ def build_model(
         start_limit_interval=m.start_limit_interval,
         backoff=m.backoff,
         backoff_max=max(m.backoff, m.backoff_max),
+        cmd_shown=cmd_shown,
+        cmd_stop_shown=cmd_stop_shown,
     )
+
+
+Command = tuple[str, ...]
+
+
+def _commands(at: _Scope, m: ModelIn, launch: Launch) -> tuple[Command, Command | None]:
+    """``cmd`` (a raw one overrides what the engine kind would run) and ``cmd_stop``."""
+    if m.cmd is not None:
+        cmd = at.command("cmd", m.cmd)
+    else:
+        cmd = at.command("cmd", launch.cmd) if launch.cmd else ()
+    return cmd, None if m.cmd_stop is None else at.command("cmd_stop", m.cmd_stop)
+
+
+def _shown(
+    hidden: _Scope, model_id: str, m: ModelIn, cmd: Command, cmd_stop: Command | None
+) -> tuple[Command | None, Command | None]:
+    """``cmd`` and ``cmd_stop`` with each ``${env.*}`` as written (issue 11); None
+    for one that holds no environment value."""
+    if not cmd and cmd_stop is None:
+        return None, None
+    try:
+        launch = Launch(cmd=()) if m.cmd is not None else _engine(hidden, model_id, m)[1]
+        marked, stop_marked = _commands(hidden, m, launch)
+    except ConfigError:  # a check on a value the mark stands in for: show none of it
+        return _NOT_SHOWN, None if cmd_stop is None else _NOT_SHOWN
+    shown = tuple(reveal(a) for a in marked)
+    stop_shown = None if stop_marked is None else tuple(reveal(a) for a in stop_marked)
+    return (None if shown == cmd else shown), (None if stop_shown == cmd_stop else stop_shown)
 
 
 def _proxy(at: _Scope, m: ModelIn, launch: Launch) -> str:

@@ -97,6 +97,9 @@ class ServerIn(Strict):
     host: str = _SERVER.host
     port: int = Field(_SERVER.port, ge=1, le=65535)
     max_body_bytes: Size = _SERVER.max_body_bytes
+    header_timeout: Duration = Field(_SERVER.header_timeout, gt=0)
+    body_timeout: Duration = Field(_SERVER.body_timeout, gt=0)
+    max_connections: int | None = Field(_SERVER.max_connections, ge=1)
     loading_status: LoadingStatus = _SERVER.loading_status
     list_aliases: bool = _SERVER.list_aliases
     shutdown_timeout: Duration = _SERVER.shutdown_timeout

@@ -19,6 +19,7 @@ Policy = Literal["fifo", "batch"]
 # of /v1/completions). Never JSON mode or tool calls (usage/meter.footer_wanted).
 Footer = bool | Literal["always"]
 
+FD_RESERVE = 64  # open files swapyard keeps for itself: engines' logs, pidfds, the store
 # A raw ``cmd`` engine's launch: where a model is reached unless it says otherwise.
 _COMMAND = Launch(cmd=())
 
@@ -28,12 +29,27 @@ class ServerSpec:
     host: str = "127.0.0.1"
     port: int = 8080
     max_body_bytes: int = 64 * 2**20
+    # What one client may hold (issue 11). A request head must arrive within
+    # header_timeout of the connection opening or of the previous answer (longer
+    # than reverse proxies' idle keep-alive, nginx's 60 s, so they close first); a
+    # body that stops for body_timeout is answered 408. max_connections: None is
+    # half the open files left after FD_RESERVE (each client connection may hold
+    # one to an engine too); beyond it a connection gets a 503 and is closed.
+    header_timeout: float = 75.0
+    body_timeout: float = 60.0
+    max_connections: int | None = None
     loading_status: LoadingStatus = "reasoning"
     list_aliases: bool = False
     shutdown_timeout: float = 30.0
     footer: Footer = False  # append "⚡ tok/s" to chat answers
     allow_unauthenticated: bool = False  # listen beyond loopback with no API keys
     cors: tuple[str, ...] = ()  # origins browsers may call from ("*": any); (): off
+
+    def connection_cap(self, open_files: int) -> int:
+        """``max_connections``, else what the open-file limit ``open_files`` allows."""
+        if self.max_connections is not None:
+            return self.max_connections
+        return max(1, (open_files - FD_RESERVE) // 2)
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,6 +153,23 @@ class ModelSpec:
     start_limit_interval: float = 300.0
     backoff: float = 1.0
     backoff_max: float = 60.0
+    # Issue 11. What the log shows of cmd/cmd_stop: ${env.*} as written (None: the
+    # same as cmd, which has none). The variables the engine must not inherit:
+    # those auth names, and the other models' api_key_env/admin_key_env.
+    cmd_shown: tuple[str, ...] | None = None
+    cmd_stop_shown: tuple[str, ...] | None = None
+    env_drop: frozenset[str] = frozenset()
+
+    @property
+    def cmd_display(self) -> str:
+        """``cmd`` as the logs show it: no ``${env.*}`` value, ``${PORT}`` unrendered."""
+        return " ".join(self.cmd if self.cmd_shown is None else self.cmd_shown)
+
+    @property
+    def cmd_stop_display(self) -> str:
+        """``cmd_stop`` as the logs show it (empty without one)."""
+        shown = self.cmd_stop if self.cmd_stop_shown is None else self.cmd_stop_shown
+        return " ".join(shown or ())
 
     @property
     def needs_port(self) -> bool:

@@ -76,7 +76,7 @@ from swapyard.process.registry import (
     spec_hash,
 )
 from swapyard.process.state import EngineState, check_transition
-from swapyard.surface import EngineView
+from swapyard.surface import EngineView, ErrorView
 
 S = EngineState
 LOG_TAIL_IN_ERRORS = 20
@@ -184,7 +184,7 @@ class EngineProcess:
             state_since=self.state_since,
             pid=self._pid,
             upstream=self.upstream if live else None,
-            last_error=self._failure.message if self._failure else None,
+            last_error=ErrorView.of(self._failure),
             fast_swap=self.fast_mode,
             loading_since=self.started_at,
             waking=self._state is S.WAKING,
@@ -495,12 +495,12 @@ class EngineProcess:
             self._fail_start(taken)
             return
         argv = [render(a, {"PORT": self._port}) for a in spec.cmd]
-        self.logs.append(f"[swapyard] starting: {' '.join(argv)}")
+        self.logs.append(f"[swapyard] starting: {render(spec.cmd_display, {'PORT': self._port})}")
         env = {k: render(v, {"PORT": self._port}) for k, v in spec.env.items()}
         try:
             out = self._output.open_for_engine()
             try:
-                proc = popen(argv, {**env, **extra_env}, out)
+                proc = popen(argv, {**env, **extra_env}, out, spec.env_drop)
             finally:
                 os.close(out)
         except OSError as exc:
@@ -548,10 +548,8 @@ class EngineProcess:
             return
         gen = self._gen
         if self.spec.cmd_stop:
-            argv = [render(a, {"PORT": self._port, "PID": str(pid)}) for a in self.spec.cmd_stop]
-            self._spawn_task(
-                run_stop_command(argv, self.spec.env, self.spec.stop_timeout, self.logs.append)
-            )
+            at = {"PORT": self._port, "PID": str(pid)}
+            self._spawn_task(run_stop_command(self.spec, at, self.logs.append))
         else:
             self._kill_tree(signal.SIGTERM)
         loop = asyncio.get_running_loop()

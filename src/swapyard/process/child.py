@@ -10,11 +10,12 @@ import subprocess
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
+from collections.abc import Set as AbstractSet
 
 import aiohttp
 from yarl import URL
 
-from swapyard.config import ModelSpec
+from swapyard.config import ModelSpec, render
 
 
 def health_poll_interval(elapsed: float) -> float:
@@ -29,18 +30,34 @@ def health_poll_interval(elapsed: float) -> float:
     return 0.1
 
 
-def popen(argv: list[str], env: Mapping[str, str], out: int) -> subprocess.Popen[bytes]:
+# The CLI's own key variables (cli/client.py): a `serve` started from the shell
+# that uses the CLI has them, and no engine needs them.
+CLIENT_KEY_VARS = frozenset({"SWAPYARD_ADMIN_KEY", "SWAPYARD_API_KEY"})
+
+
+def child_env(env: Mapping[str, str], drop: AbstractSet[str]) -> dict[str, str]:
+    """An engine's (or its stop command's) environment: swapyard's own without
+    ``drop`` and the CLI's key variables (issue 11: keys never reach an engine),
+    then ``env``, which the config gives on purpose."""
+    inherited = {k: v for k, v in os.environ.items() if k not in drop and k not in CLIENT_KEY_VARS}
+    return {**inherited, **env}
+
+
+def popen(
+    argv: list[str], env: Mapping[str, str], out: int, drop: AbstractSet[str] = frozenset()
+) -> subprocess.Popen[bytes]:
     """The engine's child in a session (and process group) of its own, its output
-    to the file ``out``. Popen, not asyncio's subprocess: its wait() only returns
-    once every pipe is closed, so an orphan holding one would hide an exit. (The
-    fork/exec is synchronous either way: asyncio calls Popen too.)"""
+    to the file ``out``, its environment ``child_env(env, drop)``. Popen, not
+    asyncio's subprocess: its wait() only returns once every pipe is closed, so an
+    orphan holding one would hide an exit. (The fork/exec is synchronous either
+    way: asyncio calls Popen too.)"""
     return subprocess.Popen(
         argv,
         stdin=subprocess.DEVNULL,
         stdout=out,
         stderr=out,
         start_new_session=True,
-        env={**os.environ, **env},
+        env=child_env(env, drop),
     )
 
 
@@ -98,20 +115,23 @@ async def poll_health(
 
 
 async def run_stop_command(
-    argv: list[str], env: Mapping[str, str], grace: float, log: Callable[[str], None]
+    spec: ModelSpec, at: Mapping[str, str], log: Callable[[str], None]
 ) -> None:
-    """Run ``cmd_stop``; its output goes to ``log``. A failure is logged: the kill
-    timer still applies."""
-    log(f"[swapyard] stopping with: {' '.join(argv)}")
+    """Run ``spec.cmd_stop`` with the runtime macros ``at`` (``${PORT}``, ``${PID}``)
+    filled in; the log shows it without ``${env.*}`` values, then its output. A
+    failure is logged: the kill timer still applies."""
+    assert spec.cmd_stop is not None
+    argv = [render(a, at) for a in spec.cmd_stop]
+    log(f"[swapyard] stopping with: {render(spec.cmd_stop_display, at)}")
     try:
         proc = await asyncio.create_subprocess_exec(
             *argv,
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
-            env={**os.environ, **env},
+            env=child_env(spec.env, spec.env_drop),
         )
-        out, _ = await asyncio.wait_for(proc.communicate(), grace)
+        out, _ = await asyncio.wait_for(proc.communicate(), spec.stop_timeout)
     except (OSError, TimeoutError) as exc:
         log(f"[swapyard] cmd_stop failed: {exc}; the kill timer still applies")
         return

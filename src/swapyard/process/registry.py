@@ -76,6 +76,10 @@ def spec_hash(spec: ModelSpec) -> str:
 
     Values may hold secrets (API keys in ``fields`` or ``cmd``); only the digest
     is kept.
+
+    ``env_drop`` is in when it is not empty (issue 11): an engine started before
+    a reload named another key variable may hold it, and must restart. (Left out
+    when empty, so that a config without keys keeps the digests it had.)
     """
     fields = None if spec.fields is None else dataclasses.asdict(spec.fields)
     doc = {
@@ -86,6 +90,8 @@ def spec_hash(spec: ModelSpec) -> str:
         "engine": spec.engine,
         "fields": fields,
     }
+    if spec.env_drop:
+        doc["env_drop"] = sorted(spec.env_drop)
     text = json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(text.encode()).hexdigest()
 

@@ -17,6 +17,7 @@ from swapyard.reload import ConfigDiff, diff
 from swapyard.surface import (
     DeviceSnapshot,
     EngineView,
+    ErrorView,
     Lease,
     ModelSnapshot,
     Snapshot,
@@ -27,12 +28,14 @@ from swapyard.surface import (
 class FakeRouter:
     """``acquire`` marks the model ready and leases ``upstreams[model]`` (default: a
     closed port, so forwarding fails as an unreachable engine would), unless
-    ``refuse[model]`` holds an error to raise; ``admission_error`` is raised by
-    ``check_admission``. ``acquired``/``released``/``commands`` record the calls."""
+    ``refuse[model]`` holds an exception to raise (one that is not a
+    ``SwapyardError`` stands for a bug behind the surface); ``admission_error`` is
+    raised by ``check_admission``. ``acquired``/``released``/``commands`` record
+    the calls."""
 
     config: Config
     upstreams: dict[str, str] = field(default_factory=dict)
-    refuse: dict[str, SwapyardError] = field(default_factory=dict)
+    refuse: dict[str, Exception] = field(default_factory=dict)
     admission_error: SwapyardError | None = None
     bus: EventBus = field(default_factory=EventBus)
     acquired: list[str] = field(default_factory=list)
@@ -54,7 +57,7 @@ class FakeRouter:
         old = self._views[model].state
         self._views[model] = replace(
             self._views[model], state=state, state_since=time.monotonic(),
-            last_error=error.message if error else None,
+            last_error=ErrorView.of(error),
         )  # fmt: skip
         self.bus.publish(EngineStateChanged(model, old, state, error))
 

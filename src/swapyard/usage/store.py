@@ -6,6 +6,12 @@ block the data path: rows are queued in memory and written in batches by one
 background task, in a thread (``flush_every`` seconds, or sooner when
 ``batch`` rows are waiting). Rows older than ``retention`` are deleted at start
 and then hourly. Queries are for the CLI and the dashboard.
+
+The writer outlives any failure (issue 11: an ``OSError`` with file descriptors
+exhausted ended it, and usage was lost from then on): a failed write is logged
+once per distinct error and its rows wait for the next try — at most
+``MAX_PENDING``, the oldest dropped first — unless the rows themselves are what
+sqlite refused; one line says when writing works again.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ import asyncio
 import contextlib
 import logging
 import sqlite3
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -25,6 +32,12 @@ from swapyard.process.state import EngineState
 
 log = logging.getLogger("swapyard.usage")
 S = EngineState
+MAX_PENDING = 10_000  # rows kept for a retry while writes fail
+# sqlite refused the values (a type it cannot store is a ProgrammingError), not
+# the write: retrying the same rows cannot help.
+_BAD_ROWS = (
+    sqlite3.ProgrammingError, sqlite3.InterfaceError, sqlite3.DataError, sqlite3.IntegrityError,
+)  # fmt: skip
 
 # Each entry takes the schema from version i to i+1. Never edit a released one:
 # add a new one.
@@ -123,7 +136,13 @@ class UsageStore:
         self.flush_every = flush_every
         self.batch = batch
         self.db = connect(self.path)
+        # Held by the thread that writes, and to close: a write cancelled on the
+        # loop's side goes on in its thread, and closing the connection under it
+        # crashed the process (a segfault in sqlite at shutdown).
+        self._db_lock = threading.Lock()
         self._rows: list[tuple[str, tuple[Any, ...]]] = []
+        self._errors: set[str] = set()  # the distinct write errors logged since the last success
+        self.dropped = 0  # rows given up on since the last success
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self.prune()
@@ -161,25 +180,54 @@ class UsageStore:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self.flush_every)
             self._wake.clear()
-            await self.flush()
+            if not await self.flush():
+                await asyncio.sleep(self.flush_every)  # not as fast as rows arrive
             if time.monotonic() - last_prune > 3600:
                 last_prune = time.monotonic()
-                await asyncio.to_thread(self.prune)
+                try:
+                    await asyncio.to_thread(self.prune)
+                except Exception as exc:
+                    self._failed(exc, "cannot delete old rows")
 
-    async def flush(self) -> None:
+    async def flush(self) -> bool:
+        """Write the queued rows; never raises. False when the write failed (the
+        rows wait for the next try, unless they were the problem)."""
         rows, self._rows = self._rows, []
-        if rows:
-            try:
-                await asyncio.to_thread(self._write, rows)
-            except sqlite3.Error:  # pragma: no cover - disk full, file removed
-                log.exception("usage store: could not write %d rows", len(rows))
+        if not rows:
+            return True
+        try:
+            await asyncio.to_thread(self._write, rows)
+        except Exception as exc:
+            if isinstance(exc, _BAD_ROWS):
+                self.dropped += len(rows)
+                self._failed(exc, f"dropped {len(rows)} rows sqlite refused")
+            else:
+                self._rows[:0] = rows
+                over = max(0, len(self._rows) - MAX_PENDING)
+                del self._rows[:over]
+                self.dropped += over
+                self._failed(exc, f"cannot write; {len(self._rows)} rows wait for the next try")
+            return False
+        if self._errors:
+            log.warning("usage store: writing again (%d rows dropped meanwhile)", self.dropped)
+            self._errors.clear()
+            self.dropped = 0
+        return True
+
+    def _failed(self, exc: Exception, what: str) -> None:
+        """Log ``exc`` once per distinct error until a write succeeds."""
+        key = f"{type(exc).__name__}: {exc}"
+        if key not in self._errors:
+            self._errors.add(key)
+            log.error("usage store %s: %s (said once until it works again)", self.path,
+                      f"{what}: {key}", exc_info=exc)  # fmt: skip
 
     def _write(self, rows: Sequence[tuple[str, tuple[Any, ...]]]) -> None:
         req = [v for t, v in rows if t == "requests"]
         evs = [v for t, v in rows if t == "events"]
         cols = ", ".join(REQUEST_COLUMNS)
         marks = ", ".join("?" * len(REQUEST_COLUMNS))
-        with self.db:
+        with self._db_lock, self.db:
             self.db.execute("BEGIN")
             self.db.executemany(f"INSERT INTO requests ({cols}) VALUES ({marks})", req)
             self.db.executemany(
@@ -188,19 +236,25 @@ class UsageStore:
 
     def prune(self) -> int:
         cutoff = time.time() - self.retention
-        with self.db:
+        with self._db_lock, self.db:
             self.db.execute("BEGIN")
             n = self.db.execute("DELETE FROM requests WHERE at < ?", (cutoff,)).rowcount
             self.db.execute("DELETE FROM events WHERE at < ?", (cutoff,))
         return int(n)
 
     async def close(self) -> None:
+        """Stop the writer, write what is queued, close the file (once no thread
+        is writing to it)."""
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
         await self.flush()
-        self.db.close()
+        await asyncio.to_thread(self._close_db)
+
+    def _close_db(self) -> None:
+        with self._db_lock:
+            self.db.close()
 
     # -- reading -------------------------------------------------------------------
     def recent(self, limit: int = 50, model: str | None = None) -> list[dict[str, Any]]:
