@@ -36,6 +36,7 @@ class RouterEffects:
         self.cuda = cuda  # devices are CUDA indexes (a reload may change it)
         self._waiting: dict[int, tuple[asyncio.Future[str], float]] = {}
         self._timers: set[asyncio.TimerHandle] = set()
+        self._idle: dict[str, asyncio.TimerHandle] = {}  # the one armed per model
 
     # -- waiting requests (the router's side) --
     def expect(self, request_id: int) -> asyncio.Future[str]:
@@ -89,9 +90,14 @@ class RouterEffects:
         self._after(max(0.0, when - time.monotonic()), Tick())
 
     def arm_idle_timer(self, model: str, ttl: float, token: int) -> None:
-        self._after(ttl, Idle(model, token))
+        # A newer token makes the older timer a no-op (``idle_timeout`` ignores it):
+        # cancel it rather than let every request leave one to fire ttl later.
+        if (old := self._idle.pop(model, None)) is not None:
+            old.cancel()
+            self._timers.discard(old)
+        self._idle[model] = self._after(ttl, Idle(model, token))
 
-    def _after(self, delay: float, msg: Message) -> None:
+    def _after(self, delay: float, msg: Message) -> asyncio.TimerHandle:
         loop = asyncio.get_running_loop()
 
         def fire() -> None:
@@ -100,6 +106,7 @@ class RouterEffects:
 
         handle = loop.call_later(delay, fire)
         self._timers.add(handle)
+        return handle
 
 
 async def _quiet(coro: Any) -> None:

@@ -530,7 +530,8 @@ class Router:
                             self._forget_if_gone(model)
             except Exception:  # pragma: no cover - a scheduler bug must not kill the loop
                 log.exception("scheduler failed on %r", msg)
-            self._publish()
+            if self._inbox.empty():  # once per burst of messages (readers get the last)
+                self._publish()
 
     def _spawn(self, coro: Any) -> None:
         task: asyncio.Task[Any] = asyncio.ensure_future(coro)

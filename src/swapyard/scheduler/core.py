@@ -499,7 +499,7 @@ class Scheduler:
         m.token += 1
         m.last_used = self._now
         # Only those within min_residency are ever read (what makes a model hot).
-        m.started = [*m.recent(self._now, self._cfg.min_residency), self._now]
+        m.note_start(self._now, self._cfg.min_residency)
         self._fx.dispatch(q.request_id, q.model)
 
     def _stop(self, model: str, for_model: str | None, sleep_ok: bool = True) -> None:

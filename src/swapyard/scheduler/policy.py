@@ -209,7 +209,7 @@ class Batch:
                 arrived = [q.arrived for q in queue if q.model == target]
                 for m in hot:
                     times.append((self.cost(m, models[target]) + sum(arrived)) / len(arrived))
-        times += [self.recent(m, now)[-2] + self.spec.min_residency for m in hot]
+        times += [m.started[-2] + self.spec.min_residency for m in hot]  # hot: two or more
         return times
 
     def recent(self, m: ModelView, now: float) -> list[float]:
@@ -217,7 +217,7 @@ class Batch:
         return m.recent(now, self.spec.min_residency)
 
     def demand(self, m: ModelView, now: float) -> int:
-        return len(self.recent(m, now))
+        return m.demand(now, self.spec.min_residency)
 
     def hot(self, m: ModelView, now: float) -> bool:
         """Ready and asked for at least ``HOT`` times within ``min_residency``."""

@@ -4,6 +4,7 @@ world (``Effects``), and its per-model bookkeeping. How it is configured is
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -87,4 +88,17 @@ class ModelView:
 
     def recent(self, now: float, window: float) -> list[float]:
         """When it started the requests of the last ``window`` seconds, oldest first."""
-        return [t for t in self.started if t > now - window]
+        return self.started[bisect_right(self.started, now - window) :]
+
+    def demand(self, now: float, window: float) -> int:
+        """How many requests it started in the last ``window`` seconds (``started``
+        is in dispatch order, so sorted: a bisection, not a scan)."""
+        return len(self.started) - bisect_right(self.started, now - window)
+
+    def note_start(self, now: float, window: float) -> None:
+        """Record a dispatch at ``now``, forgetting those older than ``window``."""
+        started = self.started
+        cut = bisect_right(started, now - window)
+        if cut:
+            del started[:cut]
+        started.append(now)

@@ -9,6 +9,7 @@ present).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
@@ -56,27 +57,30 @@ class Metrics:
         self.loads = Histogram("swapyard_load_seconds", "Starting -> ready", ["model", "mode"],
                                buckets=_LOAD, registry=r)  # fmt: skip
         r.register(_Live(router))
+        # Each label set's child, looked up once: prometheus' labels() validates
+        # and takes a lock on every call.
+        self._child = functools.cache(lambda metric, *labels: metric.labels(*labels))
 
     def on_event(self, ev: Event) -> None:
         if isinstance(ev, RequestFinished):
             rec = ev.record
-            self.requests.labels(rec.model, str(rec.status)).inc()
+            self._child(self.requests, rec.model, str(rec.status)).inc()
             if rec.error:
-                self.errors.labels(rec.model, rec.error).inc()
+                self._child(self.errors, rec.model, rec.error).inc()
             if rec.prompt_tokens:
-                self.tokens.labels(rec.model, "prompt").inc(rec.prompt_tokens)
+                self._child(self.tokens, rec.model, "prompt").inc(rec.prompt_tokens)
             if rec.completion_tokens:
-                self.tokens.labels(rec.model, "completion").inc(rec.completion_tokens)
+                self._child(self.tokens, rec.model, "completion").inc(rec.completion_tokens)
             if rec.ttft_s is not None:
-                self.ttft.labels(rec.model).observe(rec.ttft_s)
+                self._child(self.ttft, rec.model).observe(rec.ttft_s)
             if rec.tok_s is not None:
-                self.tok_s.labels(rec.model).observe(rec.tok_s)
+                self._child(self.tok_s, rec.model).observe(rec.tok_s)
         elif isinstance(ev, RequestAdmitted):
-            self.wait.labels(ev.model).observe(ev.waited)
+            self._child(self.wait, ev.model).observe(ev.waited)
         elif isinstance(ev, SwapStarted) and ev.old is not None:
-            self.swaps.labels(ev.old, ev.mode).inc()
+            self._child(self.swaps, ev.old, ev.mode).inc()
         elif isinstance(ev, EngineStateChanged) and ev.load_s is not None:
-            self.loads.labels(ev.model, "wake" if ev.woke else "cold").observe(ev.load_s)
+            self._child(self.loads, ev.model, "wake" if ev.woke else "cold").observe(ev.load_s)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
