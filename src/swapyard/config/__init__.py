@@ -22,6 +22,7 @@ from swapyard.config.values import (
     ModelSpec,
     SchedulerSpec,
     ServerSpec,
+    Timeouts,
     UsageSpec,
 )
 
@@ -37,6 +38,7 @@ __all__ = [
     "SchedulerSpec",
     "ServerSpec",
     "Size",
+    "Timeouts",
     "UsageSpec",
     "check_exposure",
     "config_json_schema",

@@ -50,7 +50,11 @@ def load_config(
     env = os.environ if environ is None else environ
     parsed = _parse(text, source)
     macros = user_macros(source, parsed.macros, env)
-    models = {mid: build_model(source, mid, m, macros, env) for mid, m in parsed.models.items()}
+    server = ServerSpec(**parsed.server.model_dump())
+    models = {
+        mid: build_model(source, mid, m, macros, env, server.timeouts)
+        for mid, m in parsed.models.items()
+    }
     check_aliases(source, models)
     devices = _devices(source, parsed)
     _check_preload(source, parsed.preload, models)
@@ -58,7 +62,7 @@ def load_config(
     # The flat sections' boundary classes carry the value objects' field names.
     config = Config(
         models=MappingProxyType(models),
-        server=ServerSpec(**parsed.server.model_dump()),
+        server=server,
         source=source,
         scheduler=SchedulerSpec(**parsed.scheduler.model_dump()),
         devices=devices,

@@ -5,12 +5,12 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 from collections.abc import Set as AbstractSet
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from types import MappingProxyType
 
 from swapyard.config.macros import RUNTIME_MACROS, expand, secret, split_args
 from swapyard.config.schema import ModelIn
-from swapyard.config.values import ModelSpec
+from swapyard.config.values import ModelSpec, Timeouts
 from swapyard.engines import EngineFields, adapter
 from swapyard.engines.base import Launch
 from swapyard.errors import ConfigError
@@ -53,9 +53,15 @@ class _Scope:
 
 
 def build_model(
-    source: str, model_id: str, m: ModelIn, user: Mapping[str, str], env: Mapping[str, str]
+    source: str,
+    model_id: str,
+    m: ModelIn,
+    user: Mapping[str, str],
+    env: Mapping[str, str],
+    timeouts: Timeouts,
 ) -> ModelSpec:
-    """One ``models:`` entry, its macros expanded; raises ``ConfigError``."""
+    """One ``models:`` entry, its macros expanded, its own timeouts over the
+    server's ``timeouts``; raises ``ConfigError``."""
     if not _MODEL_ID.match(model_id):
         raise ConfigError(f"{source}: models.{model_id}: a model id cannot contain spaces")
     at = _Scope(f"{source}: models.{model_id}", {**user, "MODEL_ID": model_id}, env)
@@ -108,7 +114,14 @@ def build_model(
         start_limit_interval=m.start_limit_interval,
         backoff=m.backoff,
         backoff_max=max(m.backoff, m.backoff_max),
+        timeouts=_timeouts(m, timeouts),
     )
+
+
+def _timeouts(m: ModelIn, server: Timeouts) -> Timeouts:
+    own = {"response": m.response_timeout, "first_byte": m.first_byte_timeout,
+           "idle": m.idle_timeout}  # fmt: skip
+    return replace(server, **{k: v for k, v in own.items() if v is not None})
 
 
 def _proxy(at: _Scope, m: ModelIn, launch: Launch) -> str:

@@ -89,6 +89,9 @@ class ServerIn(Strict):
     shutdown_timeout: Duration = _SERVER.shutdown_timeout
     footer: bool = _SERVER.footer
     allow_unauthenticated: bool = _SERVER.allow_unauthenticated
+    response_timeout: Duration = _SERVER.response_timeout
+    first_byte_timeout: Duration = _SERVER.first_byte_timeout
+    idle_timeout: Duration = _SERVER.idle_timeout
 
 
 class DeviceIn(Strict):
@@ -150,6 +153,10 @@ class ModelIn(Strict):
     start_limit_interval: Duration = _MODEL.start_limit_interval
     backoff: Duration = _MODEL.backoff
     backoff_max: Duration = _MODEL.backoff_max
+    # None: the server's (``server.response_timeout`` ...).
+    response_timeout: Duration | None = None
+    first_byte_timeout: Duration | None = None
+    idle_timeout: Duration | None = None
 
 
 class UsageIn(Strict):

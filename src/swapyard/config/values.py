@@ -21,6 +21,23 @@ _COMMAND = Launch(cmd=())
 
 
 @dataclass(frozen=True, slots=True)
+class Timeouts:
+    """How long swapyard waits on an engine's answer, in seconds (0: no limit).
+
+    ``response``: from sending the request to the engine's response head. Most
+    engines send a plain answer's head with its body, once it is all generated,
+    and llama-server a stream's head after the prompt is read, so this bounds a
+    whole plain answer. ``first_byte``: from a response head to the first body
+    byte (vLLM, SGLang and Ollama send a stream's head at once, then read the
+    prompt). ``idle``: the longest gap between body chunks after that.
+    """
+
+    response: float
+    first_byte: float
+    idle: float
+
+
+@dataclass(frozen=True, slots=True)
 class ServerSpec:
     host: str = "127.0.0.1"
     port: int = 8080
@@ -30,6 +47,20 @@ class ServerSpec:
     shutdown_timeout: float = 30.0
     footer: bool = False  # append "⚡ tok/s" to every answer
     allow_unauthenticated: bool = False  # listen beyond loopback with no API keys
+    # Upstream timeouts (``Timeouts``), each model's unless it sets its own: the
+    # first two as long as the openai client's own default (600 s), so swapyard
+    # never gives up on an answer before a default client would (issue 11).
+    response_timeout: float = 600.0
+    first_byte_timeout: float = 600.0
+    idle_timeout: float = 300.0
+
+    @property
+    def timeouts(self) -> Timeouts:
+        return Timeouts(
+            response=self.response_timeout,
+            first_byte=self.first_byte_timeout,
+            idle=self.idle_timeout,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,6 +164,8 @@ class ModelSpec:
     start_limit_interval: float = 300.0
     backoff: float = 1.0
     backoff_max: float = 60.0
+    # The model's own keys over the server's (``load_config`` resolves them).
+    timeouts: Timeouts = field(default_factory=lambda: ServerSpec().timeouts)
 
     @property
     def needs_port(self) -> bool:
