@@ -106,7 +106,7 @@ async def stream_with_loading_status(
         ready = f"Model {model} ready after {time.monotonic() - t0:.1f} s"
         await out.write(status_chunk(chunk_id, model, ready, field, first))
         return await forward(
-            state.http, request, lease, body, metering,
+            state.http, request, lease, body, metering, timeouts=spec.timeouts,
             extra_headers=spec.upstream_headers, into=out,
         )  # fmt: skip
     finally:
