@@ -1,6 +1,6 @@
-"""Engines that stall, die or end a stream by closing the connection: the client
-always learns what happened (issue 11). Real fake-engine processes, real sockets;
-timeouts kept small."""
+"""Engines that stall, die or end a stream by closing the connection, and streams
+running at the shutdown deadline: the client always learns what happened
+(issue 11). Real fake-engine processes, real sockets; timeouts kept small."""
 
 from __future__ import annotations
 
@@ -291,3 +291,38 @@ async def test_only_openai_completion_streams_are_judged_by_done(
             async with http.post(srv.url + "/v1/chat/completions", json=body) as r:
                 got = [e async for e in sse_events(r)]
             assert got[-1]["error"]["code"] == "upstream_died"
+
+
+async def test_streams_running_at_the_shutdown_deadline_end_with_shutting_down(
+    http: aiohttp.ClientSession,
+) -> None:
+    """When the drain time (half of ``shutdown_timeout``) is up, a stream still
+    running gets a ``shutting_down`` event before it is closed, and a plain request
+    still waiting for its answer a 503 ``shutting_down``."""
+    cfg = config({"m": {"cmd": fake_engine_cmd("m", stall_after_tokens=2)}},
+                 loading_status="off", shutdown_timeout=2)  # fmt: skip
+    server = running_server(cfg)
+    srv = await server.__aenter__()
+    closing: asyncio.Future[Any] | None = None
+    try:
+        async with http.post(srv.url + "/v1/chat/completions", json=chat("m", max_tokens=1)) as r:
+            assert r.status == 200  # the engine is up
+        plain = asyncio.ensure_future(
+            http.post(srv.url + "/v1/chat/completions", json=chat("m", max_tokens=10))
+        )
+        async with http.post(
+            srv.url + "/v1/chat/completions", json=chat("m", stream=True, max_tokens=10)
+        ) as r:
+            events = sse_events(r)
+            got = [await anext(events), await anext(events)]
+            await eventually(lambda: srv.router.model("m").in_flight == 2)
+            closing = asyncio.ensure_future(server.__aexit__(None, None, None))
+            got += [e async for e in events]
+        assert len(text_of(got).split()) == 2
+        assert got[-1]["error"]["code"] == "shutting_down"
+        assert got[-1]["error"]["source"] == "swapyard"
+        async with await plain as rp:
+            assert rp.status == 503
+            assert (await rp.json())["error"]["code"] == "shutting_down"
+    finally:
+        await (closing if closing is not None else server.__aexit__(None, None, None))

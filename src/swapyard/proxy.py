@@ -11,7 +11,8 @@ within ``response_timeout``, no body byte within ``first_byte_timeout`` of it, o
 no chunk for ``idle_timeout`` (``Watch``). Then, as when the engine dies or an
 OpenAI completion stream ends without ``data: [DONE]``, a stream that has begun
 ends with an error event and one that has not gets the error as its answer; the
-upstream connection is closed.
+upstream connection is closed. Shutdown ends the requests still running at the
+end of its drain the same way, with ``shutting_down`` (``Watches.stop_all``).
 """
 
 from __future__ import annotations
@@ -174,6 +175,39 @@ class Watch:
             self._handle = None
 
 
+class Watches:
+    """The proxied requests in progress (their ``Watch``), so that shutdown can end
+    those still running when its drain time is up with an error the client sees,
+    rather than cut them."""
+
+    def __init__(self) -> None:
+        self._live: set[Watch] = set()
+        self._timer: asyncio.TimerHandle | None = None
+
+    def add(self, watch: Watch) -> None:
+        self._live.add(watch)
+
+    def discard(self, watch: Watch) -> None:
+        self._live.discard(watch)
+
+    def stop_all(self, err: SwapyardError) -> int:
+        """Stop every request in progress with ``err``; how many there were."""
+        live = list(self._live)
+        for w in live:
+            w.stop(err)
+        return len(live)
+
+    def stop_all_later(self, delay: float, err: SwapyardError) -> None:
+        """``stop_all(err)`` in ``delay`` seconds, unless ``cancel``led first."""
+        self.cancel()
+        self._timer = asyncio.get_running_loop().call_later(delay, self.stop_all, err)
+
+    def cancel(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+
 def new_upstream_session() -> aiohttp.ClientSession:
     """The one client session for all engine traffic."""
     return aiohttp.ClientSession(
@@ -244,11 +278,13 @@ async def forward(
     metering: Metering,
     *,
     timeouts: Timeouts,
+    watches: Watches,
     extra_headers: Mapping[str, str] | None = None,
     into: web.StreamResponse | None = None,
 ) -> web.StreamResponse:
     """The one proxy path: send ``request`` (with ``body``) to the leased engine
-    and its answer to the client, under ``timeouts``.
+    and its answer to the client, under ``timeouts`` (registered in ``watches``
+    while it runs, so shutdown can end it).
 
     Without ``into``, the client gets the engine's own answer: status, headers
     and body as they come (a non-streaming answer also gets the request's figures
@@ -259,6 +295,7 @@ async def forward(
     """
     model = lease.model
     watch = Watch(model, timeouts)
+    watches.add(watch)
     try:
         try:
             async with watch:
@@ -290,6 +327,7 @@ async def forward(
             resp.close()
     finally:
         watch.close()
+        watches.discard(watch)
 
 
 async def _pipe(

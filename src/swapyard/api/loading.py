@@ -107,7 +107,7 @@ async def stream_with_loading_status(
         await out.write(status_chunk(chunk_id, model, ready, field, first))
         return await forward(
             state.http, request, lease, body, metering, timeouts=spec.timeouts,
-            extra_headers=spec.upstream_headers, into=out,
+            watches=state.watches, extra_headers=spec.upstream_headers, into=out,
         )  # fmt: skip
     finally:
         if lease is not None:

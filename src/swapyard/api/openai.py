@@ -92,7 +92,7 @@ async def proxy_post(request: web.Request) -> web.StreamResponse:
         try:
             return await forward(
                 state.http, request, lease, body, metering, timeouts=spec.timeouts,
-                extra_headers=spec.upstream_headers,
+                watches=state.watches, extra_headers=spec.upstream_headers,
             )  # fmt: skip
         finally:
             router.release(lease)
