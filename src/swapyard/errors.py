@@ -22,9 +22,13 @@
     │   ├── EngineBackoff              503 it failed recently; Retry-After: when it may start
     │   ├── EngineFailed               503 it failed `start_limit` times: off until loaded again
     │   ├── UpstreamUnavailable        502 connecting to the engine failed (source: engine)
-    │   ├── UpstreamDied               502 the engine dropped the response mid-way (source: engine)
+    │   ├── UpstreamDied               502 the engine dropped the response mid-way, or a stream
+    │   │                                  ended without `[DONE]` (source: engine)
+    │   ├── UpstreamTimeout            504 the engine went silent past `response_timeout`,
+    │   │                                  `first_byte_timeout` or `idle_timeout` (source: engine)
     │   └── UpstreamError              502 the engine answered an error after a stream began
-    ├── ShuttingDown                   503 swapyard is stopping
+    ├── ShuttingDown                   503 swapyard is stopping; a stream still running when
+    │                                      the drain ends gets it as its last event
     └── InternalError                  500 a bug: the log has the traceback under its request id
 
 Client and OS exceptions (aiohttp, OSError) are caught where they happen, in the
@@ -261,6 +265,15 @@ class UpstreamUnavailable(EngineError):
 class UpstreamDied(EngineError):
     status = 502
     code = "upstream_died"
+    source = "engine"
+
+
+class UpstreamTimeout(EngineError):
+    """The engine sent nothing for too long: no response head, no first body byte,
+    or a gap mid-answer (the message names the key that ran out)."""
+
+    status = 504
+    code = "upstream_timeout"
     source = "engine"
 
 

@@ -5,12 +5,23 @@ session keeps bodies compressed as the engine sent them (``auto_decompress`` off
 and has no total timeout, so long generations are never cut; connecting has its
 own timeout. When the client goes away the handler is cancelled, and the upstream
 connection is closed, not returned to the pool, so the engine stops generating.
+
+An engine that goes silent is given up on per phase (issue 11): no response head
+within ``response_timeout``, no body byte within ``first_byte_timeout`` of it, or
+no chunk for ``idle_timeout`` (``Watch``). Then, as when the engine dies or an
+OpenAI completion stream ends without ``data: [DONE]``, a stream that has begun
+ends with an error event and one that has not gets the error as its answer; the
+upstream connection is closed. Shutdown ends the requests still running at the
+end of its drain the same way, with ``shutting_down`` (``Watches.stop_all``).
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
+import math
 from collections.abc import Mapping
+from types import TracebackType
 from typing import Any
 
 import aiohttp
@@ -18,7 +29,14 @@ from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from swapyard import sse
-from swapyard.errors import SwapyardError, UpstreamDied, UpstreamError, UpstreamUnavailable
+from swapyard.config import Timeouts
+from swapyard.errors import (
+    SwapyardError,
+    UpstreamDied,
+    UpstreamError,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+)
 from swapyard.surface import Lease
 from swapyard.usage.meter import (
     COMPLETIONS,
@@ -47,6 +65,155 @@ HOP_BY_HOP = frozenset(
 _REQUEST_DROP = HOP_BY_HOP | {"host", "content-length", "authorization", "x-api-key"}
 _RESPONSE_DROP = HOP_BY_HOP | {"content-length"}
 CONNECT_TIMEOUT = 10.0
+# OpenAI's completion streams end with `data: [DONE]`; one that ends without it was
+# cut. Other streams end their own way (Anthropic's /v1/messages with `event:
+# message_stop`, the Responses API with `response.completed`): not judged by it.
+DONE_ROUTES = frozenset({"/v1/chat/completions", "/v1/completions"})
+_DONE = b"[DONE]"
+_TAIL = 32  # bytes of a stream kept to find `[DONE]` at its end
+
+
+class Watch:
+    """One proxied request's deadlines, and the way to end it early.
+
+    Each phase (waiting for the head, reading the body) runs under one
+    ``asyncio.Timeout`` that only ever expires through ``_expire``. One timer
+    decides when: it wakes at the earliest moment a deadline could have passed,
+    reads the time of the last body chunk, and fires or re-arms. A chunk costs one
+    clock read (``last = now()``), never a timer of its own.
+    """
+
+    __slots__ = ("_cm", "_handle", "_head", "_loop", "_start", "_why", "last", "limits",
+                 "model", "now")  # fmt: skip
+
+    def __init__(self, model: str, limits: Timeouts) -> None:
+        self.model = model
+        self.limits = limits
+        self._loop = asyncio.get_running_loop()
+        self.now = self._loop.time
+        self._start = self.now()
+        self._head: float | None = None
+        self.last: float | None = None  # when the last body chunk arrived
+        self._cm: asyncio.Timeout | None = None
+        self._why: SwapyardError | None = None
+        self._handle: asyncio.TimerHandle | None = None
+        self._arm()
+
+    def head(self) -> None:
+        """The response head arrived: from now on, the body's deadlines."""
+        self._head = self.now()
+        self._cancel_timer()
+        self._arm()
+
+    def stop(self, err: SwapyardError) -> None:
+        """End the request now with ``err`` (raised from its current or next phase)."""
+        if self._why is None:
+            self._expire(err)
+
+    def close(self) -> None:
+        self._cancel_timer()
+
+    async def __aenter__(self) -> None:
+        """Each ``async with watch:`` block is one phase, run under the deadlines:
+        if they pass (or ``stop`` is called) it is cancelled, and the reason is
+        raised: an ``UpstreamTimeout``, or the error ``stop`` was given."""
+        if self._why is not None:
+            raise self._why
+        cm = asyncio.timeout(None)
+        await cm.__aenter__()
+        self._cm = cm
+
+    async def __aexit__(
+        self, typ: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        cm, self._cm = self._cm, None
+        assert cm is not None
+        try:
+            await cm.__aexit__(typ, exc, tb)
+        except TimeoutError as expired:  # only ever expired by _expire, which sets _why
+            assert self._why is not None
+            raise self._why from expired
+
+    def _due(self) -> tuple[float, str]:
+        lim = self.limits
+        if self._head is None:
+            return self._start + (lim.response or math.inf), "response"
+        if self.last is None:
+            return self._head + (lim.first_byte or math.inf), "first_byte"
+        return self.last + (lim.idle or math.inf), "idle"
+
+    def _arm(self) -> None:
+        due, _ = self._due()
+        if self.limits.idle:
+            # A first chunk moves the deadline to last + idle without a word to us.
+            due = min(due, self.now() + self.limits.idle)
+        if due != math.inf:
+            self._handle = self._loop.call_at(due, self._check)
+
+    def _check(self) -> None:
+        self._handle = None
+        due, phase = self._due()
+        if self.now() < due:
+            self._arm()
+            return
+        self._expire(UpstreamTimeout(self.model, self._silence(phase)))
+
+    def _silence(self, phase: str) -> str:
+        m = self.model
+        if phase == "response":
+            t = self.limits.response
+            what = f"the engine of {m!r} did not begin its answer within {t:g} s"
+        elif phase == "first_byte":
+            t = self.limits.first_byte
+            what = f"the engine of {m!r} sent no part of its answer within {t:g} s of its head"
+        else:
+            t = self.limits.idle
+            what = f"the engine of {m!r} sent nothing for {t:g} s in the middle of its answer"
+        return f"{what} ({phase}_timeout)"
+
+    def _expire(self, err: SwapyardError) -> None:
+        self._why = err
+        self._cancel_timer()
+        if self._cm is not None and not self._cm.expired():
+            self._cm.reschedule(self.now())
+
+    def _cancel_timer(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+
+
+class Watches:
+    """The proxied requests in progress (their ``Watch``), so that shutdown can end
+    those still running when its drain time is up with an error the client sees,
+    rather than cut them."""
+
+    def __init__(self) -> None:
+        self._live: set[Watch] = set()
+        self._timer: asyncio.TimerHandle | None = None
+
+    def add(self, watch: Watch) -> None:
+        self._live.add(watch)
+
+    def discard(self, watch: Watch) -> None:
+        self._live.discard(watch)
+
+    def stop_all(self, err: SwapyardError) -> int:
+        """Stop every request in progress with ``err``; how many there were."""
+        live = list(self._live)
+        for w in live:
+            w.stop(err)
+        return len(live)
+
+    def stop_all_later(self, delay: float, err: SwapyardError) -> None:
+        """``stop_all(err)`` in ``delay`` seconds, unless ``cancel``led first."""
+        self.cancel()
+        self._timer = asyncio.get_running_loop().call_later(delay, self.stop_all, err)
+
+    def cancel(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
 
 
 def new_upstream_session() -> aiohttp.ClientSession:
@@ -118,53 +285,72 @@ async def forward(
     body: bytes,
     metering: Metering,
     *,
+    timeouts: Timeouts,
+    watches: Watches,
     extra_headers: Mapping[str, str] | None = None,
     into: web.StreamResponse | None = None,
 ) -> web.StreamResponse:
     """The one proxy path: send ``request`` (with ``body``) to the leased engine
-    and its answer to the client.
+    and its answer to the client, under ``timeouts`` (registered in ``watches``
+    while it runs, so shutdown can end it).
 
     Without ``into``, the client gets the engine's own answer: status, headers
     and body as they come (a non-streaming answer also gets the request's figures
-    as headers); a failure to reach the engine raises. With ``into`` — an SSE
-    response already begun (the loading status) — the engine's stream continues
-    it, and anything else (unreachable, an error status) ends it as an error event.
+    as headers); a failure before the answer began (unreachable, a timeout)
+    raises. With ``into`` — an SSE response already begun (the loading status) —
+    the engine's stream continues it, and anything else (unreachable, an error
+    status, a timeout) ends it as an error event.
     """
     model = lease.model
+    watch = Watch(model, timeouts)
+    watches.add(watch)
     try:
-        resp = await open_upstream(
-            http, model, request.method, lease.upstream + request.path_qs,
-            request.headers, body, extra_headers,
-        )  # fmt: skip
-    except SwapyardError as err:
-        if into is None:
-            raise
-        metering.failed(err)
-        await into.write(sse.error_event(err))
-        await into.write_eof()
-        return into
-    metering.answered(resp.status)
-    try:
-        if into is None:
-            return await _pipe(request, resp, model, metering)
-        if resp.status == 200 and is_sse(resp):
-            await stream_body(into, resp, model, events=True, metering=metering)
-        else:
-            await into.write(_upstream_error_event(model, resp.status, await resp.read()))
-        await into.write_eof()
-        return into
+        try:
+            async with watch:
+                resp = await open_upstream(
+                    http, model, request.method, lease.upstream + request.path_qs,
+                    request.headers, body, extra_headers,
+                )  # fmt: skip
+        except SwapyardError as err:
+            if into is None:
+                raise
+            metering.failed(err)
+            await into.write(sse.error_event(err))
+            await into.write_eof()
+            return into
+        watch.head()
+        metering.answered(resp.status)
+        try:
+            if into is None:
+                return await _pipe(request, resp, model, metering, watch)
+            if resp.status == 200 and is_sse(resp):
+                done = request.path in DONE_ROUTES
+                await stream_body(into, resp, model, events=True, metering=metering,
+                                  watch=watch, done=done)  # fmt: skip
+            else:
+                await into.write(await _error_as_event(resp, model, metering, watch))
+            await into.write_eof()
+            return into
+        finally:
+            resp.close()
     finally:
-        resp.close()
+        watch.close()
+        watches.discard(watch)
 
 
 async def _pipe(
-    request: web.Request, resp: aiohttp.ClientResponse, model: str, metering: Metering
+    request: web.Request,
+    resp: aiohttp.ClientResponse,
+    model: str,
+    metering: Metering,
+    watch: Watch,
 ) -> web.StreamResponse:
     if not is_streaming(resp):
         try:
-            body = await resp.read()
+            async with watch:
+                body = await _read(resp, watch)
         except (aiohttp.ClientError, OSError) as exc:
-            raise UpstreamDied(model, f"the engine of {model!r} dropped the response") from exc
+            raise _died(model) from exc
         headers = response_headers(resp.headers)
         metering.meter.body(body)
         rec = metering.final()
@@ -176,9 +362,41 @@ async def _pipe(
         return out
     sresp = web.StreamResponse(status=resp.status, headers=response_headers(resp.headers))
     await sresp.prepare(request)
-    await stream_body(sresp, resp, model, events=is_sse(resp), metering=metering)
+    events = is_sse(resp)
+    done = events and resp.status == 200 and request.path in DONE_ROUTES
+    await stream_body(sresp, resp, model, events=events, metering=metering, watch=watch, done=done)
     await sresp.write_eof()
     return sresp
+
+
+async def _read(resp: aiohttp.ClientResponse, watch: Watch) -> bytes:
+    """A whole body, chunk by chunk so that ``watch`` sees it move."""
+    chunks = []
+    read, now = resp.content.readany, watch.now
+    while chunk := await read():
+        watch.last = now()
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _died(model: str) -> UpstreamDied:
+    return UpstreamDied(model, f"the engine of {model!r} dropped the response")
+
+
+async def _error_as_event(
+    resp: aiohttp.ClientResponse, model: str, metering: Metering, watch: Watch
+) -> bytes:
+    """The engine's error answer (any status but a 200 stream), as the last event of
+    a stream already begun."""
+    try:
+        async with watch:
+            return _upstream_error_event(model, resp.status, await _read(resp, watch))
+    except SwapyardError as exc:
+        fail: SwapyardError = exc
+    except (aiohttp.ClientError, OSError):
+        fail = _died(model)
+    metering.failed(fail)
+    return sse.error_event(fail)
 
 
 def _upstream_error_event(model: str, status: int, body: bytes) -> bytes:
@@ -205,38 +423,63 @@ async def stream_body(
     *,
     events: bool,
     metering: Metering,
+    watch: Watch,
+    done: bool = False,
 ) -> None:
     """Copy the body chunk by chunk as it arrives (through ``fix`` when the engine's
     SSE stream needs one, past the meter when there is one). With the footer on,
     one extra chunk goes out just before the one carrying ``finish_reason``
-    (``FooterSlot``). If the engine dies mid-way, an SSE stream ends with an error
-    event (never a hang); other bodies just end."""
+    (``FooterSlot``).
+
+    An SSE stream never just stops: if the engine dies, goes silent past
+    ``watch``'s deadlines, or (``done``: an OpenAI completion stream) ends
+    without ``[DONE]``, its last event is the error. Other bodies just end."""
     fix = metering.fix if events and metering.fix is not None and metering.fix.active else None
     meter = metering.meter
     footer = None
     if metering.footer and events and resp.status == 200:
         footer = FooterSlot(lambda: _footer(metering, model))
+    read, now = resp.content.readany, watch.now
+    tail = b""
+    err: SwapyardError | None = None
     try:
-        async for chunk in resp.content.iter_any():
-            if fix is not None:
-                chunk = fix.feed(chunk)
-                if not chunk:
+        async with watch:
+            while raw := await read():
+                watch.last = now()
+                tail = raw if len(raw) >= _TAIL else (tail + raw)[-_TAIL:]
+                chunk = raw
+                if fix is not None:
+                    chunk = fix.feed(chunk)
+                    if not chunk:
+                        continue
+                meter.feed(chunk)
+                if footer is not None and not (chunk := footer.feed(chunk)):
                     continue
-            meter.feed(chunk)
-            if footer is not None and not (chunk := footer.feed(chunk)):
-                continue
-            await out.write(chunk)
-        if fix is not None and (rest := fix.flush()):
-            meter.feed(rest)
-            await out.write(rest if footer is None else footer.feed(rest))
-        if footer is not None and (rest := footer.flush()):
-            await out.write(rest)
-    except (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError):
-        if events:
+                await out.write(chunk)
+    except SwapyardError as exc:  # a deadline, or shutdown
+        err = exc
+    except (aiohttp.ClientError, OSError):
+        if not (done and _DONE in tail):  # after [DONE] the answer is whole
             err = UpstreamDied(
                 model, f"the engine of {model!r} stopped in the middle of the answer"
             )
+    else:
+        if done and _DONE not in tail:
+            err = UpstreamDied(
+                model,
+                f"the engine of {model!r} closed the stream before the end of the answer "
+                "(no `data: [DONE]`)",
+            )
+    if err is not None:
+        metering.failed(err)
+        if events:
             await out.write(sse.error_event(err))
+        return
+    if fix is not None and (rest := fix.flush()):
+        meter.feed(rest)
+        await out.write(rest if footer is None else footer.feed(rest))
+    if footer is not None and (rest := footer.flush()):
+        await out.write(rest)
 
 
 def _footer(metering: Metering, model: str) -> bytes:

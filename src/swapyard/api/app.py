@@ -1,9 +1,11 @@
 """Build the aiohttp application and run it; the lifespan owns every component.
 
 Shutdown (house style 9), under one deadline of ``server.shutdown_timeout``:
-stop accepting connections → let in-flight requests finish (half the deadline) →
-reject what is still queued and stop every engine (SIGTERM → grace → SIGKILL) →
-at the deadline, SIGKILL whatever process group is left.
+stop accepting connections → let in-flight requests finish (half the deadline;
+a proxied request still running then is ended with ``shutting_down``: a stream
+gets it as its last event, not a cut connection) → reject what is still queued
+and stop every engine (SIGTERM → grace → SIGKILL) → at the deadline, SIGKILL
+whatever process group is left.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from swapyard.api import admin, cors, limits, live, openai, reload
 from swapyard.api.auth import auth_middleware
 from swapyard.api.state import CONFIG, ROUTER, STATE, AppState
 from swapyard.config import Config, check_exposure
-from swapyard.errors import InternalError, NotFound, RequestError, SwapyardError, clip
+from swapyard.errors import InternalError, NotFound, RequestError, ShuttingDown, SwapyardError, clip
 from swapyard.events import EventBus
 from swapyard.models.fetch import data_dir
 from swapyard.process.group import become_subreaper
@@ -106,6 +108,7 @@ async def _lifespan(app: web.Application) -> AsyncIterator[None]:
     try:
         yield
     finally:
+        state.watches.cancel()
         deadline = state.shutdown_deadline or (time.monotonic() + config.server.shutdown_timeout)
         await router.shutdown(deadline, keep_engines=state.keep_engines)
         await http.close()
@@ -114,12 +117,27 @@ async def _lifespan(app: web.Application) -> AsyncIterator[None]:
         logging.getLogger("swapyard").removeHandler(ring)
 
 
+def drain_time(config: Config) -> float:
+    """How long shutdown waits for in-flight requests: half its deadline, the other
+    half is the engines'."""
+    return config.server.shutdown_timeout / 2
+
+
 async def _stop_admitting(app: web.Application) -> None:
     # Runs after the listener closed and before in-flight requests are drained:
     # queued requests are rejected now instead of holding the drain; live streams
-    # (dashboard, log follows) end at once.
-    app[STATE].router.stop_admitting()
-    app[STATE].closing.set()
+    # (dashboard, log follows) end at once. Proxied requests still running when
+    # the drain is up end with shutting_down (issue 11): aiohttp only cancels a
+    # handler after waiting for it once more, so the event goes out first.
+    state = app[STATE]
+    state.router.stop_admitting()
+    state.closing.set()
+    drain = drain_time(state.config)
+    err = ShuttingDown(
+        f"swapyard is shutting down and this answer did not finish within the drain time "
+        f"({drain:g} s, half of server.shutdown_timeout)"
+    )
+    state.watches.stop_all_later(drain, err)
 
 
 def build_app(config: Config, router: RouterSurface | None = None) -> web.Application:
@@ -151,7 +169,7 @@ async def start_server(
         app,
         handler_cancellation=True,
         access_log=None,
-        shutdown_timeout=config.server.shutdown_timeout / 2,
+        shutdown_timeout=drain_time(config),
         **limits.handler_args(config.server),
     )
     await runner.setup()

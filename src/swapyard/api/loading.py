@@ -106,8 +106,8 @@ async def stream_with_loading_status(
         ready = f"Model {model} ready after {time.monotonic() - t0:.1f} s"
         await out.write(status_chunk(chunk_id, model, ready, field, first))
         return await forward(
-            state.http, request, lease, body, metering,
-            extra_headers=spec.upstream_headers, into=out,
+            state.http, request, lease, body, metering, timeouts=spec.timeouts,
+            watches=state.watches, extra_headers=spec.upstream_headers, into=out,
         )  # fmt: skip
     finally:
         if lease is not None:

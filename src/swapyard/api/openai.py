@@ -124,8 +124,9 @@ async def proxy_post(request: web.Request) -> web.StreamResponse:
         metering.admitted(lease.request_id, lease.waited)
         try:
             return await forward(
-                state.http, request, lease, body, metering, extra_headers=spec.upstream_headers
-            )
+                state.http, request, lease, body, metering, timeouts=spec.timeouts,
+                watches=state.watches, extra_headers=spec.upstream_headers,
+            )  # fmt: skip
         finally:
             router.release(lease)
     except SwapyardError as err:

@@ -12,6 +12,7 @@ from aiohttp import web
 from swapyard.config import Config
 from swapyard.events import EventBus
 from swapyard.process.logring import LogRing
+from swapyard.proxy import Watches
 from swapyard.surface import RouterSurface
 from swapyard.usage.feed import Broadcast
 from swapyard.usage.metrics import Metrics
@@ -32,6 +33,7 @@ class AppState:
     shutdown_deadline: float | None = None
     keep_engines: bool = False  # SIGUSR2: shut down, leave the engines for the next swapyard
     closing: asyncio.Event = field(default_factory=asyncio.Event)  # ends live streams
+    watches: Watches = field(default_factory=Watches)  # proxied requests, for shutdown
 
 
 STATE = web.AppKey("swapyard_state", AppState)

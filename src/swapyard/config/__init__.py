@@ -23,6 +23,7 @@ from swapyard.config.values import (
     ModelSpec,
     SchedulerSpec,
     ServerSpec,
+    Timeouts,
     UsageSpec,
 )
 
@@ -39,6 +40,7 @@ __all__ = [
     "SchedulerSpec",
     "ServerSpec",
     "Size",
+    "Timeouts",
     "UsageSpec",
     "check_exposure",
     "config_json_schema",

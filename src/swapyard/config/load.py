@@ -52,8 +52,10 @@ def load_config(
     parsed = _parse(text, source)
     macros = user_macros(source, parsed.macros, env)
     shown = user_macros(source, parsed.macros, Hidden(env))
+    server = ServerSpec(**parsed.server.model_dump())
     models = {
-        mid: build_model(source, mid, m, macros, env, shown) for mid, m in parsed.models.items()
+        mid: build_model(source, mid, m, macros, env, shown, server.timeouts)
+        for mid, m in parsed.models.items()
     }
     models = _without_keys(parsed, models)
     check_aliases(source, models)
@@ -63,7 +65,7 @@ def load_config(
     # The flat sections' boundary classes carry the value objects' field names.
     config = Config(
         models=MappingProxyType(models),
-        server=ServerSpec(**parsed.server.model_dump()),
+        server=server,
         source=source,
         scheduler=SchedulerSpec(**parsed.scheduler.model_dump()),
         devices=devices,

@@ -5,12 +5,12 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 from collections.abc import Set as AbstractSet
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from types import MappingProxyType
 
 from swapyard.config.macros import RUNTIME_MACROS, Hidden, expand, reveal, secret, split_args
 from swapyard.config.schema import ModelIn
-from swapyard.config.values import ModelSpec
+from swapyard.config.values import ModelSpec, Timeouts
 from swapyard.engines import EngineFields, adapter
 from swapyard.engines.base import Launch
 from swapyard.errors import ConfigError
@@ -60,9 +60,11 @@ def build_model(
     user: Mapping[str, str],
     env: Mapping[str, str],
     shown: Mapping[str, str],
+    timeouts: Timeouts,
 ) -> ModelSpec:
-    """One ``models:`` entry, its macros expanded; raises ``ConfigError``. ``user``
-    are the user macros expanded against ``env``, ``shown`` against ``Hidden(env)``."""
+    """One ``models:`` entry, its macros expanded, its own timeouts over the
+    server's ``timeouts``; raises ``ConfigError``. ``user`` are the user macros
+    expanded against ``env``, ``shown`` against ``Hidden(env)``."""
     if not _MODEL_ID.match(model_id):
         raise ConfigError(f"{source}: models.{model_id}: a model id cannot contain spaces")
     at = _Scope(f"{source}: models.{model_id}", {**user, "MODEL_ID": model_id}, env)
@@ -116,6 +118,7 @@ def build_model(
         backoff_max=max(m.backoff, m.backoff_max),
         cmd_shown=cmd_shown,
         cmd_stop_shown=cmd_stop_shown,
+        timeouts=_timeouts(m, timeouts),
     )
 
 
@@ -146,6 +149,12 @@ def _shown(
     shown = tuple(reveal(a) for a in marked)
     stop_shown = None if stop_marked is None else tuple(reveal(a) for a in stop_marked)
     return (None if shown == cmd else shown), (None if stop_shown == cmd_stop else stop_shown)
+
+
+def _timeouts(m: ModelIn, server: Timeouts) -> Timeouts:
+    own = {"response": m.response_timeout, "first_byte": m.first_byte_timeout,
+           "idle": m.idle_timeout}  # fmt: skip
+    return replace(server, **{k: v for k, v in own.items() if v is not None})
 
 
 def _proxy(at: _Scope, m: ModelIn, launch: Launch) -> str:

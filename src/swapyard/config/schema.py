@@ -106,6 +106,9 @@ class ServerIn(Strict):
     footer: Footer = _SERVER.footer
     allow_unauthenticated: bool = _SERVER.allow_unauthenticated
     cors: tuple[Origin, ...] = _SERVER.cors
+    response_timeout: Duration = _SERVER.response_timeout
+    first_byte_timeout: Duration = _SERVER.first_byte_timeout
+    idle_timeout: Duration = _SERVER.idle_timeout
 
 
 class DeviceIn(Strict):
@@ -167,6 +170,10 @@ class ModelIn(Strict):
     start_limit_interval: Duration = _MODEL.start_limit_interval
     backoff: Duration = _MODEL.backoff
     backoff_max: Duration = _MODEL.backoff_max
+    # None: the server's (``server.response_timeout`` ...).
+    response_timeout: Duration | None = None
+    first_byte_timeout: Duration | None = None
+    idle_timeout: Duration | None = None
 
 
 class UsageIn(Strict):

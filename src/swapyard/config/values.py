@@ -25,6 +25,23 @@ _COMMAND = Launch(cmd=())
 
 
 @dataclass(frozen=True, slots=True)
+class Timeouts:
+    """How long swapyard waits on an engine's answer, in seconds (0: no limit).
+
+    ``response``: from sending the request to the engine's response head. Most
+    engines send a plain answer's head with its body, once it is all generated,
+    and llama-server a stream's head after the prompt is read, so this bounds a
+    whole plain answer. ``first_byte``: from a response head to the first body
+    byte (vLLM, SGLang and Ollama send a stream's head at once, then read the
+    prompt). ``idle``: the longest gap between body chunks after that.
+    """
+
+    response: float
+    first_byte: float
+    idle: float
+
+
+@dataclass(frozen=True, slots=True)
 class ServerSpec:
     host: str = "127.0.0.1"
     port: int = 8080
@@ -50,6 +67,21 @@ class ServerSpec:
         if self.max_connections is not None:
             return self.max_connections
         return max(1, (open_files - FD_RESERVE) // 2)
+
+    # Upstream timeouts (``Timeouts``), each model's unless it sets its own: the
+    # first two as long as the openai client's own default (600 s), so swapyard
+    # never gives up on an answer before a default client would (issue 11).
+    response_timeout: float = 600.0
+    first_byte_timeout: float = 600.0
+    idle_timeout: float = 300.0
+
+    @property
+    def timeouts(self) -> Timeouts:
+        return Timeouts(
+            response=self.response_timeout,
+            first_byte=self.first_byte_timeout,
+            idle=self.idle_timeout,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,6 +202,9 @@ class ModelSpec:
         """``cmd_stop`` as the logs show it (empty without one)."""
         shown = self.cmd_stop if self.cmd_stop_shown is None else self.cmd_stop_shown
         return " ".join(shown or ())
+
+    # The model's own keys over the server's (``load_config`` resolves them).
+    timeouts: Timeouts = field(default_factory=lambda: ServerSpec().timeouts)
 
     @property
     def needs_port(self) -> bool:

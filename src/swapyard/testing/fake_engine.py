@@ -8,6 +8,10 @@ words of ``--text`` (prefixed by the model id, so a test can tell engines apart)
 one token per word, at ``--tokens-per-second``. Every event a test may want to
 see (ready, each request, a client that went away) is printed to stdout, which
 swapyard keeps in the engine's log ring.
+
+Its faults are those of real engines: a stall before the first byte or in the
+middle of an answer, a body ended by closing the connection (no length, no
+chunked encoding), a reset connection, a crash (see each flag's help).
 """
 
 from __future__ import annotations
@@ -17,14 +21,53 @@ import asyncio
 import json
 import os
 import signal
+import socket
+import struct
 import subprocess
 import sys
 import time
-from typing import Any
+from typing import Any, NoReturn
 
 from aiohttp import web
 
 DEFAULT_TEXT = "The quick brown fox jumps over the lazy dog and runs far away"
+_FOREVER = 3600.0  # a stall lasts until the client goes away (or the engine stops)
+
+
+class Raw:
+    """An answer written straight on the connection, as an HTTP/1.0 server
+    (Python's ``http.server``) writes it: no Content-Length, no chunked
+    encoding; the body ends when the connection closes (``--close-delimited``).
+    aiohttp's own responses always carry one or the other."""
+
+    def __init__(self, request: web.Request, content_type: str, model_id: str) -> None:
+        assert request.transport is not None
+        self.transport = request.transport
+        self.transport.write(
+            b"HTTP/1.0 200 OK\r\nContent-Type: " + content_type.encode()
+            + b"\r\nX-Fake-Engine: " + model_id.encode() + b"\r\n\r\n"
+        )  # fmt: skip
+
+    async def write(self, data: bytes) -> None:
+        self.transport.write(data)
+        await asyncio.sleep(0)
+
+    async def end(self) -> NoReturn:
+        """Close the connection (the end of the body) and wait to be cancelled:
+        aiohttp must not write a response of its own on it."""
+        self.transport.close()
+        await asyncio.sleep(_FOREVER)
+        raise ConnectionError("the connection was closed")
+
+
+def reset(request: web.Request) -> None:
+    """Close the connection with a TCP RST (SO_LINGER 0) instead of a FIN."""
+    transport = request.transport
+    if transport is None:
+        return
+    sock = transport.get_extra_info("socket")
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    transport.abort()
 
 
 def say(*parts: object) -> None:
@@ -113,7 +156,9 @@ class FakeEngine:
         cid = f"fake-{int(time.time() * 1000)}"
         usage = {"prompt_tokens": 5, "completion_tokens": len(toks), "total_tokens": 5 + len(toks)}
         if not doc.get("stream"):
-            for _ in toks:
+            await self.stall_before_first_byte()
+            for i, _ in enumerate(toks):
+                await self.fault_at(request, i)
                 await self.emit_token()
             text = " ".join(toks)
             choice: dict[str, Any] = (
@@ -122,19 +167,27 @@ class FakeEngine:
                 else {"index": 0, "text": text}
             )
             choice["finish_reason"] = "length"
-            return web.json_response(
-                {"id": cid, "object": kind, "created": int(time.time()),
-                 "model": self.args.model_id, "choices": [choice], "usage": usage},
-                headers={"X-Fake-Engine": self.args.model_id},
-            )  # fmt: skip
-        resp = web.StreamResponse(
-            headers={"Content-Type": "text/event-stream", "X-Fake-Engine": self.args.model_id}
-        )
-        await resp.prepare(request)
+            answer = {"id": cid, "object": kind, "created": int(time.time()),
+                      "model": self.args.model_id, "choices": [choice], "usage": usage}  # fmt: skip
+            if self.args.close_delimited:
+                raw = Raw(request, "application/json", self.args.model_id)
+                await raw.write(json.dumps(answer).encode())
+                await raw.end()
+            return web.json_response(answer, headers={"X-Fake-Engine": self.args.model_id})
+        out: web.StreamResponse | Raw
+        if self.args.close_delimited:
+            out = Raw(request, "text/event-stream", self.args.model_id)
+        else:
+            out = web.StreamResponse(
+                headers={"Content-Type": "text/event-stream", "X-Fake-Engine": self.args.model_id}
+            )
+            await out.prepare(request)
         sent = 0
         so_far = ""
         try:
+            await self.stall_before_first_byte()
             for i, tok in enumerate(toks):
+                await self.fault_at(request, i)
                 await self.emit_token()
                 piece = tok if i == 0 else " " + tok
                 so_far += piece
@@ -145,32 +198,50 @@ class FakeEngine:
                     if chat
                     else {"index": 0, "text": text, "finish_reason": None}
                 )
-                await self._sse(resp, cid, kind + ("" if not chat else ".chunk"), [ch])
+                await self._sse(out, cid, kind + ("" if not chat else ".chunk"), [ch])
                 sent += 1
             last: dict[str, Any] = (
                 {"index": 0, "delta": {}, "finish_reason": "length"}
                 if chat
                 else {"index": 0, "text": "", "finish_reason": "length"}
             )
-            await self._sse(resp, cid, kind + (".chunk" if chat else ""), [last])
+            await self._sse(out, cid, kind + (".chunk" if chat else ""), [last])
             if (doc.get("stream_options") or {}).get("include_usage"):
-                await self._sse(resp, cid, kind + (".chunk" if chat else ""), [], usage)
-            await resp.write(b"data: [DONE]\n\n")
+                await self._sse(out, cid, kind + (".chunk" if chat else ""), [], usage)
+            await out.write(b"data: [DONE]\n\n")
         except (asyncio.CancelledError, ConnectionError):
             say(f"client disconnected after {sent} tokens")
             raise
         say(f"finished stream of {sent} tokens")
+        if isinstance(out, Raw):
+            await out.end()
         if self.args.close_after_stream and request.transport is not None:
             # As llama-server does: read no further request on this connection and
             # close it a moment later, while having announced keep-alive.
-            await resp.write_eof()
+            await out.write_eof()
             request.transport.pause_reading()
             asyncio.get_running_loop().call_later(0.05, request.transport.close)
-        return resp
+        return out
+
+    async def stall_before_first_byte(self) -> None:
+        if self.args.stall_before_first_byte:
+            say(f"stalling {self.args.stall_before_first_byte:g} s before the first byte")
+            await asyncio.sleep(self.args.stall_before_first_byte)
+
+    async def fault_at(self, request: web.Request, i: int) -> None:
+        """Before the answer's token ``i``: stall or reset where the flags say."""
+        if i and i == self.args.stall_after_tokens:
+            say(f"stalling after {i} tokens")
+            await asyncio.sleep(_FOREVER)
+        if i and i == self.args.reset_after_tokens:
+            await asyncio.sleep(1.0 / self.args.tokens_per_second)  # as if generating
+            say(f"resetting the connection after {i} tokens")
+            reset(request)
+            await asyncio.sleep(_FOREVER)  # cancelled as the connection goes
 
     async def _sse(
         self,
-        resp: web.StreamResponse,
+        resp: web.StreamResponse | Raw,
         cid: str,
         obj: str,
         choices: list[dict[str, Any]],
@@ -216,6 +287,39 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--close-after-stream",
         action="store_true",
         help="close the connection after a stream while announcing keep-alive (llama-server)",
+    )
+    p.add_argument(
+        "--stall-before-first-byte",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="wait SECONDS before the first byte of an answer: a stream's head goes out, then "
+        "nothing (vLLM, SGLang and Ollama send the head at once and read a long prompt for "
+        "minutes; a wedged one never sends more); a plain answer sends nothing at all",
+    )
+    p.add_argument(
+        "--stall-after-tokens",
+        type=int,
+        default=0,
+        metavar="N",
+        help="after N tokens of an answer, hang without closing the connection (a GPU hang or a "
+        "deadlocked scheduler behind an HTTP server that still accepts connections)",
+    )
+    p.add_argument(
+        "--close-delimited",
+        action="store_true",
+        help="answer as HTTP/1.0 does, with neither Content-Length nor chunked encoding: the "
+        "body ends when the connection closes (Python http.server-style engines); a crash "
+        "mid-answer then looks like a clean end",
+    )
+    p.add_argument(
+        "--reset-after-tokens",
+        type=int,
+        default=0,
+        metavar="N",
+        help="after N tokens of an answer, reset the connection (TCP RST) and stay up (an engine "
+        "worker killed behind its front end, a container network or proxy dropping the "
+        "connection)",
     )
     p.add_argument("--error-status", type=int, default=0, help="answer completions with it")
     p.add_argument("--require-key", default="", help="401 unless `Authorization: Bearer KEY`")
