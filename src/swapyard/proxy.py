@@ -18,6 +18,7 @@ end of its drain the same way, with ``shutting_down`` (``Watches.stop_all``).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import math
 from collections.abc import Mapping
@@ -359,6 +360,12 @@ async def _pipe(
             body = add_footer(body, footer_text(rec)) or body
         out = web.Response(status=resp.status, headers=headers, body=body)
         resp.release()
+        # Sent now rather than after the handler returns: the lease's release and
+        # the record's event (the handler's ``finally``) come after the client has
+        # its answer, as they do for a stream.
+        with contextlib.suppress(ConnectionError):  # as aiohttp's finish_response
+            await out.prepare(request)
+            await out.write_eof()
         return out
     sresp = web.StreamResponse(status=resp.status, headers=response_headers(resp.headers))
     await sresp.prepare(request)
