@@ -78,9 +78,11 @@ async def swapyard(upstream: str) -> AsyncIterator[tuple[str, int]]:
 @contextlib.asynccontextmanager
 async def llama_swap(binary: str, upstream: str) -> AsyncIterator[tuple[str, int]]:
     tmp = Path(tempfile.mkdtemp())
+    # concurrencyLimit: llama-swap refuses (429) more than 10 requests a model at
+    # once by default; the streams section runs 100.
     (tmp / "cfg.yaml").write_text(
         "models:\n  fake:\n    cmd: sleep 100000\n"
-        f"    proxy: {upstream}\n    checkEndpoint: /health\n"
+        f"    proxy: {upstream}\n    checkEndpoint: /health\n    concurrencyLimit: 1000\n"
     )
     port = free_port()
     proc = await _spawn([binary, "-config", str(tmp / "cfg.yaml"), "-listen",
@@ -103,6 +105,8 @@ async def stream_all(base: str, streams: int, tokens: int) -> int:
         async def one() -> int:
             n = 0
             async with http.post(base + "/v1/chat/completions", json=body) as r:
+                if r.status != 200:
+                    raise RuntimeError(f"{base}: HTTP {r.status}: {(await r.read())[:200]!r}")
                 async for line in r.content:
                     if line.startswith(b"data: {"):
                         n += 1
