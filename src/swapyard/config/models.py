@@ -53,13 +53,9 @@ class _Scope:
 
 
 def build_model(
-    source: str,
-    model_id: str,
-    m: ModelIn,
-    user: Mapping[str, str],
-    env: Mapping[str, str],
+    source: str, model_id: str, m: ModelIn, user: Mapping[str, str], env: Mapping[str, str],
     timeouts: Timeouts,
-) -> ModelSpec:
+) -> ModelSpec:  # fmt: skip
     """One ``models:`` entry, its macros expanded, its own timeouts over the
     server's ``timeouts``; raises ``ConfigError``."""
     if not _MODEL_ID.match(model_id):
