@@ -12,11 +12,11 @@ from aiohttp import web
 from swapyard.config import Config
 from swapyard.events import EventBus
 from swapyard.process.logring import LogRing
-from swapyard.proxy import Watches
 from swapyard.surface import RouterSurface
 from swapyard.usage.feed import Broadcast
 from swapyard.usage.metrics import Metrics
 from swapyard.usage.store import UsageStore
+from swapyard.watch import Watches
 
 
 @dataclass(slots=True)

@@ -61,7 +61,7 @@ def build_model(
     env: Mapping[str, str],
     shown: Mapping[str, str],
     timeouts: Timeouts,
-) -> ModelSpec:
+) -> ModelSpec:  # fmt: skip
     """One ``models:`` entry, its macros expanded, its own timeouts over the
     server's ``timeouts``; raises ``ConfigError``. ``user`` are the user macros
     expanded against ``env``, ``shown`` against ``Hidden(env)``."""

@@ -54,7 +54,8 @@ def _generator(model_id: str) -> FakeEngine:
         model_id=model_id, text=DEFAULT_TEXT, max_tokens=16, load_delay=0.0,
         tokens_per_second=_env_float("FAKE_TPS", 1000.0), memory_mib=0,
         never_healthy=False, crash_after_tokens=0, cumulative=False,
-        close_after_stream=False, error_status=0,
+        close_after_stream=False, error_status=0, close_delimited=False,
+        stall_before_first_byte=0.0, stall_after_tokens=0, reset_after_tokens=0,
     )  # fmt: skip
     return FakeEngine(ns)
 

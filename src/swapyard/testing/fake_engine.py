@@ -156,24 +156,9 @@ class FakeEngine:
         cid = f"fake-{int(time.time() * 1000)}"
         usage = {"prompt_tokens": 5, "completion_tokens": len(toks), "total_tokens": 5 + len(toks)}
         if not doc.get("stream"):
-            await self.stall_before_first_byte()
-            for i, _ in enumerate(toks):
-                await self.fault_at(request, i)
-                await self.emit_token()
-            text = " ".join(toks)
-            choice: dict[str, Any] = (
-                {"index": 0, "message": {"role": "assistant", "content": text}}
-                if chat
-                else {"index": 0, "text": text}
-            )
-            choice["finish_reason"] = "length"
             answer = {"id": cid, "object": kind, "created": int(time.time()),
-                      "model": self.args.model_id, "choices": [choice], "usage": usage}  # fmt: skip
-            if self.args.close_delimited:
-                raw = Raw(request, "application/json", self.args.model_id)
-                await raw.write(json.dumps(answer).encode())
-                await raw.end()
-            return web.json_response(answer, headers={"X-Fake-Engine": self.args.model_id})
+                      "model": self.args.model_id, "usage": usage}  # fmt: skip
+            return await self.plain(request, answer, toks, chat)
         out: web.StreamResponse | Raw
         if self.args.close_delimited:
             out = Raw(request, "text/event-stream", self.args.model_id)
@@ -223,6 +208,27 @@ class FakeEngine:
             asyncio.get_running_loop().call_later(0.05, request.transport.close)
         return out
 
+    async def plain(
+        self, request: web.Request, answer: dict[str, Any], toks: list[str], chat: bool
+    ) -> web.StreamResponse:
+        """A non-streamed answer: all its tokens, then the head with the body."""
+        await self.stall_before_first_byte()
+        for i, _ in enumerate(toks):
+            await self.fault_at(request, i)
+            await self.emit_token()
+        text = " ".join(toks)
+        choice: dict[str, Any] = (
+            {"index": 0, "message": {"role": "assistant", "content": text}}
+            if chat
+            else {"index": 0, "text": text}
+        )
+        answer["choices"] = [{**choice, "finish_reason": "length"}]
+        if self.args.close_delimited:
+            raw = Raw(request, "application/json", self.args.model_id)
+            await raw.write(json.dumps(answer).encode())
+            await raw.end()
+        return web.json_response(answer, headers={"X-Fake-Engine": self.args.model_id})
+
     async def stall_before_first_byte(self) -> None:
         if self.args.stall_before_first_byte:
             say(f"stalling {self.args.stall_before_first_byte:g} s before the first byte")
@@ -268,26 +274,8 @@ def _key_check(key: str) -> Any:
     return check
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="swapyard-fake-engine", description=__doc__)
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, required=True)
-    p.add_argument("--model-id", default="fake")
-    p.add_argument("--text", default=DEFAULT_TEXT)
-    p.add_argument("--max-tokens", type=int, default=16, help="default when a request says none")
-    p.add_argument("--load-delay", type=float, default=0.0, help="seconds until /health is 200")
-    p.add_argument("--tokens-per-second", type=float, default=1000.0)
-    p.add_argument("--memory-mib", type=int, default=0, help="memory this engine claims to use")
-    p.add_argument("--ignore-sigterm", action="store_true")
-    p.add_argument("--crash-after-tokens", type=int, default=0, help="exit(3) after N tokens")
-    p.add_argument("--never-healthy", action="store_true", help="/health never answers 200")
-    p.add_argument("--exit-on-start", type=int, default=None, help="print a log, exit with CODE")
-    p.add_argument("--cumulative", action="store_true", help="stream cumulative text, not deltas")
-    p.add_argument(
-        "--close-after-stream",
-        action="store_true",
-        help="close the connection after a stream while announcing keep-alive (llama-server)",
-    )
+def _add_faults(p: argparse.ArgumentParser) -> None:
+    """The faults of real engines' HTTP (issue 11), each named by who produces it."""
     p.add_argument(
         "--stall-before-first-byte",
         type=float,
@@ -321,6 +309,29 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "worker killed behind its front end, a container network or proxy dropping the "
         "connection)",
     )
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="swapyard-fake-engine", description=__doc__)
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--model-id", default="fake")
+    p.add_argument("--text", default=DEFAULT_TEXT)
+    p.add_argument("--max-tokens", type=int, default=16, help="default when a request says none")
+    p.add_argument("--load-delay", type=float, default=0.0, help="seconds until /health is 200")
+    p.add_argument("--tokens-per-second", type=float, default=1000.0)
+    p.add_argument("--memory-mib", type=int, default=0, help="memory this engine claims to use")
+    p.add_argument("--ignore-sigterm", action="store_true")
+    p.add_argument("--crash-after-tokens", type=int, default=0, help="exit(3) after N tokens")
+    p.add_argument("--never-healthy", action="store_true", help="/health never answers 200")
+    p.add_argument("--exit-on-start", type=int, default=None, help="print a log, exit with CODE")
+    p.add_argument("--cumulative", action="store_true", help="stream cumulative text, not deltas")
+    p.add_argument(
+        "--close-after-stream",
+        action="store_true",
+        help="close the connection after a stream while announcing keep-alive (llama-server)",
+    )
+    _add_faults(p)
     p.add_argument("--error-status", type=int, default=0, help="answer completions with it")
     p.add_argument("--require-key", default="", help="401 unless `Authorization: Bearer KEY`")
     p.add_argument("--grandchild", action="store_true", help="spawn a child that ignores SIGTERM")
