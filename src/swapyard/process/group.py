@@ -47,19 +47,7 @@ async def wait_for_exit(proc: subprocess.Popen[bytes]) -> int:
         fd = os.pidfd_open(proc.pid)
     except (AttributeError, OSError):  # pragma: no cover - old kernels only
         return await asyncio.to_thread(proc.wait)
-    loop = asyncio.get_running_loop()
-    exited: asyncio.Future[None] = loop.create_future()
-
-    def on_exit() -> None:
-        if not exited.done():
-            exited.set_result(None)
-
-    loop.add_reader(fd, on_exit)
-    try:
-        await exited
-    finally:
-        loop.remove_reader(fd)
-        os.close(fd)
+    await _readable(fd)
     return proc.wait()
 
 
@@ -73,6 +61,11 @@ async def wait_for_pid_exit(pid: int, poll: float = 0.5) -> None:
     except (AttributeError, OSError):  # pragma: no cover - old kernels only
         await asyncio.to_thread(_wait_gone, pid, poll)
         return
+    await _readable(fd)
+
+
+async def _readable(fd: int) -> None:
+    """Wait until the pidfd ``fd`` is readable (its process exited); closes it."""
     loop = asyncio.get_running_loop()
     exited: asyncio.Future[None] = loop.create_future()
 
