@@ -5,7 +5,6 @@ running at the shutdown deadline: the client always learns what happened
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
@@ -14,32 +13,11 @@ import aiohttp
 import openai
 import pytest
 from aiohttp import web
+from test_router_http import chat, sse_events
 
 from helpers import config, eventually
 from swapyard.ports import PortAllocator
 from swapyard.testing import fake_engine_cmd, running_server
-
-
-async def sse_events(resp: aiohttp.ClientResponse) -> AsyncIterator[Any]:
-    """Parsed ``data:`` payloads of an SSE response as they arrive (``[DONE]`` as str)."""
-    buf = b""
-    async for chunk in resp.content.iter_any():
-        buf += chunk
-        while b"\n\n" in buf:
-            event, buf = buf.split(b"\n\n", 1)
-            for line in event.split(b"\n"):
-                if line.startswith(b"data: "):
-                    data = line[6:]
-                    yield data.decode() if data == b"[DONE]" else json.loads(data)
-
-
-def chat(model: str, *, stream: bool = False, max_tokens: int = 4) -> dict[str, Any]:
-    return {
-        "model": model,
-        "messages": [{"role": "user", "content": "hi"}],
-        "max_tokens": max_tokens,
-        "stream": stream,
-    }
 
 
 async def stream(http: aiohttp.ClientSession, url: str, body: dict[str, Any]) -> list[Any]:
