@@ -223,3 +223,48 @@ def test_restart_drains_then_starts_again_for_the_waiting_requests(fx: Recording
     assert fx.take() == [("stop", "a", None)]
     s.engine_state("a", S.STOPPED, now=2.5)
     assert fx.take() == [("start", "a")]
+
+
+def test_request_for_a_model_removed_by_a_reload_is_refused_not_queued(
+    fx: RecordingEffects,
+) -> None:
+    """While a removed model drains, and after it is forgotten, a request that still
+    names it (checked against the old config) is refused at once."""
+    s = make(fx)
+    s.request_arrived(1, "a", now=0.0)
+    ready(s, "a")
+    fx.take()
+    s.reconfigure({"b": ModelTerms(need=6 * GIB)}, SchedulerSpec(), {"gpu0": 8 * GIB}, None, 1.0)
+    s.request_arrived(2, "a", now=1.1)
+    assert fx.take() == [("reject", 2, "EngineStopped")]
+    s.request_done(1, now=2.0)
+    s.engine_state("a", S.STOPPED, now=2.5)
+    s.request_arrived(3, "a", now=3.0)  # forgotten: no KeyError, a refusal
+    assert ("reject", 3, "EngineStopped") in fx.take()
+
+
+def test_removed_model_that_crashes_while_draining_is_forgotten(fx: RecordingEffects) -> None:
+    s = make(fx)
+    s.request_arrived(1, "a", now=0.0)
+    ready(s, "a")
+    s.reconfigure({"b": ModelTerms(need=6 * GIB)}, SchedulerSpec(), {"gpu0": 8 * GIB}, None, 1.0)
+    s.engine_state("a", S.BACKOFF, EngineBackoff("a", EngineCrashed("a", "x"), 1.0), now=2.0)
+    assert not s.knows("a")
+
+
+def test_model_added_back_before_it_stopped_is_no_longer_retiring(fx: RecordingEffects) -> None:
+    """Removed by one reload, added back by the next while it still drains: it goes
+    on as a model of the config (restarted once drained), not forgotten."""
+    s = make(fx)
+    s.request_arrived(1, "a", now=0.0)
+    ready(s, "a")
+    both = {"a": ModelTerms(need=6 * GIB), "b": ModelTerms(need=6 * GIB)}
+    s.reconfigure({"b": both["b"]}, SchedulerSpec(), {"gpu0": 8 * GIB}, None, 1.0)
+    s.reconfigure(both, SchedulerSpec(), {"gpu0": 8 * GIB}, None, 2.0)
+    s.restart("a", now=2.0)
+    s.request_done(1, now=3.0)
+    s.engine_state("a", S.STOPPED, now=3.5)
+    assert s.knows("a")
+    fx.take()
+    s.request_arrived(2, "a", now=4.0)
+    assert fx.take() == [("start", "a")]

@@ -294,7 +294,14 @@ class Router:
 
     def _reload(self, new: Config, now: float) -> ConfigDiff:
         d = diff(self.config, new)
+        # Removed by an earlier reload and added back before its engine stopped: the
+        # same actor goes on, with the new spec from its next start.
+        revived = [mid for mid in d.added if mid in self._retiring]
         for mid in d.added:
+            if mid in revived:
+                self._retiring.discard(mid)
+                self._engines[mid].respec(new.models[mid], restart=True)
+                continue
             self._add_model(new.models[mid])
             self._engines[mid].run()
         for mid in (*d.changed, *d.unchanged):
@@ -307,7 +314,7 @@ class Router:
         needs = self._needs()
         self._scheduler.reconfigure(all_terms(new, needs), new.scheduler, budget,
                                     host_budget(new), now)  # fmt: skip
-        for mid in d.changed:
+        for mid in (*d.changed, *revived):
             self._scheduler.restart(mid, now)
         for mid in new.preload:
             if mid not in old_preload or mid in d.added:
@@ -315,6 +322,7 @@ class Router:
         for mid in list(self._retiring):
             self._forget_if_gone(mid)
         self.bus.publish(ConfigReloaded(new.source, d.added, d.removed, d.changed, d.unchanged))
+        self._publish()  # before the caller switches the API to the new config
         return d
 
     def _forget_if_gone(self, model: str) -> None:
@@ -369,7 +377,8 @@ class Router:
     def ready_now(self, model: str) -> bool:
         """Whether a request for ``model`` would be dispatched without waiting."""
         view = self._view
-        return view.models[model].state is EngineState.READY and not view.queue
+        held = view.models.get(model)
+        return held is not None and held.state is EngineState.READY and not view.queue
 
     # -- reads ----------------------------------------------------------------------
     def snapshot(self) -> Snapshot:

@@ -110,6 +110,9 @@ async def stream_with_loading_status(
             watches=state.watches, extra_headers=spec.upstream_headers, into=out,
         )  # fmt: skip
     finally:
+        admitted = acquiring.done() and not acquiring.cancelled()
+        if lease is None and admitted and acquiring.exception() is None:
+            lease = acquiring.result()  # admitted as the client went away: give it back
         if lease is not None:
             router.release(lease)
         elif not acquiring.done():

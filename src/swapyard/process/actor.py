@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import signal
 import subprocess
@@ -78,6 +79,7 @@ from swapyard.process.registry import (
 from swapyard.process.state import EngineState, check_transition
 from swapyard.surface import EngineView, ErrorView
 
+log = logging.getLogger("swapyard.process")
 S = EngineState
 LOG_TAIL_IN_ERRORS = 20
 LOADING = (S.STARTING, S.WARMING, S.WAKING)  # on the way to ready
@@ -128,6 +130,7 @@ class EngineProcess:
         self._tree: Tree | None = None  # its descendants, wherever their group
         self._port: str = ""
         self._devices: tuple[str, ...] = ()
+        self._env: dict[str, str] = {}  # the last start's extra variables (its placement)
         self._start_waiters: list[asyncio.Future[None]] = []
         self._stop_waiters: list[asyncio.Future[None]] = []
         self._restart_after_stop: list[tuple[asyncio.Future[None], Start]] = []
@@ -259,51 +262,63 @@ class EngineProcess:
     async def _run(self) -> None:
         while True:
             msg = await self._inbox.get()
-            cur = self._gen
-            match msg:
-                case Start():
-                    await self._on_start(msg)
-                case Stop(reply, sleep):
-                    self._on_stop(reply, sleep)
-                case Reset(reply):
-                    self._on_reset()
-                    resolve(reply)
-                case Adopt(reply, record):
-                    self._on_adopt(reply, record)
-                case Respec(spec, restart):
-                    self._next_spec = spec
-                    if self._state in GONE or not restart:
-                        self._take_next_spec()
-                case Healthy(gen) if gen == cur and self._state in (S.STARTING, S.WAKING):
-                    if self._state is S.STARTING and self._warm:
-                        self._set_state(S.WARMING)
-                        self._spawn_task(self._run_warm(gen))
-                    else:
-                        self._became_ready()
-                case Woke(gen, error) if gen == cur and self._state in (S.WARMING, S.WAKING):
-                    self._on_woke(gen, error)
-                case Slept(gen, error) if gen == cur and self._state is S.STOPPING:
-                    self._on_slept(error)
-                case Progress(gen, fraction, text) if gen == cur and self._state in LOADING:
-                    self.progress = (fraction, text)
-                case StartTimedOut(gen) if gen == cur and self._state in (S.STARTING, S.WAKING):
-                    self._on_start_timeout()
-                case Exited(gen, rc) if gen == cur and self._state not in GONE:
-                    self._on_exited(rc)
-                case KillNow(gen) if gen == cur and self._state is S.STOPPING:
-                    self.logs.append(
-                        f"[swapyard] still running {self.spec.stop_timeout:g} s after stop; "
-                        "sending SIGKILL to the process group"
-                    )
-                    self._kill_tree(signal.SIGKILL)
-                case TrackTree(gen) if gen == cur and self._tree is not None:
-                    self._tree.track()
-                    loop = asyncio.get_running_loop()
-                    loop.call_later(TREE_TRACK_INTERVAL, self._inbox.put_nowait, TrackTree(gen))
-                case BackoffOver(gen) if gen == cur and self._state is S.BACKOFF:
-                    self._set_state(S.STOPPED, reason="backoff over")
-                case _:
-                    pass  # stale news about an earlier child
+            try:
+                await self._handle(msg)
+            except Exception as exc:  # a bug: log it, answer the waiters, keep going
+                log.exception("engine actor of %s failed on %r", self.spec.id, msg)
+                err = EngineStopped(self.spec.id, f"internal error in the engine's actor: {exc}")
+                fail_all(self._start_waiters, err)
+                fail_all(self._stop_waiters, err)
+                reply = getattr(msg, "reply", None)
+                if isinstance(reply, asyncio.Future):
+                    fail(reply, err)
+
+    async def _handle(self, msg: Message) -> None:
+        cur = self._gen
+        match msg:
+            case Start():
+                await self._on_start(msg)
+            case Stop(reply, sleep):
+                self._on_stop(reply, sleep)
+            case Reset(reply):
+                self._on_reset()
+                resolve(reply)
+            case Adopt(reply, record):
+                self._on_adopt(reply, record)
+            case Respec(spec, restart):
+                self._next_spec = spec
+                if self._state in GONE or not restart:
+                    self._take_next_spec()
+            case Healthy(gen) if gen == cur and self._state in (S.STARTING, S.WAKING):
+                if self._state is S.STARTING and self._warm:
+                    self._set_state(S.WARMING)
+                    self._spawn_task(self._run_warm(gen))
+                else:
+                    self._became_ready()
+            case Woke(gen, error) if gen == cur and self._state in (S.WARMING, S.WAKING):
+                self._on_woke(gen, error)
+            case Slept(gen, error) if gen == cur and self._state is S.STOPPING:
+                self._on_slept(error)
+            case Progress(gen, fraction, text) if gen == cur and self._state in LOADING:
+                self.progress = (fraction, text)
+            case StartTimedOut(gen) if gen == cur and self._state in (S.STARTING, S.WAKING):
+                self._on_start_timeout()
+            case Exited(gen, rc) if gen == cur and self._state not in GONE:
+                self._on_exited(rc)
+            case KillNow(gen) if gen == cur and self._state is S.STOPPING:
+                self.logs.append(
+                    f"[swapyard] still running {self.spec.stop_timeout:g} s after stop; "
+                    "sending SIGKILL to the process group"
+                )
+                self._kill_tree(signal.SIGKILL)
+            case TrackTree(gen) if gen == cur and self._tree is not None:
+                self._tree.track()
+                loop = asyncio.get_running_loop()
+                loop.call_later(TREE_TRACK_INTERVAL, self._inbox.put_nowait, TrackTree(gen))
+            case BackoffOver(gen) if gen == cur and self._state is S.BACKOFF:
+                self._set_state(S.STOPPED, reason="backoff over")
+            case _:
+                pass  # stale news about an earlier child
 
     async def _on_start(self, msg: Start) -> None:
         reply = msg.reply
@@ -412,6 +427,9 @@ class EngineProcess:
             self._begin_stop()
             return
         resolve_all(self._stop_waiters)
+        restarts, self._restart_after_stop = self._restart_after_stop, []
+        for _, start in restarts:  # a start asked during the sleep call: wake it now
+            self._inbox.put_nowait(start)
 
     def _begin_wake(self) -> None:
         assert self._fast is not None
@@ -455,7 +473,7 @@ class EngineProcess:
             return
         self.logs.append(f"[swapyard] fast swap in failed: {error}; restarting cold")
         waiters, self._start_waiters = self._start_waiters, []
-        self._restart_after_stop += [(w, Start(w, {}, self._devices)) for w in waiters]
+        self._restart_after_stop += [(w, Start(w, self._env, self._devices)) for w in waiters]
         self._begin_stop()
 
     def _became_ready(self) -> None:
@@ -480,7 +498,7 @@ class EngineProcess:
         gen = self._gen
         self._failure = None
         self._pending_failure = None
-        self._devices = devices
+        self._devices, self._env = devices, extra_env
         self.started_at = time.monotonic()
         self.progress = None
         spec = self.spec
@@ -490,7 +508,11 @@ class EngineProcess:
             self.logs.append(f"[swapyard] remote engine at {self.upstream}: checking it")
             self._spawn_task(self._poll_health(gen))
             return
-        taken = self._claim_port()
+        taken: EngineStartError | None
+        try:
+            taken = self._claim_port()
+        except (OSError, ValueError) as exc:  # no free port, or a proxy URL without one
+            taken = EngineExitedEarly(spec.id, f"cannot get a port for it: {exc}")
         if taken is not None:
             self._fail_start(taken)
             return

@@ -165,7 +165,7 @@ class Scheduler:
     # -- what happened ------------------------------------------------------------------
     def request_arrived(self, request_id: int, model: str, now: float | None = None) -> None:
         self._tick(now)
-        if (err := self.queue_full() or self._broken(model)) is not None:
+        if (err := self.queue_full() or self._refused(model)) is not None:
             self._fx.reject(request_id, err)
             return
         self._queue.append(Queued(request_id, model, self._now))
@@ -227,7 +227,8 @@ class Scheduler:
             m.keep = m.keep and state is S.BACKOFF and m.terms.restart != "never"
         elif exited:
             m.keep = m.keep and m.terms.restart == "always"
-        if state is S.STOPPED and m.retiring:
+        if m.retiring and state in (S.STOPPED, *BROKEN):
+            self._reject_queued(model, EngineStopped(model, f"model {model!r} was removed"))
             del self._m[model]
             self._armed_idle.pop(model, None)
         self._step()
@@ -300,6 +301,7 @@ class Scheduler:
         for mid, terms in models.items():
             if mid in self._m:
                 m = self._m[mid]
+                m.retiring = False  # removed, then added back before it stopped
                 if terms.pinned != m.terms.pinned:  # else a pin set at run time stays
                     m.pinned = terms.pinned
                     m.keep = m.keep or terms.pinned
@@ -546,9 +548,12 @@ class Scheduler:
             self._armed_wake = when
             self._fx.wake_at(when)
 
-    def _broken(self, model: str) -> SwapyardError | None:
-        """What a request for a model in ``backoff`` or ``failed`` is told."""
-        m = self._m[model]
+    def _refused(self, model: str) -> SwapyardError | None:
+        """What a request is told at once: its model was removed by a reload, or is
+        in ``backoff`` or ``failed``; None when it may queue."""
+        m = self._m.get(model)
+        if m is None or m.retiring:
+            return EngineStopped(model, f"model {model!r} was removed")
         if m.state not in BROKEN:
             return None
         if isinstance(m.failure, EngineBackoff):
