@@ -268,3 +268,18 @@ def test_model_added_back_before_it_stopped_is_no_longer_retiring(fx: RecordingE
     fx.take()
     s.request_arrived(2, "a", now=4.0)
     assert fx.take() == [("start", "a")]
+
+
+def test_model_changed_during_its_sleep_call_is_stopped_once_asleep(fx: RecordingEffects) -> None:
+    """A reload changes a model while its fast swap out runs: once asleep it is
+    stopped for good, so its next start uses the new spec (not a wake of the old)."""
+    terms = {"a": ModelTerms(need=6 * GIB, sleep_need=GIB), "b": ModelTerms(need=6 * GIB)}
+    s = make(fx, **terms)
+    s.request_arrived(1, "a", now=0.0)
+    ready(s, "a")
+    s.request_done(1, now=0.5)
+    s.request_arrived(2, "b", now=1.0)
+    assert ("sleep", "a", "b") in fx.take()
+    s.restart("a", now=1.1)
+    s.engine_state("a", S.SLEEPING, now=1.5)
+    assert ("stop", "a", None) in fx.take()

@@ -204,6 +204,7 @@ class Scheduler:
         exited = state is S.STOPPED and was in (S.READY, S.SLEEPING)  # on its own
         m.state = state
         m.to_sleep = m.to_sleep and state is S.STOPPING
+        stop_asleep = state is S.SLEEPING and m.draining  # unloaded or changed meanwhile
         if state is S.SLEEPING:
             m.draining = False
         if state in (S.STOPPED, *BROKEN):
@@ -227,6 +228,8 @@ class Scheduler:
             m.keep = m.keep and state is S.BACKOFF and m.terms.restart != "never"
         elif exited:
             m.keep = m.keep and m.terms.restart == "always"
+        if stop_asleep:
+            self._stop(model, None)
         if m.retiring and state in (S.STOPPED, *BROKEN):
             self._reject_queued(model, EngineStopped(model, f"model {model!r} was removed"))
             del self._m[model]
@@ -278,8 +281,8 @@ class Scheduler:
         requests are done, then start it again as usual (queued requests wait)."""
         self._tick(now)
         m = self._m[model]
-        if m.state in (S.STARTING, S.READY):
-            m.draining = True
+        if m.state in (S.STARTING, S.READY) or (m.state is S.STOPPING and m.to_sleep):
+            m.draining = True  # stopped once idle, or as soon as it is asleep
         elif m.state is S.SLEEPING:
             self._stop(model, None)
         self._step()
@@ -316,7 +319,7 @@ class Scheduler:
             self._reject_queued(mid, EngineStopped(mid, f"model {mid!r} was removed"))
             if m.state in (S.STOPPED, *BROKEN):
                 del self._m[mid]
-            elif m.state in (S.STARTING, S.READY):
+            elif m.state in (S.STARTING, S.READY) or (m.state is S.STOPPING and m.to_sleep):
                 m.draining = True
             elif m.state is S.SLEEPING:
                 self._stop(mid, None)
@@ -329,7 +332,7 @@ class Scheduler:
         m = self._m[model]
         m.keep = False
         m.pinned = False
-        if m.state in (S.STARTING, S.READY):
+        if m.state in (S.STARTING, S.READY) or (m.state is S.STOPPING and m.to_sleep):
             m.draining = True
         elif m.state is S.SLEEPING:
             self._stop(model, None)
