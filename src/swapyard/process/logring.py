@@ -42,30 +42,6 @@ class LogRing:
     def unfollow(self, q: asyncio.Queue[str]) -> None:
         self._followers.discard(q)
 
-    async def pump(self, reader: asyncio.StreamReader, max_line: int = 65536) -> None:
-        """Append every line from ``reader`` until EOF; a line longer than
-        ``max_line`` bytes is cut into pieces rather than held in memory."""
-        buf = b""
-        while True:
-            try:
-                chunk = await reader.read(65536)
-            except (OSError, ValueError):  # pragma: no cover - pipe torn down
-                break
-            if not chunk:
-                break
-            buf += chunk
-            *lines, buf = buf.split(b"\n")
-            for raw in lines:
-                line = raw.decode("utf-8", "replace").rstrip("\r")
-                self.append(line)
-                if self.on_line is not None:
-                    self.on_line(line)
-            if len(buf) > max_line:
-                self.append(buf.decode("utf-8", "replace"))
-                buf = b""
-        if buf:
-            self.append(buf.decode("utf-8", "replace"))
-
 
 class LogFile:
     """An engine's output file, read into a ``LogRing``.
