@@ -33,6 +33,14 @@ from swapyard.testing import fake_engine_cmd
 S = EngineState
 
 
+async def answer_until_it_crashes(h: Harness, e: EngineProcess) -> None:
+    """Ask for more tokens than an engine with ``crash_after_tokens`` gives."""
+    body = {"model": "m", "messages": [], "max_tokens": 3}
+    with pytest.raises(aiohttp.ClientError):
+        async with h.http.post(e.upstream + "/v1/chat/completions", json=body) as r:
+            await r.read()
+
+
 class Harness:
     def __init__(self, http: aiohttp.ClientSession) -> None:
         self.http = http
@@ -139,10 +147,7 @@ async def test_cmd_stop_replaces_sigterm(h: Harness) -> None:
 async def test_ready_to_backoff_when_engine_crashes(h: Harness) -> None:
     e = h.engine(spec(fake_engine_cmd(crash_after_tokens=1)))
     await e.start()
-    body = {"model": "m", "messages": [], "max_tokens": 3}
-    with pytest.raises(aiohttp.ClientError):
-        async with h.http.post(e.upstream + "/v1/chat/completions", json=body) as r:
-            await r.read()
+    await answer_until_it_crashes(h, e)
     await eventually(lambda: e.state is S.BACKOFF)
     assert isinstance(e.last_error, EngineCrashed)
     assert "crashing after 1 tokens" in (e.last_error.detail or "")
@@ -286,10 +291,7 @@ async def test_crash_is_seen_while_a_grandchild_still_holds_the_output_pipe(h: H
     e = h.engine(spec(fake_engine_cmd(crash_after_tokens=1, grandchild=True)))
     await e.start()
     child = grandchild_pid(e.logs.tail())
-    body = {"model": "m", "messages": [], "max_tokens": 3}
-    with pytest.raises(aiohttp.ClientError):
-        async with h.http.post(e.upstream + "/v1/chat/completions", json=body) as r:
-            await r.read()
+    await answer_until_it_crashes(h, e)
     await eventually(lambda: e.state is S.BACKOFF)
     await eventually(lambda: not pid_alive(child))
 
@@ -316,9 +318,6 @@ async def test_setsid_grandchild_is_stopped_when_its_engine_crashes(h: Harness) 
     e = h.engine(spec(fake_engine_cmd(setsid_grandchild=True, crash_after_tokens=1)))
     await e.start()
     child = setsid_grandchild(e.logs.tail())
-    body = {"model": "m", "messages": [], "max_tokens": 3}
-    with pytest.raises(aiohttp.ClientError):
-        async with h.http.post(e.upstream + "/v1/chat/completions", json=body) as r:
-            await r.read()
+    await answer_until_it_crashes(h, e)
     await eventually(lambda: e.state is S.BACKOFF)
     await eventually(lambda: not pid_alive(child))
