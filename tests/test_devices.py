@@ -12,7 +12,8 @@ from typing import Any
 import pytest
 
 from helpers import config
-from swapyard.resources.devices import GPU_RESERVE, memory_budget, nvml_gpus, ram_bytes
+from swapyard.resources.devices import GPU_RESERVE, gpu_totals, memory_budget, ram_bytes
+from swapyard.resources.gpu import reset_reader
 
 G = 2**30
 
@@ -32,12 +33,26 @@ def fake_pynvml(totals: list[int], fail_init: bool = False) -> types.ModuleType:
     mod.nvmlShutdown = lambda: None  # type: ignore[attr-defined]
     mod.nvmlDeviceGetCount = lambda: len(totals)  # type: ignore[attr-defined]
     mod.nvmlDeviceGetHandleByIndex = lambda i: i  # type: ignore[attr-defined]
-    mod.nvmlDeviceGetMemoryInfo = lambda h: types.SimpleNamespace(total=totals[h])  # type: ignore[attr-defined]
+    mod.nvmlDeviceGetMemoryInfo = lambda h: types.SimpleNamespace(total=totals[h], used=0)  # type: ignore[attr-defined]
     return mod
 
 
+@pytest.fixture(autouse=True)
+def fresh_reader(monkeypatch: pytest.MonkeyPatch) -> Any:
+    """Each use of a stand-in NVML opens a new reader (it is kept once opened)."""
+    monkeypatch.delenv("SWAPYARD_SIMULATED_GPU", raising=False)
+    reset_reader()
+    yield
+    reset_reader()
+
+
+def _swap(monkeypatch: pytest.MonkeyPatch, mod: Any) -> None:
+    monkeypatch.setitem(sys.modules, "pynvml", mod)
+    reset_reader()
+
+
 def test_declared_devices_win(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(sys.modules, "pynvml", fake_pynvml([80 * G]))
+    _swap(monkeypatch, fake_pynvml([80 * G]))
     cfg = config({}, devices={"0": {"memory": "24GiB", "reserve": "1GiB"}})
     assert memory_budget(cfg) == ({"0": 23 * G}, True)
     named = config({}, devices={"big": {"memory": "8GiB"}})
@@ -45,23 +60,23 @@ def test_declared_devices_win(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_nvml_gpus_become_cuda_indexed_devices(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(sys.modules, "pynvml", fake_pynvml([24 * G, 16 * G]))
-    assert nvml_gpus() == {"0": 24 * G, "1": 16 * G}
+    _swap(monkeypatch, fake_pynvml([24 * G, 16 * G]))
+    assert gpu_totals() == {"0": 24 * G, "1": 16 * G}
     assert memory_budget(config({})) == (
         {"0": 24 * G - GPU_RESERVE, "1": 16 * G - GPU_RESERVE}, True,
     )  # fmt: skip
 
 
 def test_without_usable_nvml_the_budget_is_ram(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(sys.modules, "pynvml", fake_pynvml([24 * G], fail_init=True))
+    _swap(monkeypatch, fake_pynvml([24 * G], fail_init=True))
     budget, cuda = memory_budget(config({}))
     assert list(budget) == ["ram"] and not cuda
     assert 0 < budget["ram"] < ram_bytes()
-    monkeypatch.setitem(sys.modules, "pynvml", fake_pynvml([]))
-    assert nvml_gpus() is None
+    _swap(monkeypatch, fake_pynvml([]))
+    assert gpu_totals() is None
     none: Any = None
-    monkeypatch.setitem(sys.modules, "pynvml", none)  # import fails: not installed
-    assert nvml_gpus() is None
+    _swap(monkeypatch, none)  # import fails: not installed
+    assert gpu_totals() is None
 
 
 def test_gpu_memory_of_a_process_group_comes_from_nvml_per_process(
@@ -77,10 +92,10 @@ def test_gpu_memory_of_a_process_group_comes_from_nvml_per_process(
              1: [types.SimpleNamespace(pid=me, usedGpuMemory=3 * G),
                  types.SimpleNamespace(pid=me, usedGpuMemory=None)]}  # fmt: skip
     mod.nvmlDeviceGetComputeRunningProcesses = lambda h: procs[h]  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "pynvml", mod)
+    _swap(monkeypatch, mod)
     assert group_gpu_memory(os.getpgid(0)) == {"1": 3 * G}  # only our group, per device
-    monkeypatch.setitem(sys.modules, "pynvml", fake_pynvml([24 * G], fail_init=True))
+    _swap(monkeypatch, fake_pynvml([24 * G], fail_init=True))
     assert group_gpu_memory(os.getpgid(0)) is None
     none: Any = None
-    monkeypatch.setitem(sys.modules, "pynvml", none)
+    _swap(monkeypatch, none)
     assert group_gpu_memory(os.getpgid(0)) is None

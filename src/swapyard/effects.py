@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from swapyard.config import ModelSpec
 from swapyard.errors import SwapyardError
 from swapyard.events import EventBus, RequestAdmitted, SwapStarted
 from swapyard.inbox import Idle, Leave, Message, Tick
@@ -28,12 +29,14 @@ class RouterEffects:
         post: Callable[[Message], None],
         spawn: Callable[[Any], None],
         cuda: bool,
+        share_args: Callable[[ModelSpec, tuple[str, ...], int | None], list[str]],
     ) -> None:
         self._engines = engines
         self._bus = bus
         self._post = post
         self._spawn = spawn
         self.cuda = cuda  # devices are CUDA indexes (a reload may change it)
+        self._share_args = share_args
         self._waiting: dict[int, tuple[asyncio.Future[str], float]] = {}
         self._timers: set[asyncio.TimerHandle] = set()
         self._idle: dict[str, asyncio.TimerHandle] = {}  # the one armed per model
@@ -55,12 +58,16 @@ class RouterEffects:
             h.cancel()
 
     # -- Effects --
-    def start(self, model: str, devices: tuple[str, ...]) -> None:
+    def start(self, model: str, devices: tuple[str, ...], need: int | None = None) -> None:
         env = {}
+        args: tuple[str, ...] = ()
+        engine = self._engines[model]
         if self.cuda:
-            # Devices are CUDA indexes: the engine sees only the GPUs it was placed on.
+            # Devices are CUDA indexes: the engine sees only the GPUs it was placed on,
+            # and one that takes a share of them is told the share it was placed with.
             env["CUDA_VISIBLE_DEVICES"] = ",".join(devices)
-        self._spawn(_quiet(self._engines[model].start(env, devices)))
+            args = tuple(self._share_args(engine.spec, devices, need))
+        self._spawn(_quiet(engine.start(env, devices, args)))
 
     def stop(self, model: str, *, for_model: str | None, sleep: bool = False) -> None:
         engine = self._engines[model]

@@ -248,8 +248,17 @@ class EngineFailed(EngineError):
 class InsufficientMemory(EngineError):
     code = "insufficient_memory"
 
-    def __init__(self, model: str, reason: str) -> None:
-        super().__init__(model, f"model {model!r} can never fit in memory: {reason}")
+    def __init__(self, model: str, reason: str, now: bool = False) -> None:
+        """``now``: it would fit but for memory held by other processes."""
+        when = "does not fit in memory now" if now else "can never fit in memory"
+        super().__init__(model, f"model {model!r} {when}: {reason}")
+
+
+class EngineOutOfMemory(EngineStartError):
+    """The engine exited during its start for lack of GPU memory (its log says so:
+    CUDA out of memory, vLLM's free-memory check, SGLang's ``Not enough memory``)."""
+
+    code = "engine_out_of_memory"
 
 
 class EngineStopped(EngineError):

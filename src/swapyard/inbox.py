@@ -56,10 +56,17 @@ class Pin:
 
 @dataclass(frozen=True, slots=True)
 class Measured:
-    """What an engine's process group was measured to hold once ready."""
+    """What an engine's process group was measured to hold once ready (or, with
+    ``asleep``, once asleep)."""
 
     model: str
     nbytes: int
+    asleep: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Refresh:
+    """Time to read the GPUs again (what other processes hold changes on its own)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,5 +78,15 @@ class Reload:
 
 
 Message = (
-    Arrive | Leave | Idle | Tick | Load | Unload | Pin | Measured | Reload | EngineStateChanged
+    Arrive
+    | Leave
+    | Idle
+    | Tick
+    | Load
+    | Unload
+    | Pin
+    | Measured
+    | Refresh
+    | Reload
+    | EngineStateChanged
 )

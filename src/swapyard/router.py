@@ -40,10 +40,12 @@ from swapyard.inbox import (
     Measured,
     Message,
     Pin,
+    Refresh,
     Reload,
     Tick,
     Unload,
 )
+from swapyard.memory import MemoryBook
 from swapyard.ports import PortAllocator
 from swapyard.process.actor import EngineProcess
 from swapyard.process.group import is_subreaper, kill_orphans, reap_orphans
@@ -51,9 +53,8 @@ from swapyard.process.logring import LogRing
 from swapyard.process.registry import EngineRegistry
 from swapyard.process.state import EngineState
 from swapyard.reload import ConfigDiff, diff
-from swapyard.resources.devices import RAM_SHARE, memory_budget, nvml_usage, ram_bytes
+from swapyard.resources.devices import RAM_SHARE, gpu_usage, memory_budget, ram_bytes
 from swapyard.resources.measure import group_gpu_memory, group_rss
-from swapyard.resources.needs import MemoryFigures, initial_figures
 from swapyard.resources.store import MeasuredStore
 from swapyard.scheduler.core import Effects, ModelTerms, Scheduler
 from swapyard.surface import (
@@ -65,10 +66,12 @@ from swapyard.surface import (
 )
 
 log = logging.getLogger("swapyard.router")
+S = EngineState
 
 
 REAP_INTERVAL = 5.0  # seconds between sweeps for re-parented helpers that exited
 MEASURE_AFTER_READY = 0.5  # seconds: let the engine settle (warm-up) before measuring
+REFRESH_INTERVAL = 5.0  # seconds between readings of the GPUs when nothing else asks
 
 
 def scheduler_for(
@@ -99,14 +102,14 @@ def host_budget(config: Config) -> int:
 def model_terms(m: ModelSpec, need: int | None) -> ModelTerms:
     """What the scheduler knows of one model. A remote engine holds no memory here;
     one with a fast swap keeps part of its need while asleep (the adapter's share,
-    unless ``sleep_memory``/``host_memory`` say)."""
+    unless ``sleep_memory``/``host_memory`` say; never more than its need)."""
     if m.remote:
         need = 0
     sleep_need, host_need = None, 0
     fast = m.adapter.fast(m.fields) if m.fields is not None else None
     if fast is not None:
         base = need or 0
-        sleep_need = m.sleep_memory if m.sleep_memory is not None else int(base * fast.gpu_left)
+        sleep_need = m.sleep_memory if m.sleep_memory is not None else min(base, fast.gpu_kept)
         host_need = m.host_memory if m.host_memory is not None else int(base * fast.host_held)
     return ModelTerms(
         ttl=m.ttl, need=need, count=m.gpus, pinned=m.pin, priority=m.priority,
@@ -165,15 +168,15 @@ class Router:
             log.warning("another swapyard uses %s: engines will not be adopted after a "
                         "restart of this one", state_dir)  # fmt: skip
         self._ports = PortAllocator()
-        self._memory: dict[str, MemoryFigures] = {}
         self._engines: dict[str, EngineProcess] = {}
-        for spec in config.models.values():
-            self._add_model(spec)
         budget, self._cuda = memory_budget(config)
+        self._book = MemoryBook(config, store, self._cuda)
+        for spec in config.models.values():
+            self._add_engine(spec)
         self._inbox: asyncio.Queue[Message] = asyncio.Queue()
         self._bg: set[asyncio.Task[Any]] = set()
         self._fx = RouterEffects(self._engines, bus, self._inbox.put_nowait, self._spawn,
-                                 self._cuda)  # fmt: skip
+                                 self._cuda, self._book.share_args)  # fmt: skip
         self._scheduler = scheduler_for(config, self._fx, self._needs(), budget)
         self._ids = itertools.count(1)
         self._task: asyncio.Task[None] | None = None
@@ -185,16 +188,17 @@ class Router:
         bus.add_listener(self._on_event)
 
     def _add_model(self, spec: ModelSpec) -> None:
-        self._memory[spec.id] = initial_figures(spec, self._store)
+        self._book.add(spec)
+        self._add_engine(spec)
+
+    def _add_engine(self, spec: ModelSpec) -> None:
         self._engines[spec.id] = EngineProcess(
             spec, self.bus, self._ports, self._http, workdir=self._workdir,
             registry=self._registry,
         )  # fmt: skip
 
     def _needs(self) -> dict[str, int | None]:
-        if self.config.scheduler.learn_memory:
-            return {mid: f.scheduled for mid, f in self._memory.items()}
-        return {mid: f.declared or f.estimated for mid, f in self._memory.items()}
+        return self._book.needs(self.config.scheduler.learn_memory)
 
     # -- lifecycle ------------------------------------------------------------------
     def run(self) -> None:
@@ -203,6 +207,13 @@ class Router:
         self._task = asyncio.create_task(self._run(), name="router")
         if is_subreaper():  # `swapyard serve`, not a process that embeds the router
             self._spawn(self._reap_orphans())
+        if self._cuda:
+            self._spawn(self._refresh_gpus())
+
+    async def _refresh_gpus(self) -> None:
+        while True:
+            await asyncio.sleep(REFRESH_INTERVAL)
+            self._inbox.put_nowait(Refresh())
 
     def _engine_pids(self) -> list[int]:
         return [p for e in self._engines.values() if (p := e.pid) is not None]
@@ -297,15 +308,19 @@ class Router:
         # Removed by an earlier reload and added back before its engine stopped: the
         # same actor goes on, with the new spec from its next start.
         revived = [mid for mid in d.added if mid in self._retiring]
+        self._book.reconfigure(new, memory_budget(new)[1])
         for mid in d.added:
             if mid in revived:
                 self._retiring.discard(mid)
                 self._engines[mid].respec(new.models[mid], restart=True)
+                self._book.add(new.models[mid])
                 continue
             self._add_model(new.models[mid])
             self._engines[mid].run()
         for mid in (*d.changed, *d.unchanged):
             self._engines[mid].respec(new.models[mid], restart=mid in d.changed)
+            if mid in d.changed:  # its figures belong to its old command
+                self._book.add(new.models[mid])
         self._retiring.update(d.removed)
         old_preload = set(self.config.preload)
         self.config = new
@@ -334,7 +349,7 @@ class Router:
             return
         self._retiring.discard(model)
         del self._engines[model]
-        self._memory.pop(model, None)
+        self._book.drop(model)
         self._spawn(engine.close())
 
     # -- the API handlers' side ---------------------------------------------------------
@@ -402,22 +417,36 @@ class Router:
 
     def device_usage(self) -> dict[str, tuple[int, int]]:
         """(used, total) bytes per GPU as NVML reports them; {} without GPUs."""
-        return nvml_usage() if self._cuda else {}
+        return gpu_usage() if self._cuda else {}
 
     def _publish(self) -> None:
         """Freeze what the scheduler holds now (the router's task only)."""
         sched = self._scheduler
         models = {}
-        for mid, fig in self._memory.items():
+        for mid, fig in self._book.figures.items():
             if not sched.knows(mid):
                 continue
-            mem = MemorySnapshot(fig.declared, fig.estimated, fig.measured, sched.need(mid))
+            mem = MemorySnapshot(
+                fig.declared, fig.estimated, fig.measured, sched.need(mid), fig.asleep,
+                sched.sleep_need(mid),
+            )  # fmt: skip
             models[mid] = _Held(
                 sched.state(mid), sched.inflight(mid), sched.queued(mid), sched.devices(mid),
                 mem, sched.pinned(mid), sched.idle_since(mid),
             )  # fmt: skip
         budget, used = sched.budget(), sched.used()
-        devices = {d: DeviceSnapshot(d, budget[d], used[d]) for d in budget}
+        foreign, held = sched.foreign(), self._book.devices
+        devices = {
+            d: DeviceSnapshot(
+                d,
+                budget[d],
+                used[d],
+                foreign[d],
+                held[d].total if d in held else None,
+                tuple(h.as_json() for h in held[d].holders) if d in held else (),
+            )
+            for d in budget
+        }
         self._view = _Published(
             models, devices, sched.host_used(), sched.queue_ids(), sched.queue_full()
         )
@@ -467,34 +496,48 @@ class Router:
                 return max(gpu.values())
         return group_rss(pgid)
 
-    async def _measure(self, model: str, pgid: int) -> None:
-        """What the engine's process group really holds, once it has settled; the
-        figure goes to the router's task as a message."""
+    async def _measure(self, model: str, pgid: int, asleep: bool = False) -> None:
+        """What the engine's process group really holds, once it has settled (ready,
+        or asleep); the figure goes to the router's task as a message."""
         await asyncio.sleep(MEASURE_AFTER_READY)
-        view = self._engines[model].view()
-        if view.pid != pgid or view.state is not EngineState.READY:
+        engine = self._engines.get(model)
+        want = EngineState.SLEEPING if asleep else EngineState.READY
+        if engine is None or engine.view().pid != pgid or engine.view().state is not want:
             return
         nbytes = await asyncio.to_thread(self._used_by, pgid)
         if nbytes > 0:
-            self._inbox.put_nowait(Measured(model, nbytes))
+            self._inbox.put_nowait(Measured(model, nbytes, asleep))
 
-    def _on_measured(self, model: str, nbytes: int, now: float) -> None:
-        figures = self._memory[model]
-        figures.measured = nbytes
-        if self._store is not None:
-            self._store.put(self.config.models[model], nbytes)
-        if (
-            self.config.scheduler.learn_memory
-            and figures.declared is None
-            and figures.estimated is None
-        ):
+    def _on_measured(self, model: str, nbytes: int, asleep: bool, now: float) -> None:
+        """Measured beats estimated (declared stays authoritative), asleep too."""
+        spec = self.config.models.get(model)
+        if spec is None or not self._scheduler.knows(model):
+            return
+        self._book.measured(spec, nbytes, asleep)
+        if not self.config.scheduler.learn_memory:
+            return
+        if asleep:
+            if spec.sleep_memory is None:
+                self._scheduler.learned_sleep_need(model, nbytes, now)
+        elif self._book.figures[model].declared is None:
             self._scheduler.learned_need(model, nbytes, now)
+
+    def _refresh_foreign(self, now: float) -> None:
+        """Read the GPUs and tell the scheduler what other processes hold (before
+        a placement, after a state change, and every few seconds)."""
+        if not self._cuda:
+            return
+        ours = {v.pid: mid for mid, e in self._engines.items() if (v := e.view()).pid is not None}
+        foreign = self._book.read(ours, self._scheduler.used())
+        self._scheduler.set_foreign(foreign, now)
 
     def _on_event(self, event: Event) -> None:
         if isinstance(event, EngineStateChanged):
             self._inbox.put_nowait(event)
             if event.new is EngineState.READY and event.pid is not None:
                 self._spawn(self._measure(event.model, event.pid))
+            if event.new is EngineState.SLEEPING and event.pid is not None and self._cuda:
+                self._spawn(self._measure(event.model, event.pid, asleep=True))
             for model, until, fut in self._state_waiters:
                 if model == event.model and event.new in until and not fut.done():
                     fut.set_result(None)
@@ -511,21 +554,27 @@ class Router:
                 match msg:
                     case Arrive(rid, model):
                         if self._fx.expects(rid):
+                            if sched.knows(model) and sched.state(model) is not S.READY:
+                                self._refresh_foreign(now)  # it may be placed now
                             sched.request_arrived(rid, model, now)
                     case Leave(rid):
                         sched.request_done(rid, now)
                     case Idle(model, token):
                         sched.idle_timeout(model, token, now)
                     case Tick():
+                        self._refresh_foreign(now)
                         sched.tick(now)
+                    case Refresh():
+                        self._refresh_foreign(now)
                     case Load(model):
+                        self._refresh_foreign(now)
                         sched.load(model, now)
                     case Unload(model):
                         sched.unload(model, now)
                     case Pin(model, pinned):
                         sched.set_pinned(model, pinned, now)
-                    case Measured(model, nbytes):
-                        self._on_measured(model, nbytes, now)
+                    case Measured(model, nbytes, asleep):
+                        self._on_measured(model, nbytes, asleep, now)
                     case Reload(config, reply):
                         try:
                             reply.set_result(self._reload(config, now))
@@ -534,6 +583,12 @@ class Router:
                             raise
                     case EngineStateChanged(model=model, new=new, error=error):
                         if sched.knows(model):
+                            if new in (S.STOPPED, S.SLEEPING, S.BACKOFF, S.FAILED):
+                                self._refresh_foreign(now)
+                            if error is not None:  # an out-of-memory start: who holds it
+                                error = self._book.explain(
+                                    model, error, sched.devices(model), sched.need(model)
+                                )
                             sched.engine_state(model, new, error, now)
                         if model in self._retiring:
                             self._forget_if_gone(model)

@@ -40,19 +40,40 @@ class Lease:
 @dataclass(frozen=True, slots=True)
 class MemorySnapshot:
     """One model's memory figures, in bytes; ``scheduled`` is what the scheduler
-    places it with (declared, else estimated, else learned)."""
+    places it with (declared, else measured, else estimated); ``asleep`` is what
+    it keeps on its devices asleep (``asleep_measured`` once seen)."""
 
     declared: int | None = None
     estimated: int | None = None
     measured: int | None = None
     scheduled: int | None = None
+    asleep_measured: int | None = None
+    asleep: int | None = None
 
-    def as_dict(self) -> dict[str, int | None]:
+    @property
+    def source(self) -> str | None:
+        """Which figure ``scheduled`` is."""
+        for name in ("declared", "measured", "estimated"):
+            if getattr(self, name) is not None:
+                return name
+        return "learned" if self.scheduled is not None else None
+
+    @property
+    def over_declared(self) -> bool:
+        """Measured above the declared figure (shown; the declared one is used)."""
+        m, d = self.measured, self.declared
+        return m is not None and d is not None and m > d
+
+    def as_dict(self) -> dict[str, int | str | bool | None]:
         return {
             "declared": self.declared,
             "estimated": self.estimated,
             "measured": self.measured,
             "scheduled": self.scheduled,
+            "source": self.source,
+            "over_declared": self.over_declared,
+            "asleep": self.asleep,
+            "asleep_measured": self.asleep_measured,
         }
 
 
@@ -87,6 +108,7 @@ class EngineView:
     loading_since: float | None = None  # monotonic start of the current start or wake
     waking: bool = False  # starting by a fast swap in
     progress: tuple[float | None, str] | None = None  # what the engine reported
+    engine_args: tuple[str, ...] = ()  # what swapyard added to its command (its share)
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,6 +139,7 @@ class ModelSnapshot:
             "last_error": e.last_error.as_json() if e.last_error is not None else None,
             "fast_swap": e.fast_swap,
             "progress": e.progress,
+            "engine_args": list(e.engine_args),
             "devices": list(self.devices),
             "memory": self.memory.as_dict(),
             "pinned": self.pinned,
@@ -128,15 +151,20 @@ class ModelSnapshot:
 
 @dataclass(frozen=True, slots=True)
 class DeviceSnapshot:
-    """One device's memory budget and what swapyard's models hold of it."""
+    """One device's memory budget, what swapyard's models hold of it, and what
+    processes swapyard did not start hold (``foreign``; GPUs only, with the
+    device's ``total`` and its ``holders`` as last read)."""
 
     id: str
     budget: int
     used: int
+    foreign: int = 0
+    total: int | None = None
+    holders: tuple[dict[str, object], ...] = ()
 
     @property
     def free(self) -> int:
-        return self.budget - self.used
+        return self.budget - self.used - self.foreign
 
 
 @dataclass(frozen=True, slots=True)

@@ -43,12 +43,23 @@ def _model_of(request: web.Request) -> str:
 
 
 async def resident(request: web.Request) -> web.Response:
-    """The resident set: each model's state, placement, memory and last failure
-    (code, message and its last log lines); each device's budget, use and room."""
+    """The resident set: each model's state, placement, memory, the arguments
+    swapyard added to its command (its memory share) and last failure (code,
+    message and its last log lines); each device's budget, what swapyard's models
+    hold, what other processes hold (``foreign``) and room; on GPUs the total and
+    the processes holding memory as last read."""
     state = request.app[STATE]
     snap = state.router.snapshot()
     devices = {
-        d.id: {"budget": d.budget, "used": d.used, "free": d.free} for d in snap.devices.values()
+        d.id: {
+            "budget": d.budget,
+            "used": d.used,
+            "foreign": d.foreign,
+            "free": d.free,
+            "total": d.total,
+            "holders": list(d.holders),
+        }
+        for d in snap.devices.values()
     }
     models = {}
     now = time.monotonic()

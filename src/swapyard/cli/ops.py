@@ -28,13 +28,15 @@ def ps_rows(doc: dict[str, Any]) -> list[list[str]]:
         mem = m["memory"]
         est, meas = fmt_bytes(mem.get("estimated")), fmt_bytes(mem.get("measured"))
         state = m["state"] + (" (pinned)" if m["pinned"] else "")
+        if m.get("state") == "sleeping" and mem.get("asleep") is not None:
+            state += f" (keeps {fmt_bytes(mem['asleep'])})"
         if m.get("progress") and m["state"] == "starting":
             frac, what = m["progress"]
             state += f" {what}" + (f" {frac:.0%}" if frac is not None else "")
         rows.append([
             mid, m.get("engine", "-"), state, fmt_bytes(mem.get("scheduled")), est, meas,
             ",".join(m["devices"]) or "-", fmt_secs(m.get("idle_s")), str(m["in_flight"]),
-            str(m["queued"]), str(m.get("pid") or "-"),
+            str(m["queued"]), str(m.get("pid") or "-"), " ".join(m.get("engine_args") or ()) or "-",
         ])  # fmt: skip
     return rows
 
@@ -44,7 +46,8 @@ def ps_rows(doc: dict[str, Any]) -> list[list[str]]:
 @click.option("--json", "as_json", is_flag=True, help="Print the raw JSON.")
 def ps(url: str | None, as_json: bool) -> None:
     """Models: state, memory (scheduled, estimated, measured), devices, idle time,
-    requests in flight and queued."""
+    requests in flight and queued, the share swapyard told the engine; devices:
+    budget, what swapyard's models hold, what other processes hold, free."""
     try:
         doc = _client(url).get("/api/models")
     except ClientError as err:
@@ -53,11 +56,16 @@ def ps(url: str | None, as_json: bool) -> None:
         click.echo(json.dumps(doc, indent=2))
         return
     headers = ["MODEL", "ENGINE", "STATE", "MEMORY", "ESTIMATED", "MEASURED", "DEVICES",
-               "IDLE", "IN-FLIGHT", "QUEUED", "PID"]  # fmt: skip
+               "IDLE", "IN-FLIGHT", "QUEUED", "PID", "CHOSEN"]  # fmt: skip
     click.echo(table(headers, ps_rows(doc)))
-    devs = [[d, fmt_bytes(v["budget"]), fmt_bytes(v["used"]), fmt_bytes(v["free"])]
-            for d, v in doc["devices"].items()]  # fmt: skip
-    click.echo("\n" + table(["DEVICE", "BUDGET", "USED", "FREE"], devs))
+    devs = [[d, fmt_bytes(v["budget"]), fmt_bytes(v["used"]), fmt_bytes(v.get("foreign", 0)),
+             fmt_bytes(v["free"])] for d, v in doc["devices"].items()]  # fmt: skip
+    click.echo("\n" + table(["DEVICE", "BUDGET", "USED", "OTHERS", "FREE"], devs))
+    for d, v in doc["devices"].items():
+        others = [h for h in v.get("holders") or () if not h.get("model")]
+        for h in others:
+            click.echo(f"  {d}: pid {h['pid']} ({h['name']}) holds {fmt_bytes(h['used'])}, "
+                       "not started by swapyard")  # fmt: skip
 
 
 def _bar(fraction: float | None, width: int = 24) -> str:

@@ -119,6 +119,7 @@ def build_model(
         cmd_shown=cmd_shown,
         cmd_stop_shown=cmd_stop_shown,
         timeouts=_timeouts(m, timeouts),
+        share=launch.share,
     )
 
 

@@ -11,7 +11,7 @@ from types import MappingProxyType
 from typing import Literal
 
 from swapyard.engines import Adapter, EngineFields, adapter
-from swapyard.engines.base import EngineKind, Launch
+from swapyard.engines.base import EngineKind, Launch, MemoryShare
 
 LoadingStatus = Literal["reasoning", "content", "off"]
 Policy = Literal["fifo", "batch"]
@@ -191,6 +191,8 @@ class ModelSpec:
     cmd_shown: tuple[str, ...] | None = None
     cmd_stop_shown: tuple[str, ...] | None = None
     env_drop: frozenset[str] = frozenset()
+    # Issue 12. An engine that takes a share of the device at start-up (vLLM, SGLang).
+    share: MemoryShare | None = None
 
     @property
     def cmd_display(self) -> str:

@@ -10,7 +10,8 @@ process, the state or the scheduler.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Callable, Mapping
+import re
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Literal, Protocol
@@ -51,6 +52,23 @@ class EngineFields:
 
 
 @dataclass(frozen=True, slots=True)
+class MemoryShare:
+    """How an engine that takes a share of the device's total memory at start-up
+    (and fills it with KV cache) is told that share. swapyard passes ``flag`` with
+    the share of the need it placed, unless the user ``declared`` one (config or
+    ``extra_args``), which is then passed as written and sets the need.
+
+    ``of_device``: the engine counts what every process holds against its share
+    (SGLang's ``--mem-fraction-static``: its KV pool is what is free after its
+    weights, less ``(1 - share) x total``), so the share is ``(held now + need) /
+    total``; else (vLLM's ``--gpu-memory-utilization``) it is ``need / total``."""
+
+    flag: str
+    of_device: bool = False
+    declared: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Launch:
     """What the config needs to run and reach one engine. ``cmd`` and ``proxy`` may
     hold ``${PORT}``; an empty ``cmd`` means a remote engine with no process."""
@@ -63,6 +81,7 @@ class Launch:
     env: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
     upstream_model: str | None = None  # the name the engine knows the model by
     stream_usage: bool = False  # honours stream_options.include_usage
+    share: MemoryShare | None = None  # pre-allocates a share of the device's memory
 
 
 class FastSwapFailed(Exception):
@@ -143,7 +162,7 @@ class FastSwap(Protocol):
     stays; ``sleep`` frees (most of) its GPU memory, ``wake`` brings it back."""
 
     mode: str  # shown in logs and metrics: "sleep", "memory-saver", "unload", ...
-    gpu_left: float  # share of the model's need still held on its GPUs while asleep
+    gpu_kept: int  # bytes still held on each of its GPUs while asleep (CUDA context...)
     host_held: float  # share of the need held in host RAM while asleep
 
     async def sleep(self, ctl: Control) -> None: ...
@@ -193,6 +212,43 @@ class BaseAdapter:
 
     def log_progress(self, line: str) -> tuple[float | None, str] | None:
         return None
+
+
+# What engines print when a start fails for lack of GPU memory (the last lines of
+# their output): CUDA's and PyTorch's out-of-memory errors (every engine), vLLM's
+# free-memory check and cache-block sizing, SGLang's static-memory check,
+# llama.cpp's failed buffer allocation, ExLlama/TabbyAPI's VRAM messages.
+_OUT_OF_MEMORY = re.compile(
+    r"out of memory|OutOfMemoryError|is less than desired GPU memory utilization"
+    r"|No available memory for the cache blocks|Not enough memory\. Please try to increase"
+    r"|failed to allocate \S*CUDA\S* buffer|insufficient (?:VRAM|GPU memory)",
+    re.IGNORECASE,
+)
+
+
+def out_of_memory_line(lines: Sequence[str]) -> str | None:
+    """The line of an engine's last output that says it ran out of GPU memory."""
+    for line in reversed(lines):
+        if _OUT_OF_MEMORY.search(line):
+            return line.strip()
+    return None
+
+
+def declared_share(f: EngineFields, name: str) -> float | None:
+    """The share the user gave: ``gpu_memory_fraction``, else ``name`` in ``extra_args``."""
+    if f.gpu_memory_fraction is not None:
+        return f.gpu_memory_fraction
+    args = f.extra_args
+    for i, arg in enumerate(args):
+        value = args[i + 1] if arg == name and i + 1 < len(args) else None
+        if arg.startswith(name + "="):
+            value = arg.split("=", 1)[1]
+        if value is not None:
+            try:
+                return float(value)
+            except ValueError:
+                return None
+    return None
 
 
 def flag(args: list[str], name: str, value: object) -> None:

@@ -31,7 +31,7 @@ async def _load(ctl: Control, progress: ProgressFn) -> None:
 
 class OllamaKeepAlive:
     mode = "keep-alive"
-    gpu_left = 0.0
+    gpu_kept = 0
     host_held = 0.0
 
     async def sleep(self, ctl: Control) -> None:

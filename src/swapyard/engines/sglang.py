@@ -17,16 +17,20 @@ from swapyard.engines.base import (
     FastSwap,
     FastSwapFailed,
     Launch,
+    MemoryShare,
     ProgressFn,
+    declared_share,
     flag,
 )
+
+SHARE_FLAG = "--mem-fraction-static"
 
 RETRY_AFTER = 0.5
 
 
 class SglangMemorySaver:
     mode = "memory-saver"
-    gpu_left = 0.1
+    gpu_kept = 2**30  # CUDA context and graphs; measured after each release
     host_held = 1.0  # the weights' CPU backup
 
     async def sleep(self, ctl: Control) -> None:
@@ -55,11 +59,12 @@ class Sglang(BaseAdapter):
         flag(args, "--quantization", f.quantization)
         if f.tensor_parallel > 1:
             flag(args, "--tp-size", f.tensor_parallel)
-        flag(args, "--mem-fraction-static", f.gpu_memory_fraction)
+        flag(args, SHARE_FLAG, f.gpu_memory_fraction)
         if f.fast_swap:
             # Without the CPU backup, released weights would come back as garbage.
             args += ["--enable-memory-saver", "--enable-weights-cpu-backup"]
-        return Launch(tuple(args + list(f.extra_args)), stream_usage=True)
+        share = MemoryShare(SHARE_FLAG, of_device=True, declared=declared_share(f, SHARE_FLAG))
+        return Launch(tuple(args + list(f.extra_args)), stream_usage=True, share=share)
 
     def fast(self, f: EngineFields) -> FastSwap | None:
         return SglangMemorySaver() if f.fast_swap else None

@@ -26,12 +26,19 @@ from urllib.parse import quote
 import aiohttp
 
 from swapyard.config import ModelSpec, render
-from swapyard.engines.base import Control, FastSwap, FastSwapFailed, ProgressFn
+from swapyard.engines.base import (
+    Control,
+    FastSwap,
+    FastSwapFailed,
+    ProgressFn,
+    out_of_memory_line,
+)
 from swapyard.errors import (
     EngineBackoff,
     EngineCrashed,
     EngineExitedEarly,
     EngineFailed,
+    EngineOutOfMemory,
     EngineStartError,
     EngineStartTimeout,
     EngineStopped,
@@ -131,6 +138,7 @@ class EngineProcess:
         self._port: str = ""
         self._devices: tuple[str, ...] = ()
         self._env: dict[str, str] = {}  # the last start's extra variables (its placement)
+        self._args: tuple[str, ...] = ()  # the last start's extra arguments (its share)
         self._start_waiters: list[asyncio.Future[None]] = []
         self._stop_waiters: list[asyncio.Future[None]] = []
         self._restart_after_stop: list[tuple[asyncio.Future[None], Start]] = []
@@ -192,6 +200,7 @@ class EngineProcess:
             loading_since=self.started_at,
             waking=self._state is S.WAKING,
             progress=self.progress,
+            engine_args=self._args,
         )
 
     # -- commands ------------------------------------------------------------------
@@ -201,11 +210,14 @@ class EngineProcess:
             self._actor = asyncio.create_task(self._run(), name=f"engine:{self.spec.id}")
 
     async def start(
-        self, env: Mapping[str, str] | None = None, devices: tuple[str, ...] = ()
+        self,
+        env: Mapping[str, str] | None = None,
+        devices: tuple[str, ...] = (),
+        args: tuple[str, ...] = (),
     ) -> None:
         """Start (or join the start of, or wake) the engine; ``env`` adds variables
         for this start (e.g. ``CUDA_VISIBLE_DEVICES`` for its ``devices``)."""
-        await self._ask(lambda f: Start(f, dict(env or {}), devices))
+        await self._ask(lambda f: Start(f, dict(env or {}), devices, args))
 
     async def stop(self, sleep: bool = False) -> None:
         """Stop the engine; with ``sleep``, put it to sleep instead if it has a fast
@@ -340,7 +352,7 @@ class EngineProcess:
             fail(reply, self._failure)
         else:
             self._start_waiters.append(reply)
-            await self._spawn(msg.env, msg.devices)
+            await self._spawn(msg.env, msg.devices, msg.args)
 
     def _on_stop(self, reply: asyncio.Future[None], sleep: bool = False) -> None:
         if self._state in GONE or (sleep and self._state is S.SLEEPING):
@@ -473,7 +485,8 @@ class EngineProcess:
             return
         self.logs.append(f"[swapyard] fast swap in failed: {error}; restarting cold")
         waiters, self._start_waiters = self._start_waiters, []
-        self._restart_after_stop += [(w, Start(w, self._env, self._devices)) for w in waiters]
+        again = [(w, Start(w, self._env, self._devices, self._args)) for w in waiters]
+        self._restart_after_stop += again
         self._begin_stop()
 
     def _became_ready(self) -> None:
@@ -491,14 +504,16 @@ class EngineProcess:
             self._inbox.put_nowait(Progress(self._gen, *found))
 
     # -- the child process ------------------------------------------------------------
-    async def _spawn(self, extra_env: dict[str, str], devices: tuple[str, ...]) -> None:
+    async def _spawn(
+        self, extra_env: dict[str, str], devices: tuple[str, ...], args: tuple[str, ...] = ()
+    ) -> None:
         """Spawn the child, then enter ``starting`` (with its pid). A start that
         cannot even spawn (port taken, command missing) fails from ``stopped``."""
         self._gen += 1
         gen = self._gen
         self._failure = None
         self._pending_failure = None
-        self._devices, self._env = devices, extra_env
+        self._devices, self._env, self._args = devices, extra_env, args
         self.started_at = time.monotonic()
         self.progress = None
         spec = self.spec
@@ -516,8 +531,9 @@ class EngineProcess:
         if taken is not None:
             self._fail_start(taken)
             return
-        argv = [render(a, {"PORT": self._port}) for a in spec.cmd]
-        self.logs.append(f"[swapyard] starting: {render(spec.cmd_display, {'PORT': self._port})}")
+        argv = [render(a, {"PORT": self._port}) for a in spec.cmd] + list(args)
+        shown = render(spec.cmd_display, {"PORT": self._port})
+        self.logs.append(f"[swapyard] starting: {' '.join([shown, *args])}")
         env = {k: render(v, {"PORT": self._port}) for k, v in spec.env.items()}
         try:
             out = self._output.open_for_engine()
@@ -587,13 +603,12 @@ class EngineProcess:
         state = self._state
         code = "unknown" if rc is None else str(rc)
         if state in LOADING:
-            self._fail_start(
-                EngineExitedEarly(
-                    self.spec.id,
-                    f"the process exited with code {code} before it became ready",
-                    self.logs.tail(LOG_TAIL_IN_ERRORS),
-                )
-            )
+            tail = self.logs.tail(LOG_TAIL_IN_ERRORS)
+            reason = f"the process exited with code {code} before it became ready"
+            if (line := out_of_memory_line(tail)) is not None:
+                self._fail_start(EngineOutOfMemory(self.spec.id, f"{reason}: {line}", tail))
+            else:
+                self._fail_start(EngineExitedEarly(self.spec.id, reason, tail))
         elif state in (S.READY, S.SLEEPING) and rc == 0:
             self._gone(S.STOPPED, reason="exited", exit_code=0)  # not a failure
         elif state in (S.READY, S.SLEEPING):

@@ -18,6 +18,7 @@ class Start:
     reply: asyncio.Future[None]
     env: dict[str, str]
     devices: tuple[str, ...] = ()
+    args: tuple[str, ...] = ()  # appended to its command (the memory share swapyard chose)
 
 
 @dataclass(frozen=True, slots=True)

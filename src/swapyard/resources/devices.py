@@ -1,60 +1,32 @@
 """The memory swapyard may use, per device: declared in the config, else the GPUs
-NVML reports (``nvidia-ml-py``, optional), else the machine's RAM as one device."""
+NVML reports (``nvidia-ml-py``, optional) or the simulated GPU, else the machine's
+RAM as one device. The budget is the device less a reserve; what other processes
+hold is subtracted before each placement (``swapyard.router``), not here."""
 
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 from swapyard.config import Config
+from swapyard.resources.gpu import reader
 
 log = logging.getLogger("swapyard.devices")
 GPU_RESERVE = 512 * 2**20  # CUDA context and driver per GPU, when not declared
 RAM_SHARE = 0.9
 
 
-def nvml_gpus() -> dict[str, int] | None:
-    """CUDA index → total memory of each GPU, or None without NVML or GPUs."""
-    try:
-        import pynvml
-    except ImportError:
+def gpu_totals() -> dict[str, int] | None:
+    """CUDA index → total memory of each GPU (NVML or the simulated GPU), or None."""
+    r = reader()
+    if r is None:
         return None
-    nvml: Any = pynvml
-    try:
-        nvml.nvmlInit()
-    except nvml.NVMLError as exc:
-        log.info("NVML is installed but not usable (%s): using RAM", exc)
-        return None
-    try:
-        count = nvml.nvmlDeviceGetCount()
-        gpus = {
-            str(i): int(nvml.nvmlDeviceGetMemoryInfo(nvml.nvmlDeviceGetHandleByIndex(i)).total)
-            for i in range(count)
-        }
-    finally:
-        nvml.nvmlShutdown()
-    return gpus or None
+    return {i: g.total for i, g in r.read().items()} or None
 
 
-def nvml_usage() -> dict[str, tuple[int, int]]:
-    """CUDA index → (used, total) bytes as NVML reports them now; {} without NVML."""
-    try:
-        import pynvml
-    except ImportError:
-        return {}
-    nvml: Any = pynvml
-    try:
-        nvml.nvmlInit()
-    except nvml.NVMLError:
-        return {}
-    try:
-        out = {}
-        for i in range(nvml.nvmlDeviceGetCount()):
-            info = nvml.nvmlDeviceGetMemoryInfo(nvml.nvmlDeviceGetHandleByIndex(i))
-            out[str(i)] = (int(info.used), int(info.total))
-        return out
-    finally:
-        nvml.nvmlShutdown()
+def gpu_usage() -> dict[str, tuple[int, int]]:
+    """CUDA index → (used, total) bytes now; {} without a GPU."""
+    r = reader()
+    return {i: (g.used, g.total) for i, g in r.read().items()} if r is not None else {}
 
 
 def ram_bytes() -> int:
@@ -71,7 +43,7 @@ def memory_budget(config: Config) -> tuple[dict[str, int], bool]:
     if config.devices:
         budget = {d.id: d.budget for d in config.devices}
         return budget, all(d.isdigit() for d in budget)
-    gpus = nvml_gpus()
+    gpus = gpu_totals()
     if gpus:
         return {i: total - GPU_RESERVE for i, total in gpus.items()}, True
     return {"ram": int(ram_bytes() * RAM_SHARE)}, False

@@ -95,6 +95,15 @@ def estimate(info: GGUFInfo, context: int | None = None, parallel: int = 4) -> E
     return Estimate(info.file_size - info.data_offset, kv, buffers, n_ctx)
 
 
+def parallel(argv: tuple[str, ...], launcher: bool = False) -> int:
+    """The slots a llama.cpp-style command runs (``-np``): llama-server's default is
+    4, the xllamacpp launcher's 1."""
+    for i, arg in enumerate(argv[:-1]):
+        if arg in ("-np", "--parallel") and argv[i + 1].isdigit():
+            return max(1, int(argv[i + 1]))
+    return 1 if launcher else 4
+
+
 def model_file_and_context(argv: tuple[str, ...]) -> tuple[str | None, int | None]:
     """The ``-m/--model`` GGUF and ``-c/--ctx-size`` of a llama.cpp-style command."""
     model: str | None = None

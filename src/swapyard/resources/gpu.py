@@ -104,10 +104,13 @@ class NvmlReader:
                 handle = nvml.nvmlDeviceGetHandleByIndex(i)
                 info = nvml.nvmlDeviceGetMemoryInfo(handle)
                 procs: dict[int, int] = {}
-                for get in (
-                    nvml.nvmlDeviceGetComputeRunningProcesses,
-                    nvml.nvmlDeviceGetGraphicsRunningProcesses,
+                for name in (
+                    "nvmlDeviceGetComputeRunningProcesses",
+                    "nvmlDeviceGetGraphicsRunningProcesses",
                 ):
+                    get = getattr(nvml, name, None)
+                    if get is None:
+                        continue
                     with contextlib.suppress(nvml.NVMLError):
                         for p in get(handle):
                             procs[p.pid] = max(procs.get(p.pid, 0), int(p.usedGpuMemory or 0))
@@ -199,6 +202,12 @@ def _readings(doc: Mapping[str, Any]) -> dict[str, GpuReading]:
 
 _READER: GpuReader | None = None
 _READER_KEY: str | None = None
+
+
+def reset_reader() -> None:
+    """Forget the reader (tests that swap NVML or the simulated GPU)."""
+    global _READER, _READER_KEY
+    _READER, _READER_KEY = None, None
 
 
 def reader() -> GpuReader | None:

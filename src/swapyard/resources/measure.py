@@ -1,11 +1,12 @@
 """What a running engine really uses: GPU memory of its process group per device
-(NVML), or the resident memory of its process group (CPU engines)."""
+(NVML, or the simulated GPU), or the resident memory of its process group (CPU engines)."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+
+from swapyard.resources.gpu import reader
 
 _PAGE = os.sysconf("SC_PAGE_SIZE")
 
@@ -37,29 +38,15 @@ def group_rss(pgid: int) -> int:
 
 
 def group_gpu_memory(pgid: int) -> dict[str, int] | None:
-    """GPU memory the group's processes hold, per CUDA index (NVML), or None when
-    NVML is missing or the group holds none."""
-    try:
-        import pynvml
-    except ImportError:
+    """GPU memory the group's processes hold, per CUDA index (NVML or the simulated
+    GPU), or None without a GPU or when the group holds none."""
+    r = reader()
+    if r is None:
         return None
-    nvml: Any = pynvml
     pids = set(group_pids(pgid))
-    try:
-        nvml.nvmlInit()
-    except nvml.NVMLError:
-        return None
-    try:
-        out = {}
-        for i in range(nvml.nvmlDeviceGetCount()):
-            handle = nvml.nvmlDeviceGetHandleByIndex(i)
-            used = sum(
-                p.usedGpuMemory or 0
-                for p in nvml.nvmlDeviceGetComputeRunningProcesses(handle)
-                if p.pid in pids
-            )
-            if used:
-                out[str(i)] = int(used)
-    finally:
-        nvml.nvmlShutdown()
+    out = {}
+    for index, g in r.read().items():
+        used = sum(p.used for p in g.processes if p.pid in pids)
+        if used:
+            out[index] = used
     return out or None

@@ -27,14 +27,20 @@ class MeasuredStore:
         with contextlib.suppress(OSError, ValueError):
             self._data = json.loads(path.read_text())
 
-    def get(self, spec: ModelSpec) -> int | None:
+    def get(self, spec: ModelSpec, asleep: bool = False) -> int | None:
+        """The figure measured while serving (``asleep``: while asleep)."""
         entry = self._data.get(spec.id)
-        if entry and entry.get("key") == spec_key(spec):
-            return int(entry["bytes"])
+        name = "asleep" if asleep else "bytes"
+        if entry and entry.get("key") == spec_key(spec) and entry.get(name) is not None:
+            return int(entry[name])
         return None
 
-    def put(self, spec: ModelSpec, nbytes: int) -> None:
-        self._data[spec.id] = {"bytes": nbytes, "key": spec_key(spec), "at": time.time()}
+    def put(self, spec: ModelSpec, nbytes: int, asleep: bool = False) -> None:
+        entry = self._data.get(spec.id)
+        if not entry or entry.get("key") != spec_key(spec):
+            entry = self._data[spec.id] = {"key": spec_key(spec)}
+        entry["asleep" if asleep else "bytes"] = nbytes
+        entry["at"] = time.time()
         with contextlib.suppress(OSError):
             self.path.parent.mkdir(parents=True, exist_ok=True)
             tmp = self.path.with_name(self.path.name + f".{os.getpid()}.tmp")

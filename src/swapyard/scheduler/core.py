@@ -27,6 +27,13 @@ devices and is itself evictable (then stopped for good). A request for a
 sleeping model wakes it on the same devices once its full need fits there
 (evicting as usual); if it can never fit there, it is stopped and started cold
 wherever it fits. Idle timeouts and unloads stop for good.
+
+Memory as it really is (issue 12): what other processes hold on each device
+(``set_foreign``) is subtracted from its budget before each placement; a model's
+need learned from a measurement (``learned_need``) and what it keeps asleep
+(``learned_sleep_need``) replace the estimates. A start that ran out of memory
+(``EngineOutOfMemory``) is retried once after stopping the idle models on its
+devices; its queue waits meanwhile.
 """
 
 from __future__ import annotations
@@ -37,13 +44,14 @@ from dataclasses import replace
 from swapyard.config import SchedulerSpec
 from swapyard.errors import (
     EngineBackoff,
+    EngineOutOfMemory,
     EngineStopped,
     InsufficientMemory,
     QueueFull,
     SwapyardError,
 )
 from swapyard.process.state import EngineState
-from swapyard.scheduler.placement import Evict, Fit, Never, Resident, Wait, plan
+from swapyard.scheduler.placement import Evict, Fit, Never, Resident, Wait, fmt_bytes, plan
 from swapyard.scheduler.policy import Policy, policy_for
 from swapyard.scheduler.terms import (
     BROKEN,
@@ -59,6 +67,7 @@ __all__ = ["Effects", "ModelTerms", "Policy", "Scheduler"]
 
 S = EngineState
 DEFAULT_DEVICE = "default"
+FOREIGN = "foreign: "  # marks a Never that other processes' memory caused
 
 
 class Scheduler:
@@ -76,6 +85,7 @@ class Scheduler:
         self._policy: Policy = policy_for(self._cfg)
         self._budget = dict(budget or {DEFAULT_DEVICE: 1})
         self._host = host  # host RAM for sleeping engines; None: no bound
+        self._foreign: dict[str, int] = {}  # held by processes swapyard did not start
         self._m: dict[str, ModelView] = {}
         for mid, t in models.items():
             terms = t if isinstance(t, ModelTerms) else ModelTerms(ttl=float(t))
@@ -122,6 +132,14 @@ class Scheduler:
 
     def budget(self) -> dict[str, int]:
         return dict(self._budget)
+
+    def foreign(self) -> dict[str, int]:
+        """Memory held per device by processes swapyard did not start."""
+        return {d: self._foreign.get(d, 0) for d in self._budget}
+
+    def sleep_need(self, model: str) -> int | None:
+        """What ``model`` keeps on its devices asleep (measured, else its terms)."""
+        return self._sleep_need(self._m[model])
 
     def host_used(self) -> int:
         """Host RAM held by sleeping engines (and those going to sleep)."""
@@ -198,9 +216,17 @@ class Scheduler:
         self._tick(now)
         m = self._m[model]
         state = S.STARTING if state in LOADING else state
+        if state in BROKEN and self._retry_out_of_memory(model, error):
+            self._step()
+            return
         if state is S.SLEEPING:
-            self._hand_over(model, self._need(m) - (m.terms.sleep_need or 0))
+            self._hand_over(model, self._need(m) - (self._sleep_need(m) or 0))
         was = m.state
+        if state is S.STOPPED and was in BROKEN:
+            if m.oom_reset:  # the reset before the retry
+                m.oom_reset = False
+            else:  # its backoff is over: a later start gets its own retry
+                m.oom_retried = False
         exited = state is S.STOPPED and was in (S.READY, S.SLEEPING)  # on its own
         m.state = state
         m.to_sleep = m.to_sleep and state is S.STOPPING
@@ -216,6 +242,7 @@ class Scheduler:
         if state is S.STARTING:
             m.starting_at = self._now
         if state is S.READY:
+            m.oom_retried = False
             m.loaded_at = self._now
             m.last_used = self._now
             if was is S.STARTING:  # not an adopted engine: it was never started here
@@ -254,6 +281,22 @@ class Scheduler:
         self._tick(now)
         self._m[model].need = need
         self._step()
+
+    def learned_sleep_need(self, model: str, need: int, now: float | None = None) -> None:
+        """What the model really keeps on its devices asleep, measured after a sleep."""
+        self._tick(now)
+        m = self._m[model]
+        if m.terms.sleep_need is not None:
+            m.sleep_need = need
+        self._step()
+
+    def set_foreign(self, foreign: Mapping[str, int], now: float | None = None) -> None:
+        """What processes swapyard did not start hold per device, read just now."""
+        self._tick(now)
+        changed = {d: n for d, n in foreign.items() if d in self._budget} != self._foreign
+        self._foreign = {d: max(0, n) for d, n in foreign.items() if d in self._budget}
+        if changed:
+            self._step()
 
     def load(self, model: str, now: float | None = None) -> None:
         """Load on purpose (preload, admin): kept until unloaded or evicted. A model
@@ -393,22 +436,29 @@ class Scheduler:
         return [mid for mid in order if self._m[mid].state in TO_LOAD]
 
     def _start_loads(self, overdue: Queued | None) -> None:
+        room = self._room()
         for model in self._wanted(overdue):
             m = self._m[model]
+            if any(self._m[v].state not in (S.STOPPED, *BROKEN) for v in m.oom_wait
+                   if v in self._m):  # fmt: skip
+                continue  # retrying an out-of-memory start: once they are gone
+            m.oom_wait = ()
             residents = self._residents(overdue, model)
             if m.state is S.SLEEPING:  # wakes where it sleeps, or starts cold elsewhere
-                here = {d: self._budget[d] for d in m.devices}
+                here = {d: room[d] for d in m.devices}
                 p = plan(self._full_need(m), len(m.devices), here, residents)
                 if isinstance(p, Never):
                     self._stop(model, None)
                     continue
             else:
-                p = plan(self._need(m), m.terms.count, self._budget, residents)
+                p = plan(self._need(m), m.terms.count, room, residents)
+                if isinstance(p, Never) and room != self._budget:
+                    p = self._never_for_foreign(p, m, residents)
             sleep_ok = True
             if isinstance(p, Wait) and any(r.residual and r.evictable for r in residents):
                 # What sleepers would keep is in the way: stop them for good instead.
                 full = [replace(r, residual=0) for r in residents]
-                if isinstance(alt := plan(self._full_need(m), m.terms.count, self._budget, full),
+                if isinstance(alt := plan(self._full_need(m), m.terms.count, room, full),
                               Evict):  # fmt: skip
                     p, sleep_ok = alt, False
             match p:
@@ -416,7 +466,7 @@ class Scheduler:
                     m.state = S.STARTING
                     m.devices = devices
                     self._reserved.pop(model, None)
-                    self._fx.start(model, devices)
+                    self._fx.start(model, devices, self._full_need(m))
                 case Evict(_, victims):
                     for v in victims:
                         # One explicit load evicting another ends the other's keep:
@@ -424,7 +474,9 @@ class Scheduler:
                         self._m[v].keep = self._m[v].keep and not m.keep
                         self._stop(v, model, sleep_ok)
                 case Never(reason):
-                    self._reject_queued(model, InsufficientMemory(model, reason))
+                    foreign = reason.startswith(FOREIGN)
+                    err = InsufficientMemory(model, reason.removeprefix(FOREIGN), now=foreign)
+                    self._reject_queued(model, err)
                     m.keep = False
                 case _:  # Wait: decide again on the next event or wake-up
                     pass
@@ -465,7 +517,7 @@ class Scheduler:
                 held = self._policy.holds(m, tm, waiting, overdue, self._now)
                 evictable = evictable and not held
                 sleeps = m.to_sleep if m.state is S.STOPPING else self._will_sleep(m)
-                residual = (m.terms.sleep_need or 0) if sleeps else 0
+                residual = (self._sleep_need(m) or 0) if sleeps else 0
             # Room being freed for another model is that model's: plan around it,
             # so swaps whose evictions do not overlap run in parallel.
             stopping = m.state is S.STOPPING and self._claims.get(model, target) == target
@@ -481,9 +533,46 @@ class Scheduler:
                     out.append(Resident(f"(room for {claimant})", need, devices, False))
         return out
 
+    def _room(self) -> dict[str, int]:
+        """Each device's budget less what other processes hold on it now."""
+        return {d: max(0, b - self._foreign.get(d, 0)) for d, b in self._budget.items()}
+
+    def _never_for_foreign(self, p: Never, m: ModelView, residents: list[Resident]) -> Never:
+        """A model that would fit but for other processes' memory is told so."""
+        if isinstance(plan(self._need(m), m.terms.count, self._budget, residents), Never):
+            return p
+        held = ", ".join(f"{d}: {fmt_bytes(n)}" for d, n in sorted(self._foreign.items()) if n > 0)
+        return Never(f"{FOREIGN}{p.reason}; processes swapyard did not start hold {held}")
+
+    def _retry_out_of_memory(self, model: str, error: SwapyardError | None) -> bool:
+        """A start that ran out of memory: stop the idle models on its devices and
+        start it again once they are gone, once. False: no retry (already used,
+        or nothing idle to stop), the failure goes on as usual."""
+        m = self._m[model]
+        cause = getattr(error, "cause", error)
+        if m.oom_retried or m.state is not S.STARTING or not isinstance(cause, EngineOutOfMemory):
+            return False
+        victims = [
+            mid for mid, o in self._m.items()
+            if mid != model and set(o.devices) & set(m.devices) and not o.pinned
+            and (o.state is S.SLEEPING or (o.state is S.READY and o.inflight == 0))
+        ]  # fmt: skip
+        if not victims:
+            return False
+        m.oom_retried = m.oom_reset = True
+        m.oom_wait = tuple(victims)
+        m.state, m.devices = S.BACKOFF, ()
+        for v in victims:
+            self._stop(v, None)  # for good: what it would keep asleep is what was missing
+        self._fx.reset(model)
+        return True
+
+    def _sleep_need(self, m: ModelView) -> int | None:
+        return m.sleep_need if m.sleep_need is not None else m.terms.sleep_need
+
     def _need(self, m: ModelView) -> int:
         if m.state is S.SLEEPING:
-            return m.terms.sleep_need or 0
+            return self._sleep_need(m) or 0
         return m.need if m.need is not None else max(self._budget.values())
 
     def _full_need(self, m: ModelView) -> int:
@@ -557,7 +646,7 @@ class Scheduler:
         m = self._m.get(model)
         if m is None or m.retiring:
             return EngineStopped(model, f"model {model!r} was removed")
-        if m.state not in BROKEN:
+        if m.state not in BROKEN or m.oom_reset:
             return None
         if isinstance(m.failure, EngineBackoff):
             left = max(0.0, m.failure.retry_after - (self._now - m.failure_at))

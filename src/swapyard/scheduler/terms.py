@@ -21,7 +21,10 @@ class Effects(Protocol):
     """What the scheduler asks the world to do. Implementations must not call back
     into the scheduler synchronously; they report outcomes as later events."""
 
-    def start(self, model: str, devices: tuple[str, ...]) -> None: ...
+    def start(self, model: str, devices: tuple[str, ...], need: int | None = None) -> None:
+        """Start ``model`` on ``devices``, where it was placed with ``need`` bytes each
+        (an engine that takes a share of the device is told that share)."""
+        ...
 
     def stop(self, model: str, *, for_model: str | None, sleep: bool = False) -> None:
         """Stop ``model`` (to make room ``for_model``, if given); with ``sleep``, put
@@ -85,6 +88,10 @@ class ModelView:
     failure: SwapyardError | None = None  # in backoff or failed: what requests are told
     failure_at: float = 0.0
     retiring: bool = False  # removed from the config: forgotten once stopped
+    sleep_need: int | None = None  # measured while asleep: beats terms.sleep_need
+    oom_retried: bool = False  # its start ran out of memory once: the retry is used
+    oom_reset: bool = False  # a retry after an out-of-memory start awaits the reset
+    oom_wait: tuple[str, ...] = ()  # evicted for that retry: it starts once they stopped
 
     def recent(self, now: float, window: float) -> list[float]:
         """When it started the requests of the last ``window`` seconds, oldest first."""

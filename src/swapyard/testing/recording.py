@@ -14,9 +14,11 @@ class RecordingEffects:
     calls: list[tuple[object, ...]] = field(default_factory=list)
     placements: dict[str, tuple[str, ...]] = field(default_factory=dict)
     errors: dict[int, SwapyardError] = field(default_factory=dict)  # rejections, by request
+    needs: dict[str, int | None] = field(default_factory=dict)  # the need of each start
 
-    def start(self, model: str, devices: tuple[str, ...]) -> None:
+    def start(self, model: str, devices: tuple[str, ...], need: int | None = None) -> None:
         self.calls.append(("start", model))
+        self.needs[model] = need
         self.placements[model] = devices
 
     def stop(self, model: str, *, for_model: str | None, sleep: bool = False) -> None:

@@ -106,13 +106,14 @@ class _Live(Collector):
             for st in EngineState:
                 state.add_metric([model, str(st)], 1.0 if m.state is st else 0.0)
             for kind, value in m.memory.as_dict().items():
-                if value is not None:
+                if isinstance(value, int) and not isinstance(value, bool):
                     mem.add_metric([model, kind], value)
         dev = GaugeMetricFamily("swapyard_device_memory_bytes", "Memory per device",
                                 labels=["device", "kind"])  # fmt: skip
         for d in snap.devices.values():
             dev.add_metric([d.id, "budget"], d.budget)
             dev.add_metric([d.id, "used_by_models"], d.used)
+            dev.add_metric([d.id, "foreign"], d.foreign)  # held by processes not ours
         for gpu, (gpu_used, total) in self.router.device_usage().items():
             dev.add_metric([gpu, "nvml_used"], gpu_used)
             dev.add_metric([gpu, "nvml_total"], total)
