@@ -14,6 +14,28 @@ stays the real one: ``FAKE_LOAD_S`` (cold load), ``FAKE_WAKE_S`` (wake / resume 
 in-process load), ``FAKE_SLEEP_S``, ``FAKE_TPS`` (tokens per second),
 ``FAKE_TABBY_ADMIN_KEY``.
 
+GPU memory, when a memory mode is on (``SWAPYARD_SIMULATED_GPU`` names the
+simulated GPU, or ``FAKE_GPU=cuda`` takes real CUDA memory; see
+``swapyard.testing.gpu_memory`` for the mode, the device and the model's footprint
+with its knobs ``FAKE_WEIGHTS_MIB``, ``FAKE_KV_PER_TOKEN_KIB``, ``FAKE_CONTEXT_MIB``,
+``FAKE_ACTIVATION_MIB``): each fake takes its memory at start-up before its health
+passes, holds it as the real engine does, and dies (exit 1, the real engine's
+message as its last line) when it cannot:
+
+- vLLM: refuses to start when the device's free memory is below
+  ``--gpu-memory-utilization`` (0.9) × total; takes context + weights + activation
+  peak, then the rest of util × total as KV cache, refusing when none is left or it
+  cannot hold ``--max-model-len`` tokens. A sleep (either level) keeps only the
+  context (level 1 keeps the weights in host RAM); a wake that cannot take the
+  memory back answers 500 with CUDA's out-of-memory message and stays asleep.
+- SGLang: takes context + weights + activation, then as KV cache what is free
+  beyond ``(1 − --mem-fraction-static (0.88)) × total``, refusing when that is
+  nothing. Released memory keeps only the context; resuming may answer 500 (OOM).
+- TabbyAPI: takes context + weights + ``--cache-size`` (``--max-seq-len``) tokens
+  of cache, at start-up or on ``/v1/model/load`` (an SSE ``error`` event when it
+  does not fit); ``/v1/model/unload`` keeps only the context.
+Without a memory mode, no memory is taken or checked.
+
 Documented behaviour reproduced:
 - vLLM: ``/sleep`` and ``/wake_up`` exist only with ``--enable-sleep-mode`` and
   ``VLLM_SERVER_DEV_MODE=1`` (404 otherwise); ``/is_sleeping``; a level-2 sleep
@@ -38,11 +60,23 @@ import json
 import os
 import sys
 import time
-from typing import Any
+import traceback
+from collections.abc import AsyncIterator, Container, Iterable
+from pathlib import Path
+from typing import Any, ClassVar, NoReturn
 
 from aiohttp import web
 
 from swapyard.testing.fake_engine import DEFAULT_TEXT, FakeEngine, say
+from swapyard.testing.gpu_memory import (
+    Footprint,
+    GpuError,
+    GpuMemory,
+    OutOfMemory,
+    from_env,
+    gib,
+    take_all,
+)
 
 
 def _env_float(name: str, default: float) -> float:
@@ -64,14 +98,65 @@ def _err(status: int, message: str) -> web.Response:
     return web.json_response({"error": {"message": message, "code": status}}, status=status)
 
 
-class Base:
-    """Loading, generation with an in-flight count, and the common routes."""
+def die(message: str) -> NoReturn:
+    """End as a real engine fails at start-up: ``message`` is the last line out."""
+    sys.stdout.flush()
+    print(message, file=sys.stderr, flush=True)
+    os._exit(1)
 
-    def __init__(self, served: str) -> None:
+
+class Base:
+    """Loading, generation with an in-flight count, and the common routes.
+
+    With a memory mode (``mem``), the load is ``boot()``: health passes once it
+    has taken the memory, and a ``GpuError`` on the way ends the process."""
+
+    def __init__(self, served: str, model: str | None) -> None:
         self.served = served
+        self.model_path = model
         self.gen = _generator(served)
-        self.loaded_at = time.monotonic() + _env_float("FAKE_LOAD_S", 0.0)
+        self.mem: GpuMemory | None = from_env()
+        load_s = _env_float("FAKE_LOAD_S", 0.0)
+        self.loaded_at = time.monotonic() + load_s if self.mem is None else float("inf")
         self.inflight = 0
+        self.parts: dict[str, int] = {}  # bytes held awake beyond the context, by tag
+
+    async def boot(self, mem: GpuMemory, need: Footprint) -> None:
+        """Take the engine's memory at start-up, FAKE_LOAD_S included."""
+        raise NotImplementedError
+
+    async def _booting(self, app: web.Application) -> AsyncIterator[None]:
+        task = None if self.mem is None else asyncio.create_task(self._boot_or_die(self.mem))
+        yield
+        if task is not None:
+            task.cancel()
+
+    async def _boot_or_die(self, mem: GpuMemory) -> None:
+        try:
+            await self.boot(mem, Footprint.of(self.model_path))
+        except GpuError as exc:
+            die(str(exc))
+        except Exception:  # a model folder it cannot read, say: a crash, as the real ones
+            die(traceback.format_exc().rstrip())
+        self.loaded_at = time.monotonic()
+
+    def let_go(self, parts: Iterable[str], *, to_host: Container[str] = ()) -> None:
+        """Free ``parts`` of what is held (the context stays), copying those named in
+        ``to_host`` to host RAM."""
+        if self.mem is not None:
+            for part in parts:
+                self.mem.drop(part, to_host=part in to_host)
+
+    def take_back(self, parts: Iterable[str]) -> web.Response | None:
+        """Take ``parts`` again, all or none; when they do not fit, the HTTP 500 with
+        CUDA's message to answer (and nothing is taken)."""
+        if self.mem is not None:
+            try:
+                take_all(self.mem, {p: self.parts[p] for p in parts})
+            except OutOfMemory as exc:
+                say(str(exc))
+                return _err(500, str(exc))
+        return None
 
     def loaded(self) -> bool:
         return time.monotonic() >= self.loaded_at
@@ -97,6 +182,7 @@ class Base:
         return web.json_response({"object": "list", "data": [{"id": self.served}]})
 
     def routes(self, app: web.Application) -> None:
+        app.cleanup_ctx.append(self._booting)
         app.router.add_get("/health", self.health)
         app.router.add_get("/v1/models", self.models)
         app.router.add_post("/v1/chat/completions", self.generate)
@@ -104,11 +190,52 @@ class Base:
 
 
 class Vllm(Base):
+    # What each sleep tag holds: the activation peak comes back with the cache.
+    PARTS: ClassVar[dict[str, tuple[str, ...]]] = {
+        "weights": ("weights",),
+        "kv_cache": ("kv_cache", "activation"),
+    }
+
     def __init__(self, a: argparse.Namespace) -> None:
-        super().__init__(a.served_model_name or a.model)
+        super().__init__(a.served_model_name or a.model, a.model)
         self.args = a
         self.mapped = {"weights": True, "kv_cache": True}  # GPU memory held, by tag
         self.weights_ok = True
+
+    async def boot(self, mem: GpuMemory, need: Footprint) -> None:
+        """vLLM's ``determine_available_memory``: the KV cache is what is left of
+        util × total once weights and the profiled activation peak are in."""
+        util = 0.9 if self.args.gpu_memory_utilization is None else self.args.gpu_memory_utilization
+        mem.open(need.context)
+        total, free = mem.total(), mem.free()
+        wanted = int(util * total)
+        if free < wanted:
+            raise GpuError(
+                f"ValueError: Free memory on device cuda:0 ({gib(free)}/{gib(total)} GiB) on "
+                f"startup is less than desired GPU memory utilization ({util:.2f}, "
+                f"{gib(wanted)} GiB). Decrease GPU memory utilization or reduce GPU memory "
+                "used by other processes."
+            )
+        take_all(mem, {"weights": need.weights, "activation": need.activation})
+        await asyncio.sleep(_env_float("FAKE_LOAD_S", 0.0))
+        kv = wanted - (need.context + need.weights + need.activation)
+        if kv <= 0:
+            raise GpuError(
+                "ValueError: No available memory for the cache blocks. Try increasing "
+                "`gpu_memory_utilization` when initializing the engine."
+            )
+        max_len = self.args.max_model_len or need.max_context
+        if kv < need.kv_per_token * max_len:
+            raise GpuError(
+                "ValueError: To serve at least one request with the models's max seq len "
+                f"({max_len}), ({gib(need.kv_per_token * max_len)} GiB KV cache is needed, "
+                f"which is larger than the available KV cache memory ({gib(kv)} GiB). Based "
+                "on the available memory, the estimated maximum model length is "
+                f"{kv // need.kv_per_token}. Try increasing `gpu_memory_utilization` or "
+                "decreasing `max_model_len` when initializing the engine."
+            )
+        mem.take("kv_cache", kv)
+        self.parts = {"weights": need.weights, "activation": need.activation, "kv_cache": kv}
 
     @property
     def sleeping(self) -> bool:
@@ -126,15 +253,21 @@ class Vllm(Base):
         if level not in (1, 2):
             return _err(400, f"invalid sleep level {level}")
         await asyncio.sleep(_env_float("FAKE_SLEEP_S", 0.0))
+        awake = [p for t, on in self.mapped.items() if on for p in self.PARTS[t]]
+        self.let_go(awake, to_host={"weights"} if level == 1 else ())
         self.mapped = {"weights": False, "kv_cache": False}
         self.weights_ok = level == 1  # level 1 keeps a copy in host RAM
         say(f"sleeping at level {level}")
         return web.Response(status=200)
 
     async def wake_up(self, request: web.Request) -> web.Response:
-        tags = request.query.getall("tags", []) or list(self.mapped)
+        # In the order asked, once each.
+        tags = list(dict.fromkeys(request.query.getall("tags", []) or self.mapped))
         # FAKE_WAKE_S for the whole engine; each tag is half of it.
-        await asyncio.sleep(_env_float("FAKE_WAKE_S", 0.0) * len(set(tags)) / len(self.mapped))
+        await asyncio.sleep(_env_float("FAKE_WAKE_S", 0.0) * len(tags) / len(self.mapped))
+        asleep = [p for t in tags if not self.mapped.get(t) for p in self.PARTS.get(t, ())]
+        if (failed := self.take_back(asleep)) is not None:
+            return failed  # still asleep
         for t in tags:
             self.mapped[t] = True
         say(f"wake_up tags={','.join(tags)}")
@@ -164,10 +297,25 @@ class Vllm(Base):
 
 class Sglang(Base):
     def __init__(self, a: argparse.Namespace) -> None:
-        super().__init__(a.served_model_name or a.model_path)
+        super().__init__(a.served_model_name or a.model_path, a.model_path)
         self.args = a
         self.released = False
         self.weights_ok = True
+
+    async def boot(self, mem: GpuMemory, need: Footprint) -> None:
+        """SGLang's static pool: the KV cache is what is free after the weights,
+        less the (1 − mem_fraction_static) × total left for others."""
+        frac = 0.88 if self.args.mem_fraction_static is None else self.args.mem_fraction_static
+        mem.open(need.context)
+        take_all(mem, {"weights": need.weights, "activation": need.activation})
+        await asyncio.sleep(_env_float("FAKE_LOAD_S", 0.0))
+        rest = mem.free() - int(mem.total() * (1 - frac))
+        if rest <= 0:
+            raise GpuError(
+                "RuntimeError: Not enough memory. Please try to increase --mem-fraction-static."
+            )
+        mem.take("kv_cache", rest)
+        self.parts = {"weights": need.weights, "activation": need.activation, "kv_cache": rest}
 
     def refusal(self) -> web.Response | None:
         if self.released:
@@ -182,6 +330,10 @@ class Sglang(Base):
         if self.inflight:
             return _err(400, f"cannot release memory: {self.inflight} requests are running")
         await asyncio.sleep(_env_float("FAKE_SLEEP_S", 0.0))
+        if not self.released:
+            self.let_go(
+                self.parts, to_host={"weights"} if self.args.enable_weights_cpu_backup else ()
+            )
         self.released = True
         self.weights_ok = bool(self.args.enable_weights_cpu_backup)
         say("released memory occupation")
@@ -189,6 +341,8 @@ class Sglang(Base):
 
     async def resume(self, request: web.Request) -> web.Response:
         await asyncio.sleep(_env_float("FAKE_WAKE_S", 0.0))
+        if self.released and (failed := self.take_back(self.parts)) is not None:
+            return failed  # still released
         self.released = False
         say("resumed memory occupation")
         return web.json_response({"success": True})
@@ -207,7 +361,7 @@ class Tabby(Base):
     MODULES = 10
 
     def __init__(self, a: argparse.Namespace) -> None:
-        super().__init__(a.model_name)
+        super().__init__(a.model_name, a.model_name and str(Path(a.model_dir) / a.model_name))
         self.args = a
         self.model: str | None = a.model_name  # loading at start-up, ready after FAKE_LOAD_S
         self.admin = os.environ.get("FAKE_TABBY_ADMIN_KEY", "")
@@ -217,6 +371,20 @@ class Tabby(Base):
         if self.model is None:
             return _err(400, "No models are currently loaded.")
         return super().refusal()
+
+    async def boot(self, mem: GpuMemory, need: Footprint) -> None:
+        mem.open(need.context)
+        if self.model is not None:
+            self._take_model(mem, need, {})
+        await asyncio.sleep(_env_float("FAKE_LOAD_S", 0.0))
+
+    def _take_model(self, mem: GpuMemory, need: Footprint, doc: dict[str, Any]) -> None:
+        """Weights and a cache of ``cache_size`` tokens (the load request's, else the
+        command line's, else ``max_seq_len``, else the model's context)."""
+        seq = doc.get("max_seq_len") or self.args.max_seq_len or need.max_context
+        cache = (doc.get("cache_size") or self.args.cache_size or seq) * need.kv_per_token
+        take_all(mem, {"weights": need.weights, "cache": cache})
+        self.parts = {"weights": need.weights, "cache": cache}
 
     def _admin_refused(self, request: web.Request) -> web.Response | None:
         if self.auth and request.headers.get("x-admin-key") != self.admin:
@@ -235,6 +403,8 @@ class Tabby(Base):
     async def unload(self, request: web.Request) -> web.Response:
         if (refused := self._admin_refused(request)) is not None:
             return refused
+        if self.model is not None:
+            self.let_go(self.parts)
         self.model = None
         say("unloaded model")
         return web.Response(status=200)
@@ -248,6 +418,17 @@ class Tabby(Base):
             return _err(400, "model_name is required")
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await resp.prepare(request)
+        if self.mem is not None:
+            if self.model is not None:  # the loaded model goes first
+                self.let_go(self.parts)
+                self.model = None
+            try:
+                self._take_model(self.mem, Footprint.of(str(Path(self.args.model_dir) / name)), doc)
+            except OutOfMemory as exc:
+                say(f"loading {name} failed: {exc}")
+                await resp.write(b"data: " + json.dumps({"error": {"message": str(exc)}}).encode())
+                await resp.write(b"\n\n")
+                return resp
         step = _env_float("FAKE_WAKE_S", 0.0) / self.MODULES
         for i in range(1, self.MODULES + 1):
             await asyncio.sleep(step)
@@ -350,6 +531,7 @@ def parse(argv: list[str]) -> tuple[str, argparse.Namespace]:
         p.add_argument("--model-dir", default="models")
         p.add_argument("--model-name")
         p.add_argument("--max-seq-len", type=int)
+        p.add_argument("--cache-size", type=int)
         p.add_argument("--tensor-parallel")
         p.add_argument("--gpu-split-auto")
         p.add_argument("--disable-auth", default="false")
