@@ -141,8 +141,8 @@ class Base:
         self.loaded_at = time.monotonic()
 
     def let_go(self, parts: Iterable[str], *, to_host: Container[str] = ()) -> None:
-        """Free ``parts`` of what is held (the context stays), copying those named in
-        ``to_host`` to host RAM."""
+        """Free ``parts`` of what is held (the context stays; a part not held is
+        skipped), copying those named in ``to_host`` to host RAM."""
         if self.mem is not None:
             for part in parts:
                 self.mem.drop(part, to_host=part in to_host)
@@ -330,10 +330,7 @@ class Sglang(Base):
         if self.inflight:
             return _err(400, f"cannot release memory: {self.inflight} requests are running")
         await asyncio.sleep(_env_float("FAKE_SLEEP_S", 0.0))
-        if not self.released:
-            self.let_go(
-                self.parts, to_host={"weights"} if self.args.enable_weights_cpu_backup else ()
-            )
+        self.let_go(self.parts, to_host={"weights"} if self.args.enable_weights_cpu_backup else ())
         self.released = True
         self.weights_ok = bool(self.args.enable_weights_cpu_backup)
         say("released memory occupation")
@@ -403,8 +400,7 @@ class Tabby(Base):
     async def unload(self, request: web.Request) -> web.Response:
         if (refused := self._admin_refused(request)) is not None:
             return refused
-        if self.model is not None:
-            self.let_go(self.parts)
+        self.let_go(self.parts)
         self.model = None
         say("unloaded model")
         return web.Response(status=200)
@@ -419,9 +415,8 @@ class Tabby(Base):
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await resp.prepare(request)
         if self.mem is not None:
-            if self.model is not None:  # the loaded model goes first
-                self.let_go(self.parts)
-                self.model = None
+            self.let_go(self.parts)  # the loaded model goes first
+            self.model = None
             try:
                 self._take_model(self.mem, Footprint.of(str(Path(self.args.model_dir) / name)), doc)
             except OutOfMemory as exc:

@@ -71,7 +71,8 @@ class GpuMemory(Protocol):
         ...
 
     def drop(self, tag: str, *, to_host: bool = False) -> None:
-        """Free what ``tag`` holds, keeping a copy in host RAM when ``to_host``."""
+        """Free what ``tag`` holds (nothing when it holds nothing), keeping a copy in
+        host RAM when ``to_host``."""
         ...
 
 
