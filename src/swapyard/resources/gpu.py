@@ -141,20 +141,26 @@ class Ledger:
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[dict[str, Any]]:
+        """The ledger under an exclusive lock (a lock file beside it); written back
+        by a rename, so a process killed mid-write never leaves it half written."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path, "a+") as f:
-            fcntl.flock(f.fileno(), fcntl.LOCK_EX)
-            f.seek(0)
-            text = f.read()
+        with open(str(self.path) + ".lock", "a") as lock:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+            try:
+                text = self.path.read_text()
+            except FileNotFoundError:
+                text = ""
             doc: dict[str, Any] = json.loads(text) if text.strip() else {}
             doc.setdefault("devices", {})
             doc.setdefault("held", {})
+            before = json.dumps(doc, sort_keys=True)
             doc["held"] = {p: h for p, h in doc["held"].items() if alive(int(p))}
             yield doc
-            f.seek(0)
-            f.truncate()
-            f.write(json.dumps(doc, sort_keys=True))
-            f.flush()
+            after = json.dumps(doc, sort_keys=True)
+            if after != before:
+                tmp = self.path.with_name(f"{self.path.name}.{os.getpid()}.tmp")
+                tmp.write_text(after)
+                tmp.replace(self.path)
 
     def read(self) -> dict[str, GpuReading]:
         try:

@@ -153,7 +153,7 @@ class CudaMemory:
         torch = self.torch
         try:
             if tag in self.host:
-                self.held[tag] = self.host[tag].to("cuda")
+                self.held[tag] = self.host[tag].to("cuda", non_blocking=False)
                 del self.host[tag]
             else:
                 self.held[tag] = torch.empty(nbytes, dtype=torch.uint8, device="cuda")
@@ -169,7 +169,11 @@ class CudaMemory:
         if tensor is None:
             return
         if to_host:
-            self.host[tag] = tensor.to("cpu")
+            # Pinned host memory, as vLLM's sleep mode and SGLang's CPU backup use:
+            # the copy back on wake runs at the bus's speed.
+            host = self.torch.empty(tensor.numel(), dtype=tensor.dtype, pin_memory=True)
+            host.copy_(tensor)
+            self.host[tag] = host
         del tensor
         self.torch.cuda.empty_cache()  # give it back to the driver, as the engines do
 
