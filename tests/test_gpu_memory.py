@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
@@ -21,7 +22,8 @@ import aiohttp
 import pytest
 
 from helpers import config, eventually
-from swapyard.resources.gpu import Ledger, reset_reader
+from swapyard.cli.ops import ps_rows
+from swapyard.resources.gpu import Ledger, NvmlReader, reset_reader
 from swapyard.testing import running_server
 
 G = 2**30
@@ -125,6 +127,8 @@ async def test_two_undeclared_vllm_models_each_get_the_share_swapyard_placed(
             pid = doc["models"][m]["pid"]
             assert abs(held(gpu)[pid] - float(args[1]) * TOTAL) < G  # it took that share
         assert doc["models"]["a"]["state"] == doc["models"]["b"]["state"] == "ready"
+        rows = {r[0]: r for r in ps_rows(doc)}  # `swapyard ps` shows the flag it chose
+        assert rows["a"][-1] == " ".join(doc["models"]["a"]["engine_args"])
 
 
 async def test_a_measurement_replaces_the_estimate_so_the_next_start_evicts_first(
@@ -252,3 +256,19 @@ async def test_a_sleeping_vllm_is_placed_with_what_it_really_keeps(
         assert a["memory"]["asleep"] == kept
         assert held(gpu)[a["pid"]] == kept
         await asyncio.sleep(0)
+
+
+def test_gpu_check_runs_its_steps_on_the_simulated_gpu_and_says_when_there_is_no_gpu(
+    tmp_path: Path,
+) -> None:
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_check.py"
+    env = {k: v for k, v in os.environ.items() if k != "SWAPYARD_SIMULATED_GPU"}
+    if NvmlReader.open() is None:  # CI: no GPU, and it says so
+        none = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                              env=env, timeout=60)  # fmt: skip
+        assert none.returncode == 0 and "no NVIDIA GPU here" in none.stdout
+    sim = subprocess.run([sys.executable, str(script), "--simulated"], capture_output=True,
+                         text=True, env=env, timeout=300)  # fmt: skip
+    assert sim.returncode == 0, sim.stdout[-3000:] + sim.stderr[-3000:]
+    assert "0 check(s) failed" in sim.stdout
+    assert "--gpu-memory-utilization 0.125" in sim.stdout  # step 1: the share it chose

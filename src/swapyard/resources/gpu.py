@@ -134,13 +134,13 @@ class Ledger:
     @classmethod
     def create(cls, path: str | os.PathLike[str], totals: Mapping[str, int]) -> Ledger:
         ledger = cls(path)
-        with ledger._locked() as doc:
+        with ledger.transaction() as doc:
             doc["devices"] = {str(d): int(t) for d, t in totals.items()}
             doc["held"] = {}
         return ledger
 
     @contextlib.contextmanager
-    def _locked(self) -> Iterator[dict[str, Any]]:
+    def transaction(self) -> Iterator[dict[str, Any]]:
         """The ledger under an exclusive lock (a lock file beside it); written back
         by a rename, so a process killed mid-write never leaves it half written."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -164,7 +164,7 @@ class Ledger:
 
     def read(self) -> dict[str, GpuReading]:
         try:
-            with self._locked() as doc:
+            with self.transaction() as doc:
                 return _readings(doc)
         except (OSError, ValueError) as exc:
             log.warning("cannot read the simulated GPU %s: %s", self.path, exc)
@@ -173,7 +173,7 @@ class Ledger:
     def allocate(self, pid: int, device: str, nbytes: int) -> bool:
         """Take ``nbytes`` more on ``device`` for ``pid``; False (nothing taken) when
         fewer bytes are free, as cudaMalloc fails."""
-        with self._locked() as doc:
+        with self.transaction() as doc:
             reading = _readings(doc).get(device)
             if reading is None or reading.free < nbytes:
                 return False
@@ -183,7 +183,7 @@ class Ledger:
 
     def release(self, pid: int, device: str, nbytes: int | None = None) -> None:
         """Give back ``nbytes`` (all when None) that ``pid`` holds on ``device``."""
-        with self._locked() as doc:
+        with self.transaction() as doc:
             held = doc["held"].get(str(pid), {})
             left = 0 if nbytes is None else max(0, held.get(device, 0) - int(nbytes))
             if left:
