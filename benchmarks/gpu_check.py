@@ -73,7 +73,9 @@ def model_dir(root: Path, name: str, weights: int, ctx: int = 8192) -> str:
 
 
 def config_text(models: dict[str, dict[str, Any]], env: dict[str, str]) -> str:
-    doc = {"models": {}, "scheduler": {"policy": "fifo", "host_memory": "100GiB"}}
+    # FIFO: each step's swap happens at once (the batch policy's hold on a model in
+    # steady demand is not what this checks; benchmarks/bench_scheduler.py does).
+    doc: dict[str, Any] = {"models": {}, "scheduler": {"policy": "fifo", "host_memory": "100GiB"}}
     for name, m in models.items():
         doc["models"][name] = {
             "engine": "vllm", "launcher": FAKES, "start_timeout": 120,
