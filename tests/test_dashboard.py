@@ -95,3 +95,36 @@ async def test_dashboard_shows_models_loads_one_and_lists_requests(
             lambda: browser.find_element(By.CSS_SELECTOR, '#requests tr[data-model="beta"]').text
         )
         assert "200" in cells and "→ 8" in cells
+
+
+async def test_dashboard_shows_memory_held_by_other_processes(
+    browser: Any, tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 12: on a (simulated) GPU, the device bar shows the foreign share."""
+    from selenium.common.exceptions import WebDriverException
+    from selenium.webdriver.common.by import By
+
+    from swapyard.resources.gpu import Ledger, reset_reader
+
+    ledger = Ledger.create(tmp_path / "gpu.json", {"0": 40 * 2**30})
+    monkeypatch.setenv("SWAPYARD_SIMULATED_GPU", str(ledger.path))
+    reset_reader()
+    other = await asyncio.create_subprocess_exec("sleep", "120")
+    try:
+        assert ledger.allocate(other.pid, "0", 10 * 2**30)
+        models = {"alpha": {"cmd": fake_engine_cmd("alpha"), "memory": "1GiB"}}
+        async with running_server(config(models, loading_status="off")) as srv:
+            await asyncio.to_thread(browser.get, srv.url + "/")
+
+            def devices() -> str:
+                text: str = browser.find_element(By.CSS_SELECTOR, "#devices").text
+                return text if "others hold" in text else ""
+
+            text = await eventually(devices, interval=0.1, ignoring=(WebDriverException,))
+            assert "others hold 10.0 GiB" in text
+            foreign = browser.find_element(By.CSS_SELECTOR, "#devices .foreign")
+            assert foreign.get_attribute("title") == "held by processes swapyard did not start"
+    finally:
+        other.kill()
+        await other.wait()
+        reset_reader()

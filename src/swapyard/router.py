@@ -546,6 +546,7 @@ class Router:
     async def _run(self) -> None:
         sched = self._scheduler
         await self._take_over()
+        self._refresh_foreign(time.monotonic())
         self._publish()
         while True:
             msg = await self._inbox.get()
