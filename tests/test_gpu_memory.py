@@ -271,4 +271,28 @@ def test_gpu_check_runs_its_steps_on_the_simulated_gpu_and_says_when_there_is_no
                          text=True, env=env, timeout=300)  # fmt: skip
     assert sim.returncode == 0, sim.stdout[-3000:] + sim.stderr[-3000:]
     assert "0 check(s) failed" in sim.stdout
-    assert "--gpu-memory-utilization 0.125" in sim.stdout  # step 1: the share it chose
+    assert "--gpu-memory-utilization 0.1243" in sim.stdout  # step 1: the share it chose
+
+
+async def test_a_declared_budget_already_leaves_room_for_other_processes(
+    gpu: Ledger, http: aiohttp.ClientSession, tmp_path: Path, foreign: subprocess.Popen[bytes]
+) -> None:
+    """``devices: {0: 60GiB}`` on the 140 GiB GPU leaves 80 GiB to others: 70 GiB
+    held by another process costs swapyard nothing; 90 GiB would cost it 10."""
+    assert gpu.allocate(foreign.pid, "0", 70 * G)
+    cfg = config(
+        {"a": vllm(hf_dir(tmp_path / "a", 16 * G), memory="50GiB")},
+        devices={"0": {"memory": "60GiB"}},
+        scheduler={"learn_memory": True},
+    )  # fmt: skip
+    async with running_server(cfg) as srv:
+        status, doc = await ask(http, srv.url, "a")
+        assert status == 200, doc
+        assert (await models(http, srv.url))["devices"]["0"]["foreign"] == 0
+        async with http.post(srv.url + "/api/models/a/unload") as r:
+            assert r.status == 200
+        await eventually(lambda: held(gpu).keys() == {foreign.pid}, what="a's memory released")
+        assert gpu.allocate(foreign.pid, "0", 20 * G)  # 90 GiB: 10 beyond what was left aside
+        status, doc = await ask(http, srv.url, "a")
+        assert status == 503 and doc["error"]["code"] == "insufficient_memory", doc
+        assert "hold 0: 10.5 GiB" in doc["error"]["message"]  # 90 - (140 - 0.5 - 60)

@@ -73,10 +73,11 @@ def test_a_declared_share_sets_the_need(tmp_path: Path, fields: dict[str, object
 
 def test_the_share_told_is_the_need_over_the_total_or_with_what_the_device_holds() -> None:
     g = [GpuReading("0", 100 * G, 40 * G)]
-    assert share_for(20 * G, g, of_device=False) == 0.2  # vLLM: its own share
-    assert share_for(20 * G, g, of_device=True) == 0.6  # SGLang: counts every process
-    assert share_for(int(20.05 * G), g, of_device=False) == 0.201  # rounded up
-    assert share_for(200 * G, g, of_device=False) == MAX_SHARE
+    assert share_for(20 * G, g, of_free=False) == 0.2  # vLLM: of the device's total
+    assert share_for(20 * G, g, of_free=True) == 0.3334  # SGLang: of what is free (60)
+    assert share_for(int(20.005 * G), g, of_free=False) == 0.2001  # rounded up
+    assert share_for(200 * G, g, of_free=False) == MAX_SHARE
+    assert share_for(G, [GpuReading("0", 100 * G, 100 * G)], of_free=True) is None
 
 
 async def test_the_share_reaches_the_engine_command_on_a_simulated_gpu(
@@ -98,12 +99,15 @@ async def test_the_share_reaches_the_engine_command_on_a_simulated_gpu(
         })  # fmt: skip
         book = MemoryBook(cfg, None, cuda=True)
         assert book.totals == {"0": 100 * G}
+        need = book.figures["v"].estimated
+        assert need is not None
         assert book.share_args(cfg.models["v"], ("0",), 25 * G) == [
-            "--gpu-memory-utilization", "0.250",
-        ]  # fmt: skip
+            "--gpu-memory-utilization",
+            f"{need / (100 * G) + 0.00005:.4f}",
+        ]  # fmt: skip  (from the estimate, not the 25 GiB a measurement placed it with)
         Ledger(ledger).allocate(os.getpid(), "0", 10 * G)
         assert book.share_args(cfg.models["s"], ("0",), 25 * G) == [
-            "--mem-fraction-static", "0.350",
+            "--mem-fraction-static", f"{need / (90 * G) + 0.00005:.4f}",
         ]  # fmt: skip
         assert book.share_args(cfg.models["fixed"], ("0",), 50 * G) == []  # passed as written
         assert "0.5" in cfg.models["fixed"].cmd
@@ -150,3 +154,23 @@ models:
     spec = load_config(text).models["m"]
     assert spec.share is not None and spec.share.declared == 0.4
     assert sum(a.startswith("--gpu-memory-utilization") for a in spec.cmd) == 1
+
+
+def test_resident_memory_beats_an_estimate_only_when_larger() -> None:
+    """Resident memory leaves out pages not touched yet (llama.cpp's KV cache): on
+    the CPU it only corrects an estimate upward; NVML's figure replaces it."""
+    assert MemoryFigures(estimated=10, measured=5, measured_on_gpu=False).scheduled == 10
+    assert MemoryFigures(estimated=10, measured=15, measured_on_gpu=False).scheduled == 15
+    assert MemoryFigures(estimated=10, measured=5, measured_on_gpu=True).scheduled == 5
+
+
+def test_a_raw_cmd_is_run_as_written(tmp_path: Path) -> None:
+    """swapyard adds no share to a command it did not build; one written in it is
+    declared (the gb10 example's docker command carries its own)."""
+    d = hf_dir(tmp_path / "m", G)
+    own = ["vllm", "serve", str(d), "--port", "${PORT}", "--gpu-memory-utilization", "0.45"]
+    cfg = config({"own": {"engine": "vllm", "model": str(d), "cmd": own},
+                  "bare": {"engine": "vllm", "model": str(d), "cmd": own[:-2]}})  # fmt: skip
+    share = cfg.models["own"].share
+    assert share is not None and share.declared == 0.45
+    assert cfg.models["bare"].share is None

@@ -108,6 +108,7 @@ async def test_admin_load_pin_unload_and_the_resident_set() -> None:
         }  # fmt: skip
         assert doc["devices"]["gpu0"] == {
             "budget": 3 * 2**30, "used": 2 * 1400 * 2**20, "free": 3 * 2**30 - 2800 * 2**20,
+            "foreign": 0, "total": None, "holders": [],  # not a GPU: nothing else is read
         }  # fmt: skip
         assert doc["models"]["a"]["devices"] == ["gpu0"]
         assert doc["models"]["a"]["memory"]["declared"] == 1400 * 2**20

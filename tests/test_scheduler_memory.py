@@ -118,10 +118,10 @@ def test_out_of_memory_start_is_retried_once_after_stopping_idle_models() -> Non
     assert acts(fx)[-1] == ("start", "b")  # 2 + 2 fit, by the figures
     s.engine_state("b", S.STARTING, now=3)
     s.engine_state("b", S.BACKOFF, oom("b"), now=4)  # but the GPU said otherwise
-    assert acts(fx) == [("stop", "a", None)]  # no rejection: the request waits
+    assert acts(fx) == [("stop", "a", "b")]  # no rejection: the request waits
     s.request_arrived(3, "b", now=4.5)  # a new request during the retry queues too
     assert acts(fx) == []
-    s.engine_state("b", S.STOPPED, now=5)  # the reset
+    s.engine_state("b", S.STOPPED, now=5)  # its backoff is over
     assert acts(fx) == []  # a is still stopping
     s.engine_state("a", S.STOPPED, now=6)
     assert acts(fx) == [("start", "b")]
@@ -163,3 +163,41 @@ def test_no_retry_without_idle_models_or_for_other_failures() -> None:
     fx.take()
     s.engine_state("b", S.BACKOFF, crash, now=7)  # not memory: no eviction, no retry
     assert acts(fx) == [("reject", 3, "EngineExitedEarly")]
+
+
+def test_a_retry_whose_client_left_never_blocks_the_model_later() -> None:
+    """The victim of a retry came back for its own requests; a later request for
+    the model that ran out of memory is placed as usual (it evicts the victim)."""
+    fx = RecordingEffects()
+    s = sched(fx, {"a": ModelTerms(need=6 * G), "b": ModelTerms(need=2 * G)})
+    s.request_arrived(1, "a", now=0)
+    up(s, "a", 1)
+    s.request_done(1, now=2)
+    s.request_arrived(2, "b", now=3)
+    s.engine_state("b", S.STARTING, now=3)
+    s.engine_state("b", S.BACKOFF, oom("b"), now=4)
+    s.request_done(2, now=4.5)  # b's client gave up
+    s.engine_state("a", S.STOPPED, now=5)
+    s.engine_state("b", S.STOPPED, now=5)
+    s.request_arrived(3, "a", now=6)
+    up(s, "a", 7)
+    s.request_done(3, now=8)
+    fx.take()
+    s.request_arrived(4, "b", now=9)
+    assert acts(fx) == [("start", "b")]  # 6 + 2 fit in 10 by the figures: no wait
+
+
+def test_a_preloaded_victim_does_not_keep_the_retry_waiting() -> None:
+    fx = RecordingEffects()
+    s = sched(fx, {"a": ModelTerms(need=4 * G), "b": ModelTerms(need=4 * G)})
+    s.load("a", now=0)
+    up(s, "a", 1)
+    s.request_arrived(1, "b", now=2)
+    s.engine_state("b", S.STARTING, now=2)
+    s.engine_state("b", S.BACKOFF, oom("b"), now=3)
+    assert acts(fx)[-1] == ("stop", "a", "b")
+    s.engine_state("b", S.STOPPED, now=4)
+    s.engine_state("a", S.STOPPED, now=5)
+    assert ("start", "b") in acts(fx)  # the room freed is b's, before a's keep
+    up(s, "b", 6)
+    assert ("dispatch", 1, "b") in acts(fx)

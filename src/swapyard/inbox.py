@@ -62,6 +62,8 @@ class Measured:
     model: str
     nbytes: int
     asleep: bool = False
+    gpu: bool = True  # NVML's figure (else resident memory)
+    pid: int | None = None  # the engine measured (a reload may have replaced it since)
 
 
 @dataclass(frozen=True, slots=True)

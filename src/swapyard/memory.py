@@ -52,12 +52,15 @@ class DeviceHeld:
     holders: tuple[Holder, ...] = ()
 
 
-def share_for(need: int, readings: list[GpuReading], of_device: bool) -> float:
-    """The share of a device to tell an engine that pre-allocates: its ``need``
-    (plus, for an engine that counts every process's memory against its share,
-    what the device holds now), as a fraction of the total, rounded up to 0.001."""
-    worst = max((need + (g.used if of_device else 0)) / g.total for g in readings if g.total)
-    return min(MAX_SHARE, max(0.001, math.ceil(worst * 1000) / 1000))
+def share_for(need: int, readings: list[GpuReading], of_free: bool) -> float | None:
+    """The share to tell an engine that pre-allocates so that it holds ``need``: of
+    the device's total (vLLM), or, with ``of_free``, of what is free when it starts
+    (SGLang); the worst device, rounded up to 0.0001. None without a reading."""
+    bases = [(g.total - g.used) if of_free else g.total for g in readings]
+    if not bases or min(bases) <= 0:
+        return None
+    worst = need / min(bases)
+    return min(MAX_SHARE, max(0.0001, math.ceil(worst * 10_000) / 10_000))
 
 
 class MemoryBook:
@@ -71,12 +74,11 @@ class MemoryBook:
             self.add(spec)
 
     def _totals(self, config: Config) -> dict[str, int]:
-        """What a declared share is a share of: the declared devices' memory, else
-        the GPUs' totals (none on a machine without a GPU)."""
-        if config.devices:
-            return {d.id: d.memory for d in config.devices}
+        """What a declared share is a share of: the GPUs' physical totals (what the
+        engine applies it to), else the declared devices' memory."""
         r = reader() if self.cuda else None
-        return {i: g.total for i, g in r.read().items()} if r is not None else {}
+        totals = {i: g.total for i, g in r.read().items()} if r is not None else {}
+        return totals or {d.id: d.memory for d in config.devices}
 
     def reconfigure(self, config: Config, cuda: bool) -> None:
         self.cuda = cuda
@@ -93,7 +95,9 @@ class MemoryBook:
             return {mid: f.scheduled for mid, f in self.figures.items()}
         return {mid: f.declared or f.estimated for mid, f in self.figures.items()}
 
-    def measured(self, spec: ModelSpec, nbytes: int, asleep: bool = False) -> None:
+    def measured(
+        self, spec: ModelSpec, nbytes: int, asleep: bool = False, gpu: bool = True
+    ) -> None:
         """Keep a measurement (and persist it); a figure above the declared one is
         logged: the declared figure stays what the scheduler uses."""
         f = self.figures.get(spec.id)
@@ -102,7 +106,7 @@ class MemoryBook:
         if asleep:
             f.asleep = nbytes
         else:
-            f.measured = nbytes
+            f.measured, f.measured_on_gpu = nbytes, gpu
             if f.declared is not None and nbytes > f.declared:
                 log.warning(
                     "model %s was measured at %s, above its declared %s: the declared figure "
@@ -110,43 +114,66 @@ class MemoryBook:
                     spec.id, fmt_bytes(nbytes), fmt_bytes(f.declared),
                 )  # fmt: skip
         if self._store is not None:
-            self._store.put(spec, nbytes, asleep=asleep)
+            self._store.put(spec, nbytes, asleep=asleep, gpu=gpu)
 
     # -- what the GPUs hold now -------------------------------------------------------
-    def read(self, ours: Mapping[int, str], planned: Mapping[str, int]) -> dict[str, int]:
-        """Read the GPUs; return the foreign share per device. ``ours``: process
-        group → model of each running engine; ``planned``: what the scheduler
-        places our models with per device (used when the GPU lists processes of
-        another PID namespace, as in a container, which cannot be told apart)."""
+    def read(
+        self,
+        groups: Mapping[int, str],
+        tree: Mapping[int, str],
+        planned: Mapping[str, int],
+        budget: Mapping[str, int],
+    ) -> dict[str, int]:
+        """Read the GPUs; return per device what other processes hold beyond the
+        part of the device the budget leaves aside (a declared budget smaller than
+        the device already leaves room for them). ``groups``: process group →
+        model of each running engine; ``tree``: pid → model of their descendants
+        that left the group; ``planned``: what the scheduler places our models
+        with per device (used when the GPU lists processes of another PID
+        namespace, as in a container, which cannot be told apart)."""
         r = reader() if self.cuda else None
         if r is None:
             self.devices = {}
             return {}
         out: dict[str, DeviceHeld] = {}
+        beyond: dict[str, int] = {}
         for index, g in r.read().items():
-            holders = tuple(_holder(p, ours) for p in g.processes)
+            holders = tuple(_holder(p, groups, tree) for p in g.processes)
             if any(not alive(h.pid) for h in holders):
                 foreign = g.used - GPU_RESERVE - planned.get(index, 0)
             else:
                 foreign = sum(h.used for h in holders if h.model is None)
             out[index] = DeviceHeld(g.total, g.used, max(0, foreign), holders)
+            aside = max(0, g.total - GPU_RESERVE - budget.get(index, g.total))
+            beyond[index] = max(0, foreign - aside)
         self.devices = out
-        return {d: h.foreign for d, h in out.items()}
+        return beyond
 
     def share_args(self, spec: ModelSpec, devices: tuple[str, ...], need: int | None) -> list[str]:
-        """The flag and share to start ``spec`` with on ``devices`` (none when the
-        user declared a share, or the engine takes none, or there is no GPU)."""
+        """The flag and share to start ``spec`` with on ``devices``: none when the
+        user declared a share, the engine takes none, or there is no GPU. The share
+        comes from the declared or estimated need when there is one, not from a
+        measurement (what an engine held beyond its share would otherwise come
+        back as a bigger share at every start)."""
         share = spec.share
-        if share is None or share.declared is not None or not need or not self.cuda:
+        if share is None or share.declared is not None or not self.cuda:
+            return []
+        f = self.figures.get(spec.id)
+        base = next((n for n in (f.declared, f.estimated) if n is not None), need) if f else need
+        if not base:
             return []
         r = reader()
-        if r is None:
+        now = r.read() if r is not None else {}
+        readings = [
+            now.get(d) or GpuReading(d, self.totals[d], 0) for d in devices
+            if d in now or d in self.totals
+        ]  # fmt: skip
+        fraction = share_for(base, readings, share.of_free)
+        if fraction is None:
+            log.warning("no reading of GPU %s: %s starts with its engine's own default share",
+                        ",".join(devices), spec.id)  # fmt: skip
             return []
-        now = r.read()
-        readings = [now[d] for d in devices if d in now]
-        if not readings:
-            return []
-        return [share.flag, f"{share_for(need, readings, share.of_device):.3f}"]
+        return [share.flag, f"{fraction:.4f}"]
 
     def explain(
         self, model: str, error: SwapyardError, devices: tuple[str, ...], need: int | None
@@ -164,7 +191,8 @@ class MemoryBook:
                 continue
             who = "; ".join(
                 f"pid {h.pid} ({h.name}) {fmt_bytes(h.used)}"
-                + (f", swapyard's {h.model!r}" if h.model else ", not started by swapyard")
+                + (f", swapyard's {h.model!r}" if h.model else "")
+                + (", not started by swapyard" if not h.model and alive(h.pid) else "")
                 for h in sorted(held.holders, key=lambda h: -h.used)
             )
             parts.append(
@@ -180,5 +208,7 @@ class MemoryBook:
         return told
 
 
-def _holder(p: GpuProcess, ours: Mapping[int, str]) -> Holder:
-    return Holder(p.pid, p.name, p.used, ours.get(pgid_of(p.pid) or -1))
+def _holder(p: GpuProcess, groups: Mapping[int, str], tree: Mapping[int, str]) -> Holder:
+    if not alive(p.pid):  # listed by NVML from another PID namespace (a container)
+        return Holder(p.pid, "(not visible from here)", p.used)
+    return Holder(p.pid, p.name, p.used, tree.get(p.pid) or groups.get(pgid_of(p.pid) or -1))

@@ -79,18 +79,28 @@ def scheduler_for(
     effects: Effects,
     needs: Mapping[str, int | None] | None = None,
     budget: Mapping[str, int] | None = None,
+    asleep: Mapping[str, int | None] | None = None,
 ) -> Scheduler:
     needs = needs or {}
     if budget is None:
         budget = memory_budget(config)[0]
     return Scheduler(
-        all_terms(config, needs), effects, budget=budget, config=config.scheduler,
+        all_terms(config, needs, asleep), effects, budget=budget, config=config.scheduler,
         host=host_budget(config),
     )  # fmt: skip
 
 
-def all_terms(config: Config, needs: Mapping[str, int | None]) -> dict[str, ModelTerms]:
-    return {m.id: model_terms(m, needs.get(m.id, m.memory)) for m in config.models.values()}
+def all_terms(
+    config: Config,
+    needs: Mapping[str, int | None],
+    asleep: Mapping[str, int | None] | None = None,
+) -> dict[str, ModelTerms]:
+    """``asleep``: what each model was measured to keep asleep (persisted)."""
+    asleep = asleep or {}
+    return {
+        m.id: model_terms(m, needs.get(m.id, m.memory), asleep.get(m.id))
+        for m in config.models.values()
+    }
 
 
 def host_budget(config: Config) -> int:
@@ -99,7 +109,7 @@ def host_budget(config: Config) -> int:
     return sc.host_memory if sc.host_memory is not None else int(ram_bytes() * RAM_SHARE)
 
 
-def model_terms(m: ModelSpec, need: int | None) -> ModelTerms:
+def model_terms(m: ModelSpec, need: int | None, asleep: int | None = None) -> ModelTerms:
     """What the scheduler knows of one model. A remote engine holds no memory here;
     one with a fast swap keeps part of its need while asleep (the adapter's share,
     unless ``sleep_memory``/``host_memory`` say; never more than its need)."""
@@ -110,6 +120,8 @@ def model_terms(m: ModelSpec, need: int | None) -> ModelTerms:
     if fast is not None:
         base = need or 0
         sleep_need = m.sleep_memory if m.sleep_memory is not None else min(base, fast.gpu_kept)
+        if m.sleep_memory is None and asleep is not None:
+            sleep_need = asleep  # measured after an earlier sleep
         host_need = m.host_memory if m.host_memory is not None else int(base * fast.host_held)
     return ModelTerms(
         ttl=m.ttl, need=need, count=m.gpus, pinned=m.pin, priority=m.priority,
@@ -177,7 +189,7 @@ class Router:
         self._bg: set[asyncio.Task[Any]] = set()
         self._fx = RouterEffects(self._engines, bus, self._inbox.put_nowait, self._spawn,
                                  self._cuda, self._book.share_args)  # fmt: skip
-        self._scheduler = scheduler_for(config, self._fx, self._needs(), budget)
+        self._scheduler = scheduler_for(config, self._fx, self._needs(), budget, self._asleep())
         self._ids = itertools.count(1)
         self._task: asyncio.Task[None] | None = None
         self._closing = False
@@ -199,6 +211,10 @@ class Router:
 
     def _needs(self) -> dict[str, int | None]:
         return self._book.needs(self.config.scheduler.learn_memory)
+
+    def _asleep(self) -> dict[str, int | None]:
+        learn = self.config.scheduler.learn_memory
+        return {mid: f.asleep if learn else None for mid, f in self._book.figures.items()}
 
     # -- lifecycle ------------------------------------------------------------------
     def run(self) -> None:
@@ -238,6 +254,7 @@ class Router:
                 verdicts = []
             for v in verdicts:
                 await self._settle(v)
+        self._refresh_foreign(time.monotonic())  # adopted engines are ours by now
         for m in self.config.models.values():
             if m.pin or m.id in self.config.preload:
                 self._scheduler.load(m.id, time.monotonic())
@@ -327,9 +344,10 @@ class Router:
         budget, self._cuda = memory_budget(new)
         self._fx.cuda = self._cuda
         needs = self._needs()
-        self._scheduler.reconfigure(all_terms(new, needs), new.scheduler, budget,
-                                    host_budget(new), now)  # fmt: skip
+        self._scheduler.reconfigure(all_terms(new, needs, self._asleep()), new.scheduler,
+                                    budget, host_budget(new), now)  # fmt: skip
         for mid in (*d.changed, *revived):
+            self._scheduler.forget_learned(mid, now)  # learned from its old command
             self._scheduler.restart(mid, now)
         for mid in new.preload:
             if mid not in old_preload or mid in d.added:
@@ -487,14 +505,15 @@ class Router:
         return engine.view().state
 
     # -- measuring ------------------------------------------------------------------
-    def _used_by(self, pgid: int) -> int:
-        """On GPUs, the most the group holds on any one device (a need is per
-        device); else its resident memory."""
+    def _used_by(self, pgid: int, others: tuple[int, ...]) -> tuple[int, bool] | None:
+        """On GPUs, the most the engine's processes (its group, and ``others`` of its
+        tree that left it) hold on any one device (a need is per device), or None
+        when NVML attributes them nothing (never their RAM there: it says nothing of
+        the GPU); else their resident memory. The flag: a GPU figure."""
         if self._cuda:
-            gpu = group_gpu_memory(pgid)
-            if gpu:
-                return max(gpu.values())
-        return group_rss(pgid)
+            gpu = group_gpu_memory(pgid, others)
+            return (max(gpu.values()), True) if gpu else None
+        return group_rss(pgid), False
 
     async def _measure(self, model: str, pgid: int, asleep: bool = False) -> None:
         """What the engine's process group really holds, once it has settled (ready,
@@ -504,31 +523,39 @@ class Router:
         want = EngineState.SLEEPING if asleep else EngineState.READY
         if engine is None or engine.view().pid != pgid or engine.view().state is not want:
             return
-        nbytes = await asyncio.to_thread(self._used_by, pgid)
-        if nbytes > 0:
-            self._inbox.put_nowait(Measured(model, nbytes, asleep))
+        found = await asyncio.to_thread(self._used_by, pgid, engine.descendants())
+        if found is not None and found[0] > 0:
+            self._inbox.put_nowait(Measured(model, found[0], asleep, found[1], pgid))
 
-    def _on_measured(self, model: str, nbytes: int, asleep: bool, now: float) -> None:
-        """Measured beats estimated (declared stays authoritative), asleep too."""
+    def _on_measured(self, msg: Measured, now: float) -> None:
+        """A measurement beats an estimate (a RAM one only when larger: resident
+        memory leaves out pages not touched yet); declared stays authoritative."""
+        model = msg.model
         spec = self.config.models.get(model)
-        if spec is None or not self._scheduler.knows(model):
+        engine = self._engines.get(model)
+        if spec is None or engine is None or not self._scheduler.knows(model):
             return
-        self._book.measured(spec, nbytes, asleep)
+        if engine.view().pid != msg.pid:  # from an engine a reload replaced since
+            return
+        self._book.measured(spec, msg.nbytes, msg.asleep, msg.gpu)
         if not self.config.scheduler.learn_memory:
             return
-        if asleep:
-            if spec.sleep_memory is None:
-                self._scheduler.learned_sleep_need(model, nbytes, now)
-        elif self._book.figures[model].declared is None:
-            self._scheduler.learned_need(model, nbytes, now)
+        figures = self._book.figures[model]
+        if msg.asleep:
+            if spec.sleep_memory is None and msg.gpu:
+                self._scheduler.learned_sleep_need(model, msg.nbytes, now)
+        elif figures.declared is None and figures.scheduled is not None:
+            self._scheduler.learned_need(model, figures.scheduled, now)
 
     def _refresh_foreign(self, now: float) -> None:
         """Read the GPUs and tell the scheduler what other processes hold (before
         a placement, after a state change, and every few seconds)."""
         if not self._cuda:
             return
-        ours = {v.pid: mid for mid, e in self._engines.items() if (v := e.view()).pid is not None}
-        foreign = self._book.read(ours, self._scheduler.used())
+        groups = {v.pid: m for m, e in self._engines.items() if (v := e.view()).pid is not None}
+        tree = {pid: m for m, e in self._engines.items() for pid in e.descendants()}
+        sched = self._scheduler
+        foreign = self._book.read(groups, tree, sched.used(), sched.budget())
         self._scheduler.set_foreign(foreign, now)
 
     def _on_event(self, event: Event) -> None:
@@ -546,7 +573,6 @@ class Router:
     async def _run(self) -> None:
         sched = self._scheduler
         await self._take_over()
-        self._refresh_foreign(time.monotonic())
         self._publish()
         while True:
             msg = await self._inbox.get()
@@ -574,8 +600,8 @@ class Router:
                         sched.unload(model, now)
                     case Pin(model, pinned):
                         sched.set_pinned(model, pinned, now)
-                    case Measured(model, nbytes, asleep):
-                        self._on_measured(model, nbytes, asleep, now)
+                    case Measured():
+                        self._on_measured(msg, now)
                     case Reload(config, reply):
                         try:
                             reply.set_result(self._reload(config, now))

@@ -12,7 +12,7 @@ from swapyard.config.macros import RUNTIME_MACROS, Hidden, expand, reveal, secre
 from swapyard.config.schema import ModelIn
 from swapyard.config.values import ModelSpec, Timeouts
 from swapyard.engines import EngineFields, adapter
-from swapyard.engines.base import Launch
+from swapyard.engines.base import Launch, MemoryShare, declared_share
 from swapyard.errors import ConfigError
 
 _MODEL_ID = re.compile(r"^[^\s/][^\s]*$")
@@ -119,11 +119,21 @@ def build_model(
         cmd_shown=cmd_shown,
         cmd_stop_shown=cmd_stop_shown,
         timeouts=_timeouts(m, timeouts),
-        share=launch.share,
+        share=_share(launch, cmd) if m.cmd is not None else launch.share,
     )
 
 
 Command = tuple[str, ...]
+
+
+def _share(launch: Launch, cmd: Command) -> MemoryShare | None:
+    """A raw ``cmd`` is run as written: a share in it is declared; without one,
+    swapyard adds nothing (it did not build the command) and learns what it takes."""
+    if launch.share is None:
+        return None
+    fields = EngineFields(kind="", model_id="", extra_args=tuple(cmd))
+    declared = declared_share(fields, launch.share.flag)
+    return replace(launch.share, declared=declared) if declared is not None else None
 
 
 def _commands(at: _Scope, m: ModelIn, launch: Launch) -> tuple[Command, Command | None]:

@@ -58,13 +58,13 @@ class MemoryShare:
     the share of the need it placed, unless the user ``declared`` one (config or
     ``extra_args``), which is then passed as written and sets the need.
 
-    ``of_device``: the engine counts what every process holds against its share
-    (SGLang's ``--mem-fraction-static``: its KV pool is what is free after its
-    weights, less ``(1 - share) x total``), so the share is ``(held now + need) /
-    total``; else (vLLM's ``--gpu-memory-utilization``) it is ``need / total``."""
+    ``of_free``: the share is of the memory free when the engine starts (SGLang's
+    ``--mem-fraction-static``: its KV pool is what is free after its weights, less
+    ``(1 - share) x`` what was free before them), so it is ``need / free``; else
+    (vLLM's ``--gpu-memory-utilization``) of the device's total: ``need / total``."""
 
     flag: str
-    of_device: bool = False
+    of_free: bool = False
     declared: float | None = None
 
 

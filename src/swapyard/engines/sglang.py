@@ -63,7 +63,7 @@ class Sglang(BaseAdapter):
         if f.fast_swap:
             # Without the CPU backup, released weights would come back as garbage.
             args += ["--enable-memory-saver", "--enable-weights-cpu-backup"]
-        share = MemoryShare(SHARE_FLAG, of_device=True, declared=declared_share(f, SHARE_FLAG))
+        share = MemoryShare(SHARE_FLAG, of_free=True, declared=declared_share(f, SHARE_FLAG))
         return Launch(tuple(args + list(f.extra_args)), stream_usage=True, share=share)
 
     def fast(self, f: EngineFields) -> FastSwap | None:

@@ -91,6 +91,7 @@ S = EngineState
 LOG_TAIL_IN_ERRORS = 20
 LOADING = (S.STARTING, S.WARMING, S.WAKING)  # on the way to ready
 GONE = (S.STOPPED, S.BACKOFF, S.FAILED)  # no process
+STARTING_LINE = "[swapyard] starting:"  # the log's first line of each start
 TREE_TRACK_INTERVAL = 1.0  # s between looks for descendants that left the group
 
 
@@ -172,6 +173,11 @@ class EngineProcess:
     @property
     def pid(self) -> int | None:
         return self._pid
+
+    def descendants(self) -> tuple[int, ...]:
+        """The descendants of its child seen while it ran (those that left its
+        process group too): what the GPU lists under them is this engine's."""
+        return tuple(self._tree.seen) if self._tree is not None else ()
 
     @property
     def upstream(self) -> str:
@@ -533,7 +539,7 @@ class EngineProcess:
             return
         argv = [render(a, {"PORT": self._port}) for a in spec.cmd] + list(args)
         shown = render(spec.cmd_display, {"PORT": self._port})
-        self.logs.append(f"[swapyard] starting: {' '.join([shown, *args])}")
+        self.logs.append(f"{STARTING_LINE} {' '.join([shown, *args])}")
         env = {k: render(v, {"PORT": self._port}) for k, v in spec.env.items()}
         try:
             out = self._output.open_for_engine()
@@ -605,7 +611,8 @@ class EngineProcess:
         if state in LOADING:
             tail = self.logs.tail(LOG_TAIL_IN_ERRORS)
             reason = f"the process exited with code {code} before it became ready"
-            if (line := out_of_memory_line(tail)) is not None:
+            this_run = tail[max((i for i, t in enumerate(tail) if STARTING_LINE in t), default=0) :]
+            if (line := out_of_memory_line(this_run)) is not None:
                 self._fail_start(EngineOutOfMemory(self.spec.id, f"{reason}: {line}", tail))
             else:
                 self._fail_start(EngineExitedEarly(self.spec.id, reason, tail))

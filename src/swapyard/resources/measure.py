@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from pathlib import Path
 
 from swapyard.resources.gpu import reader
@@ -37,13 +38,13 @@ def group_rss(pgid: int) -> int:
     return total
 
 
-def group_gpu_memory(pgid: int) -> dict[str, int] | None:
-    """GPU memory the group's processes hold, per CUDA index (NVML or the simulated
-    GPU), or None without a GPU or when the group holds none."""
+def group_gpu_memory(pgid: int, others: Iterable[int] = ()) -> dict[str, int] | None:
+    """GPU memory the group's processes (and ``others``) hold, per CUDA index (NVML
+    or the simulated GPU), or None without a GPU or when they hold none."""
     r = reader()
     if r is None:
         return None
-    pids = set(group_pids(pgid))
+    pids = set(group_pids(pgid)) | set(others)
     out = {}
     for index, g in r.read().items():
         used = sum(p.used for p in g.processes if p.pid in pids)

@@ -28,14 +28,17 @@ class MemoryFigures:
     estimated: int | None = None
     measured: int | None = None
     asleep: int | None = None  # measured while asleep (fast swap)
+    measured_on_gpu: bool = True  # NVML's figure; else resident memory (RAM)
 
     @property
     def scheduled(self) -> int | None:
-        """Declared is authoritative; a measurement beats an estimate."""
-        for figure in (self.declared, self.measured, self.estimated):
-            if figure is not None:
-                return figure
-        return None
+        """Declared is authoritative; a GPU measurement beats an estimate; a RAM one
+        only when larger (resident memory leaves out pages not touched yet)."""
+        if self.declared is not None:
+            return self.declared
+        if self.measured is not None and self.estimated is not None and not self.measured_on_gpu:
+            return max(self.measured, self.estimated)
+        return self.measured if self.measured is not None else self.estimated
 
 
 # The xllamacpp launcher runs llama.cpp inside a Python interpreter: measured on
@@ -88,6 +91,7 @@ def initial_figures(
         estimated=estimated,
         measured=store.get(spec) if store is not None else None,
         asleep=store.get(spec, asleep=True) if store is not None else None,
+        measured_on_gpu=store.on_gpu(spec) if store is not None else True,
     )
 
 

@@ -17,7 +17,11 @@ from swapyard.config import ModelSpec
 
 
 def spec_key(spec: ModelSpec) -> str:
-    return hashlib.sha256("\0".join(spec.cmd).encode()).hexdigest()[:16]
+    """Its command, and whether swapyard tells it its share (issue 12: a figure
+    measured when vLLM took its default 0.9 of the GPU must not come back)."""
+    told = spec.share is not None and spec.share.declared is None
+    parts = (*spec.cmd, "(share told by swapyard)") if told else spec.cmd
+    return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:16]
 
 
 class MeasuredStore:
@@ -35,11 +39,18 @@ class MeasuredStore:
             return int(entry[name])
         return None
 
-    def put(self, spec: ModelSpec, nbytes: int, asleep: bool = False) -> None:
+    def on_gpu(self, spec: ModelSpec) -> bool:
+        """Whether the figure measured while serving is NVML's (else resident memory)."""
+        entry = self._data.get(spec.id) or {}
+        return bool(entry.get("gpu", False))
+
+    def put(self, spec: ModelSpec, nbytes: int, asleep: bool = False, gpu: bool = False) -> None:
         entry = self._data.get(spec.id)
         if not entry or entry.get("key") != spec_key(spec):
             entry = self._data[spec.id] = {"key": spec_key(spec)}
         entry["asleep" if asleep else "bytes"] = nbytes
+        if not asleep:
+            entry["gpu"] = gpu
         entry["at"] = time.time()
         with contextlib.suppress(OSError):
             self.path.parent.mkdir(parents=True, exist_ok=True)

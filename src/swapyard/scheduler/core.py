@@ -216,16 +216,16 @@ class Scheduler:
         self._tick(now)
         m = self._m[model]
         state = S.STARTING if state in LOADING else state
-        if state in BROKEN and self._retry_out_of_memory(model, error):
+        if state is S.BACKOFF and self._retry_out_of_memory(model, error):
             self._step()
             return
         if state is S.SLEEPING:
             self._hand_over(model, self._need(m) - (self._sleep_need(m) or 0))
         was = m.state
         if state is S.STOPPED and was in BROKEN:
-            if m.oom_reset:  # the reset before the retry
-                m.oom_reset = False
-            else:  # its backoff is over: a later start gets its own retry
+            if m.oom_retrying:  # its backoff is over: now the retry
+                m.oom_retrying = False
+            else:  # a later start gets its own retry
                 m.oom_retried = False
         exited = state is S.STOPPED and was in (S.READY, S.SLEEPING)  # on its own
         m.state = state
@@ -288,6 +288,13 @@ class Scheduler:
         m = self._m[model]
         if m.terms.sleep_need is not None:
             m.sleep_need = need
+        self._step()
+
+    def forget_learned(self, model: str, now: float | None = None) -> None:
+        """Its command changed: what was learned from the old one no longer holds."""
+        self._tick(now)
+        m = self._m[model]
+        m.need, m.sleep_need = m.terms.need, None
         self._step()
 
     def set_foreign(self, foreign: Mapping[str, int], now: float | None = None) -> None:
@@ -439,8 +446,7 @@ class Scheduler:
         room = self._room()
         for model in self._wanted(overdue):
             m = self._m[model]
-            if any(self._m[v].state not in (S.STOPPED, *BROKEN) for v in m.oom_wait
-                   if v in self._m):  # fmt: skip
+            if any(self._m[v].state is S.STOPPING for v in m.oom_wait if v in self._m):
                 continue  # retrying an out-of-memory start: once they are gone
             m.oom_wait = ()
             residents = self._residents(overdue, model)
@@ -477,7 +483,7 @@ class Scheduler:
                     foreign = reason.startswith(FOREIGN)
                     err = InsufficientMemory(model, reason.removeprefix(FOREIGN), now=foreign)
                     self._reject_queued(model, err)
-                    m.keep = False
+                    m.keep = m.keep and foreign  # a pin or preload waits for the room
                 case _:  # Wait: decide again on the next event or wake-up
                     pass
             if self._policy.stops_loads(p):
@@ -545,9 +551,11 @@ class Scheduler:
         return Never(f"{FOREIGN}{p.reason}; processes swapyard did not start hold {held}")
 
     def _retry_out_of_memory(self, model: str, error: SwapyardError | None) -> bool:
-        """A start that ran out of memory: stop the idle models on its devices and
-        start it again once they are gone, once. False: no retry (already used,
-        or nothing idle to stop), the failure goes on as usual."""
+        """A start that ran out of memory (its engine backs off): stop the idle
+        models on its devices, and start it again once they are gone and its
+        backoff is over (its failures still count toward its start limit), once.
+        False: no retry (already used, or nothing idle to stop), the failure goes
+        on as usual. Its queue waits meanwhile."""
         m = self._m[model]
         cause = getattr(error, "cause", error)
         if m.oom_retried or m.state is not S.STARTING or not isinstance(cause, EngineOutOfMemory):
@@ -559,12 +567,14 @@ class Scheduler:
         ]  # fmt: skip
         if not victims:
             return False
-        m.oom_retried = m.oom_reset = True
+        m.oom_retried = m.oom_retrying = True
         m.oom_wait = tuple(victims)
         m.state, m.devices = S.BACKOFF, ()
         for v in victims:
-            self._stop(v, None)  # for good: what it would keep asleep is what was missing
-        self._fx.reset(model)
+            # For good (what it would keep asleep is what was missing), the room
+            # kept for this model; one explicit load does not bring the other back.
+            self._m[v].keep = self._m[v].keep and not m.keep
+            self._stop(v, model, sleep_ok=False)
         return True
 
     def _sleep_need(self, m: ModelView) -> int | None:
@@ -646,7 +656,7 @@ class Scheduler:
         m = self._m.get(model)
         if m is None or m.retiring:
             return EngineStopped(model, f"model {model!r} was removed")
-        if m.state not in BROKEN or m.oom_reset:
+        if m.state not in BROKEN or m.oom_retrying:
             return None
         if isinstance(m.failure, EngineBackoff):
             left = max(0.0, m.failure.retry_after - (self._now - m.failure_at))

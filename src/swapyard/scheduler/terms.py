@@ -90,7 +90,7 @@ class ModelView:
     retiring: bool = False  # removed from the config: forgotten once stopped
     sleep_need: int | None = None  # measured while asleep: beats terms.sleep_need
     oom_retried: bool = False  # its start ran out of memory once: the retry is used
-    oom_reset: bool = False  # a retry after an out-of-memory start awaits the reset
+    oom_retrying: bool = False  # a retry after an out-of-memory start awaits its backoff
     oom_wait: tuple[str, ...] = ()  # evicted for that retry: it starts once they stopped
 
     def recent(self, now: float, window: float) -> list[float]:

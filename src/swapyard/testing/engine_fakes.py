@@ -303,13 +303,17 @@ class Sglang(Base):
         self.weights_ok = True
 
     async def boot(self, mem: GpuMemory, need: Footprint) -> None:
-        """SGLang's static pool: the KV cache is what is free after the weights,
-        less the (1 − mem_fraction_static) × total left for others."""
+        """SGLang's static pool (``ModelRunner.profile_max_num_token``): the KV cache
+        is what is free after the weights, less (1 − mem_fraction_static) × what
+        was free before them (SGLang's ``total_gpu_memory`` is the memory free at
+        its start, not the device's), so it holds about the fraction of what it
+        found free."""
         frac = 0.88 if self.args.mem_fraction_static is None else self.args.mem_fraction_static
         mem.open(need.context)
+        free_at_start = mem.free()
         take_all(mem, {"weights": need.weights, "activation": need.activation})
         await asyncio.sleep(_env_float("FAKE_LOAD_S", 0.0))
-        rest = mem.free() - int(mem.total() * (1 - frac))
+        rest = mem.free() - int(free_at_start * (1 - frac))
         if rest <= 0:
             raise GpuError(
                 "RuntimeError: Not enough memory. Please try to increase --mem-fraction-static."
