@@ -191,7 +191,7 @@ def test_reconfigure_drains_a_removed_model_then_forgets_it(fx: RecordingEffects
     assert fx.take() == []  # two answers still running on a: nothing is cut
     s.request_done(1, now=2.0)
     s.request_done(2, now=2.1)
-    assert fx.take() == [("stop", "a", None)]
+    assert [c for c in fx.take() if c[0] != "wake"] == [("stop", "a", None)]
     s.engine_state("a", S.STOPPED, now=2.5)
     assert not s.knows("a")
     assert fx.take() == [("start", "b")]

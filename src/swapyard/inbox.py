@@ -18,6 +18,7 @@ if TYPE_CHECKING:
 class Arrive:
     request_id: int
     model: str
+    client: str = ""
 
 
 @dataclass(frozen=True, slots=True)

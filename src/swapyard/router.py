@@ -374,7 +374,7 @@ class Router:
     def new_request_id(self) -> int:
         return next(self._ids)
 
-    async def acquire(self, model: str, request_id: int | None = None) -> Lease:
+    async def acquire(self, model: str, request_id: int | None = None, client: str = "") -> Lease:
         """Wait until ``model`` is ready and this request may run on it.
 
         Raises the engine's ``SwapyardError`` if it cannot start. If the caller is
@@ -385,7 +385,7 @@ class Router:
         rid = self.new_request_id() if request_id is None else request_id
         fut = self._fx.expect(rid)
         t0 = time.monotonic()
-        self._inbox.put_nowait(Arrive(rid, model))
+        self._inbox.put_nowait(Arrive(rid, model, client))
         try:
             await fut
         except BaseException:
@@ -579,11 +579,11 @@ class Router:
             now = time.monotonic()
             try:
                 match msg:
-                    case Arrive(rid, model):
+                    case Arrive(rid, model, client):
                         if self._fx.expects(rid):
                             if sched.knows(model) and sched.state(model) is not S.READY:
                                 self._refresh_foreign(now)  # it may be placed now
-                            sched.request_arrived(rid, model, now)
+                            sched.request_arrived(rid, model, now, client)
                     case Leave(rid):
                         sched.request_done(rid, now)
                     case Idle(model, token):

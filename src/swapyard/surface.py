@@ -214,9 +214,10 @@ class RouterSurface(Protocol):
         """Whether a request for ``model`` would be dispatched without waiting."""
         ...
 
-    async def acquire(self, model: str, request_id: int | None = None) -> Lease:
+    async def acquire(self, model: str, request_id: int | None = None, client: str = "") -> Lease:
         """Wait until ``model`` is ready and this request may run on it; raises the
-        ``SwapyardError`` that keeps it from running. Cancelling leaves the queue."""
+        ``SwapyardError`` that keeps it from running. Cancelling leaves the queue.
+        ``client`` says who asks (the scheduler tells people apart by it)."""
         ...
 
     def release(self, lease: Lease) -> None: ...

@@ -73,7 +73,12 @@ def status_text(
 
 
 async def stream_with_loading_status(
-    request: web.Request, state: AppState, model: str, body: bytes, metering: Metering
+    request: web.Request,
+    state: AppState,
+    model: str,
+    body: bytes,
+    metering: Metering,
+    client: str = "",
 ) -> web.StreamResponse:
     """Begin the SSE answer at once, say what the request waits for until its
     model is ready, then continue with the engine's own stream (``proxy.forward``)."""
@@ -83,7 +88,7 @@ async def stream_with_loading_status(
     rid = router.new_request_id()
     chunk_id = f"swapyard-status-{rid}"
     t0 = time.monotonic()
-    acquiring = asyncio.ensure_future(router.acquire(model, rid))
+    acquiring = asyncio.ensure_future(router.acquire(model, rid, client))
     lease: Lease | None = None
     out = web.StreamResponse(headers=sse.HEADERS)
     try:

@@ -12,6 +12,7 @@ from typing import Any
 from aiohttp import web
 
 from swapyard.api.auth import check_model_allowed
+from swapyard.api.clients import client_of
 from swapyard.api.limits import read_body
 from swapyard.api.loading import stream_with_loading_status
 from swapyard.api.state import KEY_MODELS, KEY_NAME, STATE, AppState
@@ -117,10 +118,11 @@ async def proxy_post(request: web.Request) -> web.StreamResponse:
     ticket = Ticket(model, spec.engine, request.path, stream, request.get(KEY_NAME), not ready)
     footer = spec.footer if spec.footer is not None else state.config.server.footer
     metering = Metering(ticket, t0, footer_wanted(footer, request.path, doc), fix)
+    client = client_of(request, doc)
     try:
         if use_status:
-            return await stream_with_loading_status(request, state, model, body, metering)
-        lease = await router.acquire(model)
+            return await stream_with_loading_status(request, state, model, body, metering, client)
+        lease = await router.acquire(model, client=client)
         metering.admitted(lease.request_id, lease.waited)
         try:
             return await forward(

@@ -124,6 +124,7 @@ class SchedulerIn(Strict):
     min_residency: Duration = _SCHEDULER.min_residency
     swap_factor: float = Field(_SCHEDULER.swap_factor, ge=0)
     assumed_load: Duration = _SCHEDULER.assumed_load
+    hold_probe: Duration = _SCHEDULER.hold_probe
     host_memory: Annotated[int, Field(ge=0)] | Size | None = _SCHEDULER.host_memory
     learn_memory: bool = _SCHEDULER.learn_memory
 

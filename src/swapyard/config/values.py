@@ -134,6 +134,10 @@ class SchedulerSpec:
     min_residency: float = 8.0
     swap_factor: float = 3.5
     assumed_load: float = 5.0
+    # Issue 13: a hot model is held for another only while others go on asking
+    # for it: a request of theirs started since the oldest waiting one came, or
+    # less than hold_probe seconds have passed to see whether one will.
+    hold_probe: float = 1.0
     # Memory: host RAM for sleeping engines (None: 90 % of RAM), and whether to
     # measure what each engine really uses after it loads.
     host_memory: int | None = None

@@ -181,12 +181,16 @@ class Scheduler:
         )
 
     # -- what happened ------------------------------------------------------------------
-    def request_arrived(self, request_id: int, model: str, now: float | None = None) -> None:
+    def request_arrived(
+        self, request_id: int, model: str, now: float | None = None, client: str = ""
+    ) -> None:
+        """A request for ``model`` from ``client`` (API key, session or address; ""
+        unknown): one client's own requests never count as others' demand."""
         self._tick(now)
         if (err := self.queue_full() or self._refused(model)) is not None:
             self._fx.reject(request_id, err)
             return
-        self._queue.append(Queued(request_id, model, self._now))
+        self._queue.append(Queued(request_id, model, self._now, client))
         self._step()
 
     def request_done(self, request_id: int, now: float | None = None) -> None:
@@ -513,6 +517,7 @@ class Scheduler:
         policy holds for now is not evictable."""
         out = []
         tm, waiting = self._m[target], [q for q in self._queue if q.model == target]
+        queued = {q.model for q in self._queue}
         for model, m in self._m.items():
             if not m.devices or model == target:
                 continue
@@ -530,7 +535,7 @@ class Scheduler:
             r = Resident(
                 model, self._need(m), m.devices, evictable, pinned=m.pinned,
                 stopping=stopping, last_used=m.last_used, priority=m.terms.priority,
-                residual=residual,
+                residual=residual, wanted=model in queued,
             )  # fmt: skip
             out.append(r)
         for claimant, rooms in self._reserved.items():
@@ -603,7 +608,7 @@ class Scheduler:
         m.token += 1
         m.last_used = self._now
         # Only those within min_residency are ever read (what makes a model hot).
-        m.note_start(self._now, self._cfg.min_residency)
+        m.note_start(self._now, self._cfg.min_residency, q.client)
         self._fx.dispatch(q.request_id, q.model)
 
     def _stop(self, model: str, for_model: str | None, sleep_ok: bool = True) -> None:

@@ -37,6 +37,7 @@ class Resident:
     last_used: float = 0.0
     priority: int = 0
     residual: int = 0  # still held once evicted or stopped (an engine put to sleep)
+    wanted: bool = False  # requests wait for it: evicted only if nothing else makes room
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,11 +121,12 @@ def _victims_for(
     need: int, devices: tuple[str, ...], free: Mapping[str, int], residents: Sequence[Resident]
 ) -> list[Resident] | None:
     """The smallest set of evictable residents that frees ``need`` on every device
-    of ``devices``; among sets of that size, the least recently used (then lowest
-    priority). None if even all of them are not enough."""
+    of ``devices``; among sets of that size, those no queued request waits for, then
+    the least recently used (then lowest priority). None if even all of them are
+    not enough."""
     order = sorted(
         (r for r in residents if r.evictable and not r.stopping and set(r.devices) & set(devices)),
-        key=lambda r: (r.last_used, r.priority, r.model),
+        key=lambda r: (r.wanted, r.last_used, r.priority, r.model),
     )
 
     def enough(victims: Sequence[Resident]) -> bool:
@@ -147,7 +149,7 @@ def _victims_for(
         if sets:
             best = min(
                 sets,
-                key=lambda c: (max((r.last_used for r in c), default=0.0),
+                key=lambda c: (sum(r.wanted for r in c), max((r.last_used for r in c), default=0.0),
                                sum(r.priority for r in c), [r.model for r in c]),
             )  # fmt: skip
             return list(best)

@@ -30,6 +30,7 @@ from the config once (``policy_for``) and acts on its answers.
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -41,7 +42,7 @@ from swapyard.scheduler.terms import TO_LOAD, ModelView, Queued
 
 S = EngineState
 Models = Mapping[str, ModelView]
-HOT = 2  # requests started within min_residency that make a model hot
+HOT = 2  # requests of unknown clients within min_residency that make a model hot
 
 
 class Policy(Protocol):
@@ -182,13 +183,34 @@ class Batch:
         now: float,
     ) -> bool:
         """Demand decides, not arrival order: a hot model outweighing the queue that
-        wants its room stays until that queue's wait pays for the swap. An explicit
-        load (nobody waiting: preload, admin, pin) is the operator's call."""
+        wants its room stays until that queue's wait pays for the swap. Only other
+        people's demand counts: the requests of the clients now waiting for the
+        target are theirs, and one who moved on to another model (a chat's title
+        and tags requests, then a switch) holds nothing back. An explicit load
+        (nobody waiting: preload, admin, pin) is the operator's call."""
+        if overdue is not None or not waiting or m.state is not S.READY:
+            return False
+        asking = frozenset(q.client for q in waiting if q.client)
+        demand = self.demand(m, now, asking)
         return (
-            overdue is None
-            and 0 < len(waiting) < self.demand(m, now)
-            and self.hot(m, now)
+            len(waiting) <= demand
+            and self.hot(m, now, asking)
+            and self.still_asked(m, waiting[0].arrived, asking, now)
             and sum(now - q.arrived for q in waiting) < self.cost(m, target)  # the debt
+        )
+
+    def still_asked(self, m: ModelView, since: float, asking: frozenset[str], now: float) -> bool:
+        """Whether others go on asking for ``m`` while the target waits: one of their
+        requests started on it after ``since`` (the oldest waiting request came), or
+        ``hold_probe`` has not passed since then to see whether one will. A burst
+        that is over (sub-agents that will not ask again before the model the
+        target is for answers) holds nothing back for long."""
+        if now - since < self.spec.hold_probe:
+            return True
+        return any(
+            t > since and (not c or c not in asking)
+            for t, c in zip(reversed(m.started), reversed(m.started_by), strict=True)
+            if t > since
         )
 
     def deadlines(
@@ -209,19 +231,26 @@ class Batch:
                 arrived = [q.arrived for q in queue if q.model == target]
                 for m in hot:
                     times.append((self.cost(m, models[target]) + sum(arrived)) / len(arrived))
-        times += [m.started[-2] + self.spec.min_residency for m in hot]  # hot: two or more
+        times += [m.started[-1] + self.spec.min_residency for m in hot]  # hot until it cools
+        if hot:  # a hold's probe ends: does anyone still ask for the hot model?
+            times += [q.arrived + self.spec.hold_probe for q in queue]
         return times
 
     def recent(self, m: ModelView, now: float) -> list[float]:
         """When ``m`` started the requests of the last ``min_residency`` seconds."""
         return m.recent(now, self.spec.min_residency)
 
-    def demand(self, m: ModelView, now: float) -> int:
-        return m.demand(now, self.spec.min_residency)
+    def demand(self, m: ModelView, now: float, besides: frozenset[str] = frozenset()) -> int:
+        return m.demand(now, self.spec.min_residency, besides)
 
-    def hot(self, m: ModelView, now: float) -> bool:
-        """Ready and asked for at least ``HOT`` times within ``min_residency``."""
-        return m.state is S.READY and self.demand(m, now) >= HOT
+    def hot(self, m: ModelView, now: float, besides: frozenset[str] = frozenset()) -> bool:
+        """Ready, and asked for within ``min_residency`` by a known client other than
+        ``besides``, or twice by anyone (who is unknown may be one person alone)."""
+        if m.state is not S.READY:
+            return False
+        cut = bisect_right(m.started, now - self.spec.min_residency)
+        others = [c for c in m.started_by[cut:] if not c or c not in besides]
+        return any(others) or len(others) >= HOT
 
     def cost(self, m: ModelView, target: ModelView) -> float:
         """What evicting ``m`` for ``target`` costs: loading ``target`` now and

@@ -66,6 +66,7 @@ class Queued:
     request_id: int
     model: str
     arrived: float
+    client: str = ""  # who asks ("": unknown, counted as someone else every time)
 
 
 @dataclass(slots=True)
@@ -82,6 +83,7 @@ class ModelView:
     pinned: bool = False
     draining: bool = False  # unload asked: no new requests, stop once idle
     started: list[float] = field(default_factory=list)  # dispatch times, pruned on dispatch
+    started_by: list[str] = field(default_factory=list)  # the client of each, alike
     starting_at: float = 0.0
     load_time: float | None = None  # last starting -> ready, seconds
     to_sleep: bool = False  # stopping into sleep (its fast swap), not to stopped
@@ -97,15 +99,22 @@ class ModelView:
         """When it started the requests of the last ``window`` seconds, oldest first."""
         return self.started[bisect_right(self.started, now - window) :]
 
-    def demand(self, now: float, window: float) -> int:
+    def demand(self, now: float, window: float, besides: frozenset[str] = frozenset()) -> int:
         """How many requests it started in the last ``window`` seconds (``started``
-        is in dispatch order, so sorted: a bisection, not a scan)."""
-        return len(self.started) - bisect_right(self.started, now - window)
+        is in dispatch order, so sorted: a bisection, not a scan), leaving out
+        those of the clients ``besides`` (an unknown client is never left out)."""
+        cut = bisect_right(self.started, now - window)
+        if not besides:
+            return len(self.started) - cut
+        return sum(1 for c in self.started_by[cut:] if not c or c not in besides)
 
-    def note_start(self, now: float, window: float) -> None:
-        """Record a dispatch at ``now``, forgetting those older than ``window``."""
+    def note_start(self, now: float, window: float, client: str = "") -> None:
+        """Record a dispatch at ``now`` for ``client``, forgetting those older than
+        ``window``."""
         started = self.started
         cut = bisect_right(started, now - window)
         if cut:
             del started[:cut]
+            del self.started_by[:cut]
         started.append(now)
+        self.started_by.append(client)

@@ -85,7 +85,7 @@ class FakeRouter:
     def ready_now(self, model: str) -> bool:
         return self._views[model].state is EngineState.READY
 
-    async def acquire(self, model: str, request_id: int | None = None) -> Lease:
+    async def acquire(self, model: str, request_id: int | None = None, client: str = "") -> Lease:
         self.check_admission()
         self.acquired.append(model)
         if model in self.refuse:
