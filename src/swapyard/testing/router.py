@@ -39,6 +39,7 @@ class FakeRouter:
     admission_error: SwapyardError | None = None
     bus: EventBus = field(default_factory=EventBus)
     acquired: list[str] = field(default_factory=list)
+    clients: list[str] = field(default_factory=list)  # who asked, per acquire (issue 13)
     released: list[int] = field(default_factory=list)
     commands: list[tuple[str, str]] = field(default_factory=list)
     running: bool = False
@@ -88,6 +89,7 @@ class FakeRouter:
     async def acquire(self, model: str, request_id: int | None = None, client: str = "") -> Lease:
         self.check_admission()
         self.acquired.append(model)
+        self.clients.append(client)
         if model in self.refuse:
             raise self.refuse[model]
         if self._views[model].state is not EngineState.READY:
