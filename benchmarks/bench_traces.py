@@ -393,6 +393,18 @@ def swapyard_config(shape: Shape, cmds: dict[str, str], policy: str) -> dict[str
     }
 
 
+def best_routing(shape: Shape) -> dict[str, Any] | None:
+    """llama-swap's ``routing`` for the best config: a matrix of every combination
+    of ``shape.fit`` models, evicting the quickest to reload (module docstring)."""
+    if shape.fit < 2:
+        return None
+    combos = itertools.combinations(shape.loads, shape.fit)
+    sets = {f"fit{i + 1}": " & ".join(c) for i, c in enumerate(combos)}
+    costs = {m: max(1, round(load * 10)) for m, load in shape.loads.items()}
+    matrix = {"evict_costs": costs, "sets": sets}
+    return {"router": {"use": "matrix", "settings": {"matrix": matrix}}}
+
+
 def llama_swap_config(shape: Shape, cmds: dict[str, str], best: bool) -> dict[str, Any]:
     """Its default (each model on its own: one at a time), or the best a user would
     write for ``shape.fit`` models (see the module docstring)."""
@@ -403,12 +415,8 @@ def llama_swap_config(shape: Shape, cmds: dict[str, str], best: bool) -> dict[st
         if best:
             models[m]["concurrencyLimit"] = 1000
     cfg: dict[str, Any] = {"models": models}
-    if best and shape.fit > 1:
-        sets = {f"fit{i + 1}": " & ".join(c)
-                for i, c in enumerate(itertools.combinations(shape.loads, shape.fit))}  # fmt: skip
-        costs = {m: max(1, round(load * 10)) for m, load in shape.loads.items()}
-        matrix = {"evict_costs": costs, "sets": sets}
-        cfg["routing"] = {"router": {"use": "matrix", "settings": {"matrix": matrix}}}
+    if best and (routing := best_routing(shape)):
+        cfg["routing"] = routing
     return cfg
 
 
@@ -588,6 +596,14 @@ async def main() -> None:
     out = [f"Traces: seed {args.seed}, --scale {args.scale:g}, --size {args.size:g}, "
            f"{time.strftime('%Y-%m-%d %H:%M')}, load average at start {load:.2f}\n",
            markdown(head, [r.cells() for r in rows])]  # fmt: skip
+    if "llama-swap-best" in targets:
+        out.append("\nllama-swap-best: `concurrencyLimit: 1000` on every model, and `routing`:\n")
+        for sh in shapes:
+            routing = best_routing(sh)
+            out.append(
+                f"- {sh.key}: "
+                + (f"`{json.dumps(routing)}`" if routing else "none (memory for one)")
+            )
     if switch_table:
         head = ["engines", "target", "switch", "latency s", "by hand s", "overhead ms"]
         out += ["\nShape 1, switches: time to first token of the first chat on the new model\n",
