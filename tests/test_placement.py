@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from swapyard.scheduler.placement import Evict, Fit, Never, Resident, Wait, fmt_bytes, plan
 
 G = 2**30
@@ -95,3 +97,12 @@ def test_eviction_picks_the_device_whose_victim_was_used_longest_ago() -> None:
     assert plan(16 * G, 1, budget, res) == Evict(("g0",), ("a",))
     res = [idle("a", 20 * G, "g0", used=9), idle("b", 20 * G, "g1", used=5)]
     assert plan(16 * G, 1, budget, res) == Evict(("g1",), ("b",))
+
+
+def test_a_model_slow_to_load_again_counts_as_used_more_recently() -> None:
+    """Issue 13: evicting a model that takes 20 s to load again costs more than one
+    that takes 1 s, though it was used a little earlier."""
+    slow = Resident("slow", 10, ("0",), True, last_used=10.0, load_cost=20.0)
+    fast = Resident("fast", 10, ("0",), True, last_used=15.0, load_cost=1.0)
+    assert plan(10, 1, {"0": 20}, [slow, fast]) == Evict(("0",), ("fast",))
+    assert plan(10, 1, {"0": 20}, [replace(slow, load_cost=0.0), fast]) == Evict(("0",), ("slow",))

@@ -517,7 +517,6 @@ class Scheduler:
         policy holds for now is not evictable."""
         out = []
         tm, waiting = self._m[target], [q for q in self._queue if q.model == target]
-        queued = {q.model for q in self._queue}
         for model, m in self._m.items():
             if not m.devices or model == target:
                 continue
@@ -526,6 +525,9 @@ class Scheduler:
             else:
                 evictable = m.state is S.READY and m.inflight == 0 and not m.pinned
                 held = self._policy.holds(m, tm, waiting, overdue, self._now)
+                held = held or self._policy.keeps_dear(
+                    m, tm, waiting, self._cheaper_busy(model, m), overdue, self._now
+                )
                 evictable = evictable and not held
                 sleeps = m.to_sleep if m.state is S.STOPPING else self._will_sleep(m)
                 residual = (self._sleep_need(m) or 0) if sleeps else 0
@@ -535,7 +537,8 @@ class Scheduler:
             r = Resident(
                 model, self._need(m), m.devices, evictable, pinned=m.pinned,
                 stopping=stopping, last_used=m.last_used, priority=m.terms.priority,
-                residual=residual, wanted=model in queued,
+                residual=residual,
+                load_cost=m.load_time if m.load_time is not None else self._cfg.assumed_load,
             )  # fmt: skip
             out.append(r)
         for claimant, rooms in self._reserved.items():
@@ -582,6 +585,19 @@ class Scheduler:
             self._stop(v, model, sleep_ok=False)
         return True
 
+    def _cheaper_busy(self, model: str, m: ModelView) -> bool:
+        """Whether another model on ``m``'s devices (loading, answering or held)
+        reloads faster than ``m``: once it is free, evicting it costs less."""
+        own = self._load(m)
+        return any(
+            o.state in (S.STARTING, S.READY)
+            and not o.pinned and set(o.devices) & set(m.devices) and self._load(o) < own
+            for mid, o in self._m.items() if mid != model
+        )  # fmt: skip
+
+    def _load(self, m: ModelView) -> float:
+        return m.load_time if m.load_time is not None else self._cfg.assumed_load
+
     def _sleep_need(self, m: ModelView) -> int | None:
         return m.sleep_need if m.sleep_need is not None else m.terms.sleep_need
 
@@ -608,7 +624,7 @@ class Scheduler:
         m.token += 1
         m.last_used = self._now
         # Only those within min_residency are ever read (what makes a model hot).
-        m.note_start(self._now, self._cfg.min_residency, q.client)
+        m.note_start(self._now, self._cfg.min_residency, q.client, q.arrived)
         self._fx.dispatch(q.request_id, q.model)
 
     def _stop(self, model: str, for_model: str | None, sleep_ok: bool = True) -> None:

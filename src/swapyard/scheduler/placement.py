@@ -37,7 +37,7 @@ class Resident:
     last_used: float = 0.0
     priority: int = 0
     residual: int = 0  # still held once evicted or stopped (an engine put to sleep)
-    wanted: bool = False  # requests wait for it: evicted only if nothing else makes room
+    load_cost: float = 0.0  # seconds to load it again: counts as that much more recent use
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,7 +108,7 @@ def plan(need: int, count: int, budget: Mapping[str, int], residents: Sequence[R
         victims = _victims_for(need, s, after_stops, residents)
         if victims is None:
             continue
-        key = (len(victims), max((r.last_used for r in victims), default=0.0))
+        key = (len(victims), max((r.last_used + r.load_cost for r in victims), default=0.0))
         if best_key is None or key < best_key:
             best_key = key
             best_plan = Evict(s, tuple(r.model for r in victims))
@@ -121,12 +121,13 @@ def _victims_for(
     need: int, devices: tuple[str, ...], free: Mapping[str, int], residents: Sequence[Resident]
 ) -> list[Resident] | None:
     """The smallest set of evictable residents that frees ``need`` on every device
-    of ``devices``; among sets of that size, those no queued request waits for, then
-    the least recently used (then lowest priority). None if even all of them are
-    not enough."""
+    of ``devices``; among sets of that size, the least recently used, a model's
+    load time counting as that much more recent use (one that takes a minute to
+    load again is worth more than one that takes a second), then lowest priority.
+    None if even all of them are not enough."""
     order = sorted(
         (r for r in residents if r.evictable and not r.stopping and set(r.devices) & set(devices)),
-        key=lambda r: (r.wanted, r.last_used, r.priority, r.model),
+        key=lambda r: (r.last_used + r.load_cost, r.priority, r.model),
     )
 
     def enough(victims: Sequence[Resident]) -> bool:
@@ -149,7 +150,7 @@ def _victims_for(
         if sets:
             best = min(
                 sets,
-                key=lambda c: (sum(r.wanted for r in c), max((r.last_used for r in c), default=0.0),
+                key=lambda c: (max((r.last_used + r.load_cost for r in c), default=0.0),
                                sum(r.priority for r in c), [r.model for r in c]),
             )  # fmt: skip
             return list(best)

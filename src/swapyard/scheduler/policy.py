@@ -42,6 +42,7 @@ from swapyard.scheduler.terms import TO_LOAD, ModelView, Queued
 
 S = EngineState
 Models = Mapping[str, ModelView]
+DEAR = 2.0  # a model this many times slower to load than the target is worth a wait
 HOT = 2  # requests of unknown clients within min_residency that make a model hot
 
 
@@ -85,6 +86,19 @@ class Policy(Protocol):
         ``waiting`` are queued."""
         ...
 
+    def keeps_dear(
+        self,
+        m: ModelView,
+        target: ModelView,
+        waiting: Sequence[Queued],
+        cheaper_busy: bool,
+        overdue: Queued | None,
+        now: float,
+    ) -> bool:
+        """Whether idle ``m`` is kept because it is dear to load again and a busy
+        model that reloads faster will make room once its answers are done."""
+        ...
+
     def deadlines(
         self, queue: Sequence[Queued], models: Models, overdue: Queued | None, now: float
     ) -> list[float]:
@@ -125,6 +139,17 @@ class Fifo:
         m: ModelView,
         target: ModelView,
         waiting: Sequence[Queued],
+        overdue: Queued | None,
+        now: float,
+    ) -> bool:
+        return False
+
+    def keeps_dear(
+        self,
+        m: ModelView,
+        target: ModelView,
+        waiting: Sequence[Queued],
+        cheaper_busy: bool,
         overdue: Queued | None,
         now: float,
     ) -> bool:
@@ -199,18 +224,38 @@ class Batch:
             and sum(now - q.arrived for q in waiting) < self.cost(m, target)  # the debt
         )
 
+    def keeps_dear(
+        self,
+        m: ModelView,
+        target: ModelView,
+        waiting: Sequence[Queued],
+        cheaper_busy: bool,
+        overdue: Queued | None,
+        now: float,
+    ) -> bool:
+        """Rent or buy between two victims: evicting a model that takes ``DEAR``
+        times longer to load than the target (an orchestrator beside sub-agents)
+        is put off while a busy model that reloads faster will free its room once
+        its answers are done, until the requests waiting have paid for a reload
+        of the dear one."""
+        if overdue is not None or not waiting or not cheaper_busy:
+            return False
+        own = m.load_time if m.load_time is not None else self.spec.assumed_load
+        theirs = target.load_time if target.load_time is not None else self.spec.assumed_load
+        return own >= DEAR * theirs and sum(now - q.arrived for q in waiting) < own
+
     def still_asked(self, m: ModelView, since: float, asking: frozenset[str], now: float) -> bool:
         """Whether others go on asking for ``m`` while the target waits: one of their
-        requests started on it after ``since`` (the oldest waiting request came), or
-        ``hold_probe`` has not passed since then to see whether one will. A burst
+        requests on it arrived after ``since`` (the oldest waiting request came), or
+        ``hold_probe`` has not passed since then, or since it went idle, to see
+        whether one will. A burst
         that is over (sub-agents that will not ask again before the model the
         target is for answers) holds nothing back for long."""
-        if now - since < self.spec.hold_probe:
-            return True
+        if now - max(since, m.last_used) < self.spec.hold_probe:
+            return True  # not idle long enough yet to tell
         return any(
             t > since and (not c or c not in asking)
-            for t, c in zip(reversed(m.started), reversed(m.started_by), strict=True)
-            if t > since
+            for t, c in zip(m.asked_at, m.started_by, strict=True)
         )
 
     def deadlines(
@@ -234,6 +279,7 @@ class Batch:
         times += [m.started[-1] + self.spec.min_residency for m in hot]  # hot until it cools
         if hot:  # a hold's probe ends: does anyone still ask for the hot model?
             times += [q.arrived + self.spec.hold_probe for q in queue]
+            times += [m.last_used + self.spec.hold_probe for m in hot]
         return times
 
     def recent(self, m: ModelView, now: float) -> list[float]:

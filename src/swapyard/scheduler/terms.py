@@ -84,6 +84,7 @@ class ModelView:
     draining: bool = False  # unload asked: no new requests, stop once idle
     started: list[float] = field(default_factory=list)  # dispatch times, pruned on dispatch
     started_by: list[str] = field(default_factory=list)  # the client of each, alike
+    asked_at: list[float] = field(default_factory=list)  # when each arrived, alike
     starting_at: float = 0.0
     load_time: float | None = None  # last starting -> ready, seconds
     to_sleep: bool = False  # stopping into sleep (its fast swap), not to stopped
@@ -108,13 +109,15 @@ class ModelView:
             return len(self.started) - cut
         return sum(1 for c in self.started_by[cut:] if not c or c not in besides)
 
-    def note_start(self, now: float, window: float, client: str = "") -> None:
-        """Record a dispatch at ``now`` for ``client``, forgetting those older than
-        ``window``."""
+    def note_start(self, now: float, window: float, client: str = "", arrived: float = -1) -> None:
+        """Record a dispatch at ``now`` for ``client`` of a request that arrived at
+        ``arrived``, forgetting those older than ``window``."""
         started = self.started
         cut = bisect_right(started, now - window)
         if cut:
             del started[:cut]
             del self.started_by[:cut]
+            del self.asked_at[:cut]
         started.append(now)
         self.started_by.append(client)
+        self.asked_at.append(now if arrived < 0 else arrived)

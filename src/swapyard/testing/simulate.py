@@ -125,7 +125,7 @@ class Sim:
         one after them once all are answered); open loop: all at their times."""
         if c.open_loop:
             for ask in asks:
-                self.at(ask.think, self._sender(c, ask, None))
+                self.at(ask.think, self.sender(c, ask, None))
             return
         batch = list(itertools.islice(asks, c.parallel))
         if not batch:
@@ -138,9 +138,9 @@ class Sim:
                 self._next(c, asks)
 
         for ask in batch:
-            self.at(self.now + ask.think, self._sender(c, ask, after))
+            self.at(self.now + ask.think, self.sender(c, ask, after))
 
-    def _sender(self, c: Client, ask: Ask, after: Callable[[], None] | None) -> Callable[[], None]:
+    def sender(self, c: Client, ask: Ask, after: Callable[[], None] | None) -> Callable[[], None]:
         return lambda: self._send(c, ask, after)
 
     def _send(self, c: Client, ask: Ask, after: Callable[[], None] | None) -> None:
