@@ -146,7 +146,7 @@ def test_shape_3_an_orchestrator_fanning_out_to_sub_agents() -> None:
 
 def poisson(n: int, seed: int = 1) -> list[Client]:
     rng = random.Random(seed)
-    t, asks = 0.0, {}
+    t, asks = 0.0, dict[str, list[Ask]]()
     for _ in range(n):
         t += rng.expovariate(1.0)
         ask = Ask(rng.choice("abcd"), rng.choice((0.5, 1.0, 2.0)), t)
