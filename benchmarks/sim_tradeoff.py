@@ -44,23 +44,7 @@ def play(shape: Shape, policy: str, **spec: float) -> Result:
     cfg = SchedulerSpec(policy=policy, **spec)  # type: ignore[arg-type]
     sim = Sim(terms, {"0": shape.fit}, cfg, shape.loads, stop=0.2)
     if shape.steps:
-        it, me = iter(shape.steps), Client("orchestrator", [])
-
-        def go() -> None:
-            step = next(it, None)
-            if step is None:
-                return
-            left = [len(step)]
-
-            def after() -> None:
-                left[0] -= 1
-                if left[0] == 0:
-                    go()
-
-            for ask in step:
-                sim.at(sim.now + ask.think, sim.sender(me, ask, after))
-
-        sim.at(0.0, go)
+        sim.chain(shape.steps)
     return sim.run(shape.clients)
 
 

@@ -113,23 +113,7 @@ def run_steps(
     terms = {m: ModelTerms(need=1) for m in loads}
     cfg = SchedulerSpec(policy=policy)  # type: ignore[arg-type]
     sim = Sim(terms, {"0": 2}, cfg, loads, stop=STOP)
-    it, me = iter(steps), Client("orchestrator", [])
-
-    def go() -> None:
-        step = next(it, None)
-        if step is None:
-            return
-        left = [len(step)]
-
-        def after() -> None:
-            left[0] -= 1
-            if left[0] == 0:
-                go()
-
-        for ask in step:
-            sim.at(sim.now + ask.think, sim.sender(me, ask, after))
-
-    sim.at(0.0, go)
+    sim.chain(steps)
     return sim.run([])
 
 

@@ -108,6 +108,27 @@ class Sim:
     def at(self, t: float, fn: Callable[[], None]) -> None:
         heapq.heappush(self._q, (max(t, self.now), next(self._seq), fn))
 
+    def chain(self, steps: Sequence[Sequence[Ask]], name: str = "orchestrator") -> None:
+        """One closed-loop client whose every step sends its asks at once (a
+        fan-out) and waits for all of them before the next."""
+        it, me = iter(steps), Client(name, [])
+
+        def go() -> None:
+            step = next(it, None)
+            if step is None:
+                return
+            left = [len(step)]
+
+            def after() -> None:
+                left[0] -= 1
+                if left[0] == 0:
+                    go()
+
+            for ask in step:
+                self.at(self.now + ask.think, self.sender(me, ask, after))
+
+        self.at(self.now, go)
+
     def run(self, clients: Sequence[Client], until: float = 1e6) -> Result:
         for c in clients:
             self._next(c, iter(c.asks))
