@@ -25,6 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from swapyard.process.group import stat_of
+
 log = logging.getLogger("swapyard.gpu")
 SIMULATED_ENV = "SWAPYARD_SIMULATED_GPU"
 
@@ -65,11 +67,8 @@ def process_name(pid: int) -> str:
 
 def alive(pid: int) -> bool:
     """Whether ``pid`` runs (a zombie does not: its memory is already released)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+    st = stat_of(pid)
+    return st is not None and not st.zombie
 
 
 class NvmlReader:
@@ -229,24 +228,5 @@ def reader() -> GpuReader | None:
 
 
 def pgid_of(pid: int) -> int | None:
-    try:
-        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[2])
-    except (OSError, IndexError, ValueError):
-        return None
-
-
-def split_holders(
-    reading: GpuReading, ours: Mapping[int, str]
-) -> tuple[dict[str, int], list[GpuProcess]]:
-    """What ``reading``'s processes hold, as (model → bytes of our engines, the
-    other processes). ``ours`` maps an engine's process group to its model; a
-    process belongs to it when it is in the group."""
-    mine: dict[str, int] = {}
-    others: list[GpuProcess] = []
-    for p in reading.processes:
-        model = ours.get(pgid_of(p.pid) or -1)
-        if model is None:
-            others.append(p)
-        else:
-            mine[model] = mine.get(model, 0) + p.used
-    return mine, others
+    st = stat_of(pid)
+    return st.pgid if st is not None else None
