@@ -20,7 +20,7 @@ from __future__ import annotations
 import contextlib
 import json
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Protocol
 
 import aiohttp
 from aiohttp import web
@@ -64,6 +64,36 @@ CONNECT_TIMEOUT = 10.0
 DONE_ROUTES = frozenset({"/v1/chat/completions", "/v1/completions"})
 _DONE = b"[DONE]"
 _TAIL = 32  # bytes of a stream kept to find `[DONE]` at its end
+
+
+class StreamTranslator(Protocol):
+    """Rewrites one streamed answer (the engine's SSE bytes, after swapyard's own
+    fixes) into the front's stream. Owns its own framing: bytes may end mid-event."""
+
+    def feed(self, chunk: bytes) -> bytes:
+        """What the client gets for these engine bytes (may be empty)."""
+        ...
+
+    def end(self) -> bytes:
+        """The stream ended well: whatever closes the front's stream."""
+        ...
+
+    def error(self, err: SwapyardError) -> bytes:
+        """The stream broke (engine died, went silent, shutdown): its last words."""
+        ...
+
+
+class Translation(Protocol):
+    """How a front turns the engine's answer into its own."""
+
+    content_type: str  # of a translated stream
+
+    def answer(self, status: int, body: bytes) -> web.Response:
+        """The whole answer (or the engine's error) rewritten; figures headers are
+        added by the caller."""
+        ...
+
+    def stream(self) -> StreamTranslator: ...
 
 
 def new_upstream_session() -> aiohttp.ClientSession:
@@ -139,6 +169,8 @@ async def forward(
     watches: Watches,
     extra_headers: Mapping[str, str] | None = None,
     into: web.StreamResponse | None = None,
+    path: str | None = None,
+    translation: Translation | None = None,
 ) -> web.StreamResponse:
     """The one proxy path: send ``request`` (with ``body``) to the leased engine
     and its answer to the client, under ``timeouts`` (registered in ``watches``
@@ -150,6 +182,10 @@ async def forward(
     raises. With ``into`` — an SSE response already begun (the loading status) —
     the engine's stream continues it, and anything else (unreachable, an error
     status, a timeout) ends it as an error event.
+
+    ``path`` (with its query) is where the engine gets it, the request's own by
+    default. With ``translation`` the answer is rewritten by it, whole or piece by
+    piece, and a broken stream ends with the translation's own error.
     """
     model = lease.model
     watch = Watch(model, timeouts)
@@ -158,8 +194,9 @@ async def forward(
         try:
             async with watch:
                 resp = await open_upstream(
-                    http, model, request.method, lease.upstream + request.path_qs,
-                    request.headers, body, extra_headers,
+                    http, model, request.method, lease.upstream + (path or request.path_qs),
+                    request.headers if translation is None else _plain(request.headers),
+                    body, extra_headers,
                 )  # fmt: skip
         except SwapyardError as err:
             if into is None:
@@ -171,10 +208,11 @@ async def forward(
         watch.head()
         metering.answered(resp.status)
         try:
+            route = (path or request.path).split("?", 1)[0]
             if into is None:
-                return await _pipe(request, resp, model, metering, watch)
+                return await _pipe(request, resp, model, metering, watch, route, translation)
             if resp.status == 200 and is_sse(resp):
-                done = request.path in DONE_ROUTES
+                done = route in DONE_ROUTES
                 await stream_body(into, resp, model, events=True, metering=metering,
                                   watch=watch, done=done)  # fmt: skip
             else:
@@ -194,20 +232,31 @@ async def _pipe(
     model: str,
     metering: Metering,
     watch: Watch,
+    route: str,
+    translation: Translation | None,
 ) -> web.StreamResponse:
-    if not is_streaming(resp):
+    if not is_streaming(resp) or (translation is not None and not is_sse(resp)):
         try:
             async with watch:
                 body = await _read(resp, watch)
         except (aiohttp.ClientError, OSError) as exc:
             raise _died(model) from exc
-        headers = response_headers(resp.headers)
+        if (
+            translation is not None
+            and resp.headers.get("Content-Encoding", "identity") != "identity"
+        ):
+            raise UpstreamError(model, "the engine compressed an answer swapyard must translate")
         metering.meter.body(body)
         rec = metering.final()
-        headers.update(record_headers(rec))
-        if metering.footer and resp.status == 200:
-            body = add_footer(body, footer_text(rec)) or body
-        out = web.Response(status=resp.status, headers=headers, body=body)
+        if translation is not None:
+            out = translation.answer(resp.status, body)
+            out.headers.update(record_headers(rec))
+        else:
+            headers = response_headers(resp.headers)
+            headers.update(record_headers(rec))
+            if metering.footer and resp.status == 200:
+                body = add_footer(body, footer_text(rec)) or body
+            out = web.Response(status=resp.status, headers=headers, body=body)
         resp.release()
         # Sent now rather than after the handler returns: the lease's release and
         # the record's event (the handler's ``finally``) come after the client has
@@ -216,11 +265,18 @@ async def _pipe(
             await out.prepare(request)
             await out.write_eof()
         return out
-    sresp = web.StreamResponse(status=resp.status, headers=response_headers(resp.headers))
-    await sresp.prepare(request)
     events = is_sse(resp)
-    done = events and resp.status == 200 and request.path in DONE_ROUTES
-    await stream_body(sresp, resp, model, events=events, metering=metering, watch=watch, done=done)
+    done = events and resp.status == 200 and route in DONE_ROUTES
+    if translation is not None:
+        sresp = web.StreamResponse(status=resp.status)
+        sresp.content_type = translation.content_type
+        sresp.headers["Cache-Control"] = "no-cache"
+        sresp.headers["X-Accel-Buffering"] = "no"
+    else:
+        sresp = web.StreamResponse(status=resp.status, headers=response_headers(resp.headers))
+    await sresp.prepare(request)
+    await stream_body(sresp, resp, model, events=events, metering=metering, watch=watch, done=done,
+                      translator=None if translation is None else translation.stream())  # fmt: skip
     await sresp.write_eof()
     return sresp
 
@@ -233,6 +289,12 @@ async def _read(resp: aiohttp.ClientResponse, watch: Watch) -> bytes:
         watch.last = now()
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+def _plain(headers: Mapping[str, str]) -> dict[str, str]:
+    """The client's headers without Accept-Encoding: an answer swapyard translates
+    must come uncompressed (the client's own encoding does not apply to it)."""
+    return {k: v for k, v in headers.items() if k.lower() != "accept-encoding"}
 
 
 def _died(model: str, what: str = "dropped the response") -> UpstreamDied:
@@ -281,6 +343,7 @@ async def stream_body(
     metering: Metering,
     watch: Watch,
     done: bool = False,
+    translator: StreamTranslator | None = None,
 ) -> None:
     """Copy the body chunk by chunk as it arrives (through ``fix`` when the engine's
     SSE stream needs one, past the meter when there is one). With the footer on,
@@ -289,7 +352,9 @@ async def stream_body(
 
     An SSE stream never just stops: if the engine dies, goes silent past
     ``watch``'s deadlines, or (``done``: an OpenAI completion stream) ends
-    without ``[DONE]``, its last event is the error. Other bodies just end."""
+    without ``[DONE]``, its last event is the error. Other bodies just end.
+    With ``translator``, what goes out is what it makes of the bytes, and its own
+    ``error`` or ``end`` closes the stream."""
     fix = metering.fix if events and metering.fix is not None and metering.fix.active else None
     meter = metering.meter
     footer = None
@@ -311,6 +376,8 @@ async def stream_body(
                 meter.feed(chunk)
                 if footer is not None and not (chunk := footer.feed(chunk)):
                     continue
+                if translator is not None and not (chunk := translator.feed(chunk)):
+                    continue
                 await out.write(chunk)
     except SwapyardError as exc:  # a deadline, or shutdown
         err = exc
@@ -322,14 +389,19 @@ async def stream_body(
             err = _died(model, "closed the stream before the end of the answer (no [DONE])")
     if err is not None:
         metering.failed(err)
-        if events:
+        if translator is not None:
+            await out.write(translator.error(err))
+        elif events:
             await out.write(sse.error_event(err))
         return
     if fix is not None and (rest := fix.flush()):
         meter.feed(rest)
-        await out.write(rest if footer is None else footer.feed(rest))
+        rest = rest if footer is None else footer.feed(rest)
+        await out.write(rest if translator is None else translator.feed(rest))
     if footer is not None and (rest := footer.flush()):
         await out.write(rest)
+    if translator is not None:
+        await out.write(translator.end())
 
 
 def _footer(metering: Metering, model: str) -> bytes:

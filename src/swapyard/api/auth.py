@@ -1,6 +1,7 @@
 """API keys: ``Authorization: Bearer KEY`` or ``x-api-key: KEY``.
 
-- ``/v1/*`` needs one of ``auth.keys`` (or the admin key) once any key is
+- ``/v1/*`` and the other data routes (``is_data_route``: the Ollama API,
+  llama.cpp's own routes) need one of ``auth.keys`` (or the admin key) once any key is
   configured: none or an unknown one → 401; a key with a model allow-list asking
   for another model → 403 (checked where the model is resolved).
 - Control and operator routes (``/api/*``, ``/metrics``) need the admin key: a
@@ -25,6 +26,23 @@ from swapyard.errors import Forbidden, Unauthorized
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 OPEN = ("/health", "/", "/dashboard")
+# Data routes beside /v1/*, taking the same plain keys (issue 14): the Ollama API
+# (its names do not clash with swapyard's own /api/* admin routes) and llama.cpp's
+# own routes. `/upstream/{model}/...` reaches an engine raw: admin key.
+OLLAMA_ROUTES = frozenset({
+    "/api/version", "/api/tags", "/api/ps", "/api/show", "/api/chat", "/api/generate",
+    "/api/embed", "/api/embeddings", "/api/pull", "/api/push", "/api/delete", "/api/copy",
+    "/api/create",
+})  # fmt: skip
+LLAMACPP_ROUTES = frozenset({
+    "/completion", "/completions", "/infill", "/tokenize", "/detokenize", "/apply-template",
+    "/props", "/slots", "/rerank", "/reranking", "/embedding", "/embeddings",
+})  # fmt: skip
+
+
+def is_data_route(path: str) -> bool:
+    """Whether ``path`` serves model traffic (plain API keys) rather than control."""
+    return path.startswith("/v1/") or path in OLLAMA_ROUTES or path in LLAMACPP_ROUTES
 
 
 def presented_key(request: web.Request) -> str | None:
@@ -60,7 +78,7 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     if not auth.enabled or path in OPEN or path.startswith("/static/"):
         return await handler(request)
     key = presented_key(request)
-    if path.startswith("/v1/"):
+    if is_data_route(path):
         if key is None:
             raise Unauthorized("an API key is required (Authorization: Bearer KEY)")
         if _is_admin(auth, key):

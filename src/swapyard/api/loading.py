@@ -79,6 +79,7 @@ async def stream_with_loading_status(
     body: bytes,
     metering: Metering,
     client: str = "",
+    path: str | None = None,
 ) -> web.StreamResponse:
     """Begin the SSE answer at once, say what the request waits for until its
     model is ready, then continue with the engine's own stream (``proxy.forward``)."""
@@ -112,7 +113,7 @@ async def stream_with_loading_status(
         await out.write(status_chunk(chunk_id, model, ready, field, first))
         return await forward(
             state.http, request, lease, body, metering, timeouts=spec.timeouts,
-            watches=state.watches, extra_headers=spec.upstream_headers, into=out,
+            watches=state.watches, extra_headers=spec.upstream_headers, into=out, path=path,
         )  # fmt: skip
     finally:
         admitted = acquiring.done() and not acquiring.cancelled()

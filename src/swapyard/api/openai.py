@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 from email import policy
@@ -11,17 +10,10 @@ from typing import Any
 
 from aiohttp import web
 
-from swapyard.api.auth import check_model_allowed
-from swapyard.api.clients import client_of
+from swapyard.api.exchange import Call, resolve, serve
 from swapyard.api.limits import read_body
-from swapyard.api.loading import stream_with_loading_status
-from swapyard.api.state import KEY_MODELS, KEY_NAME, STATE, AppState
-from swapyard.config import Config
-from swapyard.errors import InvalidJSON, MissingModel, SwapyardError, UnknownModel
-from swapyard.events import RequestFinished
-from swapyard.proxy import forward
-from swapyard.quirks import adapt_request
-from swapyard.usage.meter import Metering, Ticket, footer_wanted
+from swapyard.api.state import KEY_MODELS, STATE, AppState
+from swapyard.errors import InvalidJSON, MissingModel
 
 MAX_JSON_DEPTH = 100  # arrays and objects inside one another; JSON schemas need ~20
 
@@ -87,58 +79,13 @@ def _form_model(content_type: str, body: bytes) -> str:
     raise MissingModel("the multipart form has no `model` field")
 
 
-def resolve(config: Config, name: str) -> str:
-    model = config.resolve(name)
-    if model is None:
-        listed = [m.id for m in config.models.values() if not m.unlisted]
-        raise UnknownModel(name, listed)
-    return model
-
-
 async def proxy_post(request: web.Request) -> web.StreamResponse:
+    """Every ``POST /v1/*``: the model from the body (or a multipart form field)."""
     t0 = time.perf_counter()
-    state: AppState = request.app[STATE]
-    server = state.config.server
+    server = request.app[STATE].config.server
     body = await read_body(request, server.max_body_bytes, server.body_timeout)
     name, doc = parse_model(request.headers.get("Content-Type", ""), body)
-    model = resolve(state.config, name)
-    check_model_allowed(request, model)
-    router = state.router
-    router.check_admission()  # before any streaming starts: a real 429 or 503
-    stream = doc is not None and doc.get("stream") is True
-    ready = router.ready_now(model)
-    use_status = (
-        stream
-        and not ready
-        and request.path.endswith("/chat/completions")
-        and state.config.server.loading_status != "off"
-    )
-    spec = state.config.models[model]
-    body, fix = adapt_request(spec, request.path, doc, body)
-    ticket = Ticket(model, spec.engine, request.path, stream, request.get(KEY_NAME), not ready)
-    footer = spec.footer if spec.footer is not None else state.config.server.footer
-    metering = Metering(ticket, t0, footer_wanted(footer, request.path, doc), fix)
-    client = client_of(request, doc)
-    try:
-        if use_status:
-            return await stream_with_loading_status(request, state, model, body, metering, client)
-        lease = await router.acquire(model, client=client)
-        metering.admitted(lease.request_id, lease.waited)
-        try:
-            return await forward(
-                state.http, request, lease, body, metering, timeouts=spec.timeouts,
-                watches=state.watches, extra_headers=spec.upstream_headers,
-            )  # fmt: skip
-        finally:
-            router.release(lease)
-    except SwapyardError as err:
-        metering.failed(err)
-        raise
-    except asyncio.CancelledError:
-        metering.client_gone()
-        raise
-    finally:
-        state.bus.publish(RequestFinished(metering.final()))
+    return await serve(request, Call(name, request.path_qs, body, doc), t0=t0)
 
 
 async def list_models(request: web.Request) -> web.Response:

@@ -1,0 +1,142 @@
+"""One request to one model's engine, the same way for every front (issue 14).
+
+The OpenAI routes, llama.cpp's own routes, Anthropic's ``/v1/messages`` and the
+Ollama API all end here: a ``Call`` says which model the client named, which of
+the engine's paths gets which body; ``serve`` resolves the model, checks the key,
+admits the request, waits for the engine, sends the call and gives the client
+the answer, metered and recorded once.
+
+Without a ``Translation`` the engine's answer goes to the client as it comes
+(``proxy.forward``'s byte pipe). A front whose clients speak another protocol
+than the engine (Ollama's NDJSON over an OpenAI engine, Anthropic's events over
+chat completions) passes one: it rewrites the whole answer, or each piece of a
+stream, and renders errors its clients understand.
+
+    front handler ──Call──▶ serve ──▶ resolve, key, admission ──▶ acquire (the router)
+                                │                                   │ Lease
+                                ▼                                   ▼
+                      Translation? ◀──── proxy.forward(path, body) ─ engine
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+
+from swapyard.api.auth import check_model_allowed
+from swapyard.api.clients import client_of
+from swapyard.api.loading import stream_with_loading_status
+from swapyard.api.state import KEY_NAME, STATE, AppState
+from swapyard.config import Config
+from swapyard.errors import SwapyardError, UnknownModel
+from swapyard.events import RequestFinished
+from swapyard.proxy import StreamTranslator, Translation, forward
+from swapyard.quirks import adapt_request
+from swapyard.usage.meter import CHAT, Metering, Ticket, footer_wanted
+
+__all__ = ["Call", "StreamTranslator", "Translation", "query_model", "resolve", "serve"]
+
+
+@dataclass(frozen=True, slots=True)
+class Call:
+    """What a front asks of the engine of the model the client named.
+
+    ``path`` is the engine's path (with any query string); ``doc`` is ``body``
+    parsed when it is a JSON object (None for a form or a GET). ``stream``: the
+    answer is expected as a stream (set by fronts whose flag is not OpenAI's
+    ``"stream": true``)."""
+
+    name: str
+    path: str
+    body: bytes
+    doc: dict[str, Any] | None = None
+    stream: bool | None = None
+
+
+def resolve(config: Config, name: str) -> str:
+    """The model id ``name`` (an id or an alias) refers to; ``UnknownModel`` names
+    the listed ones."""
+    model = config.resolve(name)
+    if model is None:
+        listed = [m.id for m in config.models.values() if not m.unlisted]
+        raise UnknownModel(name, listed)
+    return model
+
+
+async def serve(
+    request: web.Request,
+    call: Call,
+    translation: Translation | None = None,
+    *,
+    t0: float | None = None,
+) -> web.StreamResponse:
+    """Run ``call`` on its model's engine and answer ``request`` with what it says.
+
+    Raises the ``SwapyardError`` that keeps the request from running before any
+    answer has begun (the front renders it); once a stream has begun, failures
+    end it (``proxy.forward``). The request's record is published once, whatever
+    happens. A streaming chat completion for a model that is not ready gets the
+    loading status first (``server.loading_status``)."""
+    t0 = time.perf_counter() if t0 is None else t0
+    state: AppState = request.app[STATE]
+    model = resolve(state.config, call.name)
+    check_model_allowed(request, model)
+    router = state.router
+    router.check_admission()  # before any streaming starts: a real 429 or 503
+    doc = call.doc
+    stream = (
+        call.stream if call.stream is not None else (doc is not None and doc.get("stream") is True)
+    )
+    ready = router.ready_now(model)
+    spec = state.config.models[model]
+    path = call.path.split("?", 1)[0]
+    body, fix = adapt_request(spec, path, doc, call.body)
+    if translation is not None:
+        fix.drop_usage = False  # the translation reads the usage chunk
+    use_status = (
+        translation is None
+        and stream
+        and not ready
+        and path == CHAT
+        and state.config.server.loading_status != "off"
+    )
+    ticket = Ticket(model, spec.engine, request.path, stream, request.get(KEY_NAME), not ready)
+    footer = spec.footer if spec.footer is not None else state.config.server.footer
+    wanted = translation is None and footer_wanted(footer, path, doc)
+    metering = Metering(ticket, t0, wanted, fix)
+    client = client_of(request, doc)
+    try:
+        if use_status:
+            return await stream_with_loading_status(
+                request, state, model, body, metering, client, path=call.path
+            )
+        lease = await router.acquire(model, client=client)
+        metering.admitted(lease.request_id, lease.waited)
+        try:
+            return await forward(
+                state.http, request, lease, body, metering, timeouts=spec.timeouts,
+                watches=state.watches, extra_headers=spec.upstream_headers,
+                path=call.path, translation=translation,
+            )  # fmt: skip
+        finally:
+            router.release(lease)
+    except SwapyardError as err:
+        metering.failed(err)
+        raise
+    except asyncio.CancelledError:
+        metering.client_gone()
+        raise
+    finally:
+        state.bus.publish(RequestFinished(metering.final()))
+
+
+def query_model(request: web.Request, doc: Mapping[str, Any] | None) -> str | None:
+    """The model a request names in its body's ``model`` or its ``?model=`` query."""
+    if doc is not None and isinstance(doc.get("model"), str) and doc["model"]:
+        return str(doc["model"])
+    return request.query.get("model") or None
