@@ -93,17 +93,14 @@ async def list_models(request: web.Request) -> web.Response:
     cfg = state.config
     created = int(state.started_at)
     data: list[dict[str, Any]] = []
-    allowed = request.get(KEY_MODELS)
     snap = state.router.snapshot()
-    for m in cfg.models.values():
-        if m.unlisted or (allowed is not None and m.id not in allowed):
-            continue
-        engine_state = str(snap.models[m.id].state)
-        entry = {"id": m.id, "object": "model", "created": created, "owned_by": "swapyard"}
-        data.append({**entry, "name": m.name or m.id, "state": engine_state})
-        if cfg.server.list_aliases:
-            for alias in m.aliases:
-                data.append({**entry, "id": alias, "alias_of": m.id, "state": engine_state})
+    for item in cfg.listing(request.get(KEY_MODELS)):
+        engine_state = str(snap.models[item.model].state)
+        entry = {"id": item.id, "object": "model", "created": created, "owned_by": "swapyard"}
+        if item.alias_of is not None:
+            data.append({**entry, "alias_of": item.alias_of, "state": engine_state})
+        else:
+            data.append({**entry, "name": item.name, "state": engine_state})
     return web.json_response({"object": "list", "data": data})
 
 

@@ -6,6 +6,7 @@ Built once by ``load_config``; nothing changes them afterwards.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Literal
@@ -235,6 +236,18 @@ class ModelSpec:
 
 
 @dataclass(frozen=True, slots=True)
+class Listed:
+    """One name clients see in a model list: ``id`` is what they send, ``model`` the
+    model whose engine serves it (``alias_of`` / ``variant_of`` say how they relate)."""
+
+    id: str
+    model: str
+    name: str
+    alias_of: str | None = None
+    variant_of: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     models: Mapping[str, ModelSpec]
     server: ServerSpec = ServerSpec()
@@ -255,3 +268,16 @@ class Config:
         if name in self.models:
             return name
         return self.aliases.get(name)
+
+    def listing(self, allowed: AbstractSet[str] | None = None) -> list[Listed]:
+        """What every model list shows (``/v1/models``, Ollama's ``/api/tags``...), in
+        config order: each model that is not ``unlisted``, then its aliases when
+        ``server.list_aliases``. ``allowed``: only these model ids (a key's allow-list)."""
+        out: list[Listed] = []
+        for m in self.models.values():
+            if m.unlisted or (allowed is not None and m.id not in allowed):
+                continue
+            out.append(Listed(m.id, m.id, m.name or m.id))
+            if self.server.list_aliases:
+                out.extend(Listed(a, m.id, m.name or m.id, alias_of=m.id) for a in m.aliases)
+        return out
