@@ -20,11 +20,13 @@ import aiohttp
 import ollama
 import pytest
 
+from helpers import config, eventually
+from swapyard.api.ollama_convert import keep_alive_seconds, sampling
 from swapyard.config import Config, load_config
+from swapyard.errors import RequestError
 from swapyard.process.state import EngineState
-from swapyard.testing import running_server
+from swapyard.testing import FakeRouter, running_server
 from swapyard.testing.server import RunningServer, fake_engine_cmd
-from tests.helpers import config, eventually
 
 T = TypeVar("T")
 FAKES = [sys.executable, "-m", "swapyard.testing.engine_fakes"]
@@ -118,7 +120,7 @@ async def test_ollama_client_lists_chats_generates_and_embeds_over_a_fake_engine
         shown = await off_loop(client.show, "fake")
         assert shown.capabilities == ["completion"] and shown.modelinfo == {}
         running = await off_loop(client.ps)
-        assert sorted(m.model for m in running.models) == ["fake", "vllm"]
+        assert sorted(str(m.model) for m in running.models) == ["fake", "vllm"]
         fake = next(m for m in running.models if m.model == "fake")
         assert fake.expires_at is not None and fake.expires_at.year > 2200  # no ttl: kept
         assert fake.size_vram == 0  # the RAM device, not a GPU
@@ -392,7 +394,7 @@ async def test_ollama_client_over_real_llamacpp_models(
         ask = [{"role": "user", "content": "What color is the sky on a clear day?"}]
         opts = {"temperature": 0, "num_predict": 24}
         r = await off_loop(client.chat, model="smollm2", messages=ask, options=opts)
-        assert "blue" in r.message.content.lower(), r.message.content
+        assert "blue" in (r.message.content or "").lower(), r.message.content
         assert r.eval_count and r.prompt_eval_count and r.eval_duration and r.load_duration
 
         parts = await drain(client.chat(model="smollm2", messages=ask, options=opts, stream=True))
@@ -405,8 +407,52 @@ async def test_ollama_client_over_real_llamacpp_models(
         assert running.model == "smollm2" and running.size and running.context_length == 2048
 
         g = await off_loop(client.generate, model="tiny", prompt="Hello", options=opts)
-        assert len(g.response.split()) >= 3, g.response
+        assert len((g.response or "").split()) >= 3, g.response
         assert [m.model for m in (await off_loop(client.ps)).models] == ["smollm2", "tiny"]
         raw = await drain(client.generate(model="smollm2", prompt="The sky is", raw=True,
                                           options={"num_predict": 8}, stream=True))  # fmt: skip
         assert raw[-1].done and raw[-1].eval_count == 8
+
+
+# -- pure conversions, and the FakeRouter's side of keep_alive ---------------------------
+@pytest.mark.parametrize(
+    ("value", "seconds"),
+    [(None, None), (0, 0.0), (300, 300.0), ("300", 300.0), ("5m", 300.0), ("1h30m", 5400.0),
+     ("1.5s", 1.5), ("-1", -1.0), ("-1m", -60.0), ("0", 0.0), ("250ms", 0.25)],
+)  # fmt: skip
+def test_keep_alive_takes_seconds_and_go_durations(value: Any, seconds: float | None) -> None:
+    assert keep_alive_seconds(value) == seconds
+
+
+@pytest.mark.parametrize("value", ["soon", "5 m", "m", True, [1]])
+def test_keep_alive_that_is_no_duration_is_refused(value: Any) -> None:
+    with pytest.raises(RequestError, match="keep_alive"):
+        keep_alive_seconds(value)
+
+
+def test_options_go_by_each_engines_own_sampler_names() -> None:
+    """llama.cpp names for llama.cpp, vLLM's for vLLM, only OpenAI's for a remote
+    OpenAI-style server; load-time options and unknown ones nowhere."""
+    opts = {"temperature": 0.5, "top_k": 3, "repeat_penalty": 1.2, "mirostat": 2,
+            "num_predict": -1, "num_ctx": 8192, "stop": "END", "bogus": 1}  # fmt: skip
+    assert sampling(opts, "llamacpp") == {"temperature": 0.5, "top_k": 3, "repeat_penalty": 1.2,
+                                          "mirostat": 2, "stop": ["END"]}  # fmt: skip
+    assert sampling(opts, "vllm") == {"temperature": 0.5, "top_k": 3,
+                                      "repetition_penalty": 1.2, "stop": ["END"]}  # fmt: skip
+    assert sampling(opts, "openai") == {"temperature": 0.5, "stop": ["END"]}
+    assert sampling({"num_predict": 0}, "openai") == {"max_tokens": 0}
+
+
+async def test_load_idiom_tells_the_fake_router_the_keep_alive(
+    connect: Callable[..., ollama.Client],
+) -> None:
+    """Over a ``FakeRouter`` (no engine): the load idiom acquires and passes keep_alive on."""
+    cfg = config({"m": {"cmd": fake_engine_cmd("m")}})
+    router = FakeRouter(cfg)
+    async with running_server(cfg, router) as srv:
+        client = connect(srv.url)
+        await off_loop(client.generate, model="m", keep_alive="5m")
+        assert router.acquired == ["m"] and router.keep_alives == [("m", 300.0)]
+        assert router.model("m").ttl == 300.0
+        await off_loop(client.generate, model="m", keep_alive=0)
+        assert router.keep_alives[-1] == ("m", 0) and state(srv, "m") is EngineState.STOPPED
