@@ -3,7 +3,7 @@ every request body it gets to ``--record`` (one JSON line each) and answers with
 what real engines send for tools and thinking, which the fake engine does not
 produce: tool calls whose arguments arrive in fragments (as llama.cpp and vLLM
 stream them) when the request offers tools, and ``reasoning_content`` before the
-answer when it asks to think.
+answer when it asks to think; and llama.cpp's ``/infill`` (fill in the middle).
 
     python tests/ollama_engine.py --port P --record FILE
 """
@@ -79,6 +79,25 @@ async def chat(request: web.Request) -> web.StreamResponse:
     return out
 
 
+async def infill(request: web.Request) -> web.StreamResponse:
+    """llama.cpp's own /infill answer: the middle, with llama.cpp's fields."""
+    doc = await request.json()
+    record(request.app["record"], doc)
+    timings = {"prompt_n": 4, "prompt_ms": 2.0, "predicted_n": 2, "predicted_ms": 3.0}
+    if not doc.get("stream"):
+        return web.json_response({"content": "a + b", "stop": True, "stop_type": "eos",
+                                  "timings": timings})  # fmt: skip
+    out = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+    await out.prepare(request)
+    for piece in ("a +", " b"):
+        await out.write(
+            b"data: " + json.dumps({"content": piece, "stop": False}).encode() + b"\n\n"
+        )
+    last = {"content": "", "stop": True, "stop_type": "limit", "timings": timings}
+    await out.write(b"data: " + json.dumps(last).encode() + b"\n\n")
+    return out
+
+
 async def health(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok"})
 
@@ -92,6 +111,7 @@ def main() -> None:
     app["record"] = a.record
     app.router.add_get("/health", health)
     app.router.add_post("/v1/chat/completions", chat)
+    app.router.add_post("/infill", infill)
     web.run_app(app, host="127.0.0.1", port=a.port, print=None)
 
 

@@ -352,6 +352,28 @@ async def test_tools_images_thinking_and_options_cross_both_ways(
         assert sent["response_format"]["json_schema"]["schema"] == schema
 
 
+async def test_generate_with_a_suffix_fills_the_middle_through_llamacpps_infill(
+    tmp_path: Path, connect: Callable[..., ollama.Client]
+) -> None:
+    """Code-completion plugins send prompt + suffix: a llama.cpp-style engine gets
+    them on /infill (its /v1/completions ignores `suffix`), and its answer comes back
+    as Ollama's, streamed and not."""
+    record = tmp_path / "bodies.jsonl"
+    cmd = f"{sys.executable} {SCRIPTED} --port ${{PORT}} --record {record}"
+    async with serving({"s": {"cmd": cmd}}) as srv:
+        client = connect(srv.url)
+        g = await off_loop(client.generate, model="s", prompt="def add(a, b):\n    return ",
+                           suffix="\n", options={"num_predict": 8})  # fmt: skip
+        assert g.response == "a + b" and g.done_reason == "stop"
+        assert (g.prompt_eval_count, g.eval_count, g.eval_duration) == (4, 2, 3_000_000)
+        sent = recorded(record)[-1]
+        assert (sent["input_prefix"], sent["input_suffix"]) == ("def add(a, b):\n    return ", "\n")
+        assert sent["max_tokens"] == 8 and "prompt" not in sent
+        parts = await drain(client.generate(model="s", prompt="x", suffix="y", stream=True))
+        assert [p.response for p in parts] == ["a +", " b", ""]
+        assert parts[-1].done_reason == "length" and parts[-1].eval_count == 2
+
+
 # -- real llama.cpp ---------------------------------------------------------------------
 def llama_server_binary() -> str:
     path = os.environ.get("SWAPYARD_LLAMA_SERVER") or str(
@@ -412,6 +434,9 @@ async def test_ollama_client_over_real_llamacpp_models(
         raw = await drain(client.generate(model="smollm2", prompt="The sky is", raw=True,
                                           options={"num_predict": 8}, stream=True))  # fmt: skip
         assert raw[-1].done and raw[-1].eval_count == 8
+        with pytest.raises(ollama.ResponseError) as err:  # neither model has FIM tokens
+            await off_loop(client.generate, model="smollm2", prompt="def f(", suffix="x")
+        assert err.value.status_code == 501 and "Infill is not supported" in err.value.error
 
 
 # -- pure conversions, and the FakeRouter's side of keep_alive ---------------------------

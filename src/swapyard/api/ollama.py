@@ -40,12 +40,13 @@ from swapyard.api.exchange import Call, serve
 from swapyard.api.limits import read_body
 from swapyard.api.ollama_convert import (
     COMPLETIONS,
+    INFILL,
     chat_body,
     generate_body,
     keep_alive_seconds,
 )
 from swapyard.api.ollama_info import EPOCH, capabilities, facts, iso, served_context
-from swapyard.api.ollama_reply import Clock, Embed, Reply, now_iso
+from swapyard.api.ollama_reply import Clock, Embed, Mode, Reply, now_iso
 from swapyard.api.openai import parse_model
 from swapyard.api.state import KEY_MODELS, STATE, AppState
 from swapyard.config import Config
@@ -203,7 +204,8 @@ async def _complete(request: web.Request, kind: Kind) -> web.StreamResponse:
         if not (doc.get("prompt") or doc.get("images") or doc.get("suffix")):
             return await _load(request, model, doc["model"], keep, kind)
         path, body = generate_body(doc, sent, spec.engine, stream)
-    mode: Literal["chat", "generate", "completion"] = kind if path != COMPLETIONS else "completion"
+    modes: dict[str, Mode] = {COMPLETIONS: "completion", INFILL: "infill"}
+    mode = modes.get(path, kind)
     clock = Clock(t0, lambda: _load_time(router, model, t0))
     think = doc.get("think")
     reply = Reply(doc["model"], mode, stream, clock, think if isinstance(think, bool) else None)

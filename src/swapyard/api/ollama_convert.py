@@ -36,7 +36,10 @@ LLAMACPP = {
 VLLM_LIKE = {"top_k": "top_k", "min_p": "min_p", "repeat_penalty": "repetition_penalty"}
 EXTENDED = {"llamacpp": LLAMACPP, "command": LLAMACPP, "vllm": VLLM_LIKE,
             "sglang": VLLM_LIKE, "tabbyapi": VLLM_LIKE}  # fmt: skip
-CHAT, COMPLETIONS = "/v1/chat/completions", "/v1/completions"
+CHAT, COMPLETIONS, INFILL = "/v1/chat/completions", "/v1/completions", "/infill"
+# Fill in the middle: llama-server's /v1/completions ignores OpenAI's `suffix`
+# (its answer continues the prefix alone); its own /infill takes both.
+INFILL_ENGINES = frozenset({"llamacpp", "command"})
 _UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "μs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0,
           "h": 3600.0}  # fmt: skip
 _PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|μs|ms|s|m|h)")
@@ -201,18 +204,24 @@ def generate_body(
     Ollama renders ``system`` and ``prompt`` through the model's template; a chat
     completion with those two messages has the engine do the same with the
     model's own chat template (and keeps images and thinking). ``raw`` asks for no
-    template at all: ``/v1/completions`` with the prompt as it is, as does a
-    ``suffix`` (fill in the middle, OpenAI's ``suffix`` field). Ollama's own
+    template at all: ``/v1/completions`` with the prompt as it is. A ``suffix``
+    (fill in the middle, code completion) goes to llama.cpp's ``/infill`` on
+    llama.cpp engines, else as OpenAI's ``suffix`` field. Ollama's own
     ``template`` and ``context`` cannot be applied to another engine: ignored."""
     prompt = doc.get("prompt") or ""
     if not isinstance(prompt, str):
         raise RequestError("`prompt` must be a string", param="prompt")
     body = _common(doc, model, engine, stream)
-    if doc.get("raw") is True or doc.get("suffix"):
+    suffix = doc.get("suffix")
+    if suffix and engine in INFILL_ENGINES:
+        body.pop("chat_template_kwargs", None)
+        body.pop("response_format", None)
+        return INFILL, {**body, "input_prefix": prompt, "input_suffix": str(suffix)}
+    if doc.get("raw") is True or suffix:
         body.pop("chat_template_kwargs", None)
         body["prompt"] = prompt
-        if doc.get("suffix"):
-            body["suffix"] = str(doc["suffix"])
+        if suffix:
+            body["suffix"] = str(suffix)
         return COMPLETIONS, body
     msgs: list[dict[str, Any]] = []
     if isinstance(doc.get("system"), str) and doc["system"]:

@@ -26,7 +26,9 @@ from aiohttp import web
 from swapyard.errors import SwapyardError
 
 NDJSON = "application/x-ndjson"
-Mode = Literal["chat", "generate", "completion"]  # completion: /v1/completions for generate
+# How generate was sent: completion is /v1/completions; infill is llama.cpp's
+# /infill, whose answer is llama.cpp's own ({"content", "stop", "stop_type"}).
+Mode = Literal["chat", "generate", "completion", "infill"]
 DONE_REASONS = {"tool_calls": "stop", "function_call": "stop", "content_filter": "stop"}
 
 
@@ -164,7 +166,7 @@ class Reply:
             return engine_error(status, body)
         try:
             doc = json.loads(body)
-            choice = doc["choices"][0]
+            choice = doc["choices"][0] if self.mode != "infill" else _infill_choice(doc)
         except (ValueError, KeyError, IndexError, TypeError):
             return web.json_response({"error": "the engine's answer was not a completion"},
                                      status=502)  # fmt: skip
@@ -182,6 +184,14 @@ class Reply:
 
     def stream(self) -> Stream:
         return Stream(self)
+
+
+def _infill_choice(doc: dict[str, Any]) -> dict[str, Any]:
+    """A llama.cpp ``/infill`` answer (or stream event) as a completion choice."""
+    finish = None
+    if doc.get("stop"):
+        finish = "length" if doc.get("stop_type") == "limit" else "stop"
+    return {"text": doc["content"], "finish_reason": finish}
 
 
 def _done_reason(reason: Any) -> str:
@@ -244,6 +254,8 @@ class Stream:
             self.usage = doc["usage"]
         if isinstance(doc.get("timings"), dict):
             self.timings = doc["timings"]
+        if self.reply.mode == "infill" and isinstance(doc.get("content"), str):
+            return self._choice(_infill_choice(doc))
         out = b""
         for choice in doc.get("choices") or ():
             if not isinstance(choice, dict) or choice.get("index", 0) != 0:
