@@ -56,6 +56,14 @@ class Pin:
 
 
 @dataclass(frozen=True, slots=True)
+class KeepAlive:
+    """A client's keep_alive for ``model`` (seconds; 0: stop once idle; < 0: keep)."""
+
+    model: str
+    ttl: float
+
+
+@dataclass(frozen=True, slots=True)
 class Measured:
     """What an engine's process group was measured to hold once ready (or, with
     ``asleep``, once asleep)."""
@@ -88,6 +96,7 @@ Message = (
     | Load
     | Unload
     | Pin
+    | KeepAlive
     | Measured
     | Refresh
     | Reload

@@ -35,6 +35,7 @@ from swapyard.events import ConfigReloaded, EngineReaped, EngineStateChanged, Ev
 from swapyard.inbox import (
     Arrive,
     Idle,
+    KeepAlive,
     Leave,
     Load,
     Measured,
@@ -141,6 +142,7 @@ class _Held:
     memory: MemorySnapshot
     pinned: bool
     idle_since: float | None
+    ttl: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -427,7 +429,7 @@ class Router:
         h = view.models[model]
         return ModelSnapshot(
             model, self._engines[model].view(), h.in_flight, h.queued, h.devices, h.memory,
-            h.pinned, h.idle_since,
+            h.pinned, h.idle_since, h.ttl,
         )  # fmt: skip
 
     def logs(self, model: str) -> LogRing:
@@ -450,7 +452,7 @@ class Router:
             )  # fmt: skip
             models[mid] = _Held(
                 sched.state(mid), sched.inflight(mid), sched.queued(mid), sched.devices(mid),
-                mem, sched.pinned(mid), sched.idle_since(mid),
+                mem, sched.pinned(mid), sched.idle_since(mid), sched.ttl(mid),
             )  # fmt: skip
         budget, used = sched.budget(), sched.used()
         foreign, held = sched.foreign(), self._book.devices
@@ -485,6 +487,13 @@ class Router:
         """Pin (never evicted; loaded now) or unpin ``model``."""
         done = {EngineState.READY} if pinned else set(EngineState)
         return await self._command(Pin(model, pinned), model, done)
+
+    def keep_alive(self, model: str, ttl: float) -> None:
+        """A client's keep_alive for ``model``: ``0`` stops it once idle (after the
+        requests already sent: the message queues behind their release), ``> 0`` is
+        its idle TTL and ``< 0`` keeps it, until the next one or a reload. Returns at
+        once; the decision is the scheduler's (``Scheduler.keep_alive``)."""
+        self._inbox.put_nowait(KeepAlive(model, ttl))
 
     async def _command(self, msg: Message, model: str, done: set[EngineState]) -> EngineState:
         """Send ``msg``; return at once if ``model`` is already in a ``done`` state,
@@ -600,6 +609,9 @@ class Router:
                         sched.unload(model, now)
                     case Pin(model, pinned):
                         sched.set_pinned(model, pinned, now)
+                    case KeepAlive(model, ttl):
+                        if sched.knows(model):
+                            sched.keep_alive(model, ttl, now)
                     case Measured():
                         self._on_measured(msg, now)
                     case Reload(config, reply):

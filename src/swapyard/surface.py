@@ -5,7 +5,7 @@ frozen snapshots — the router's task publishes its scheduler's figures after
 every decision, each engine's actor publishes its own view, and ``snapshot()``
 puts the two together — so a reader never touches the scheduler or an actor,
 and a snapshot never changes under it. Writes are commands (``acquire``,
-``release``, ``load``, ``unload``, ``pin``) that the router's task carries out.
+``release``, ``load``, ``unload``, ``pin``, ``keep_alive``) that the router's task carries out.
 
 ``swapyard.router.Router`` is the real implementation; ``swapyard.testing.FakeRouter``
 is one for HTTP tests that need no engine process.
@@ -123,6 +123,7 @@ class ModelSnapshot:
     memory: MemorySnapshot = MemorySnapshot()
     pinned: bool = False
     idle_since: float | None = None  # monotonic; None: busy or not ready
+    ttl: float = 0.0  # the idle TTL in effect (config or a client's keep_alive); 0: none
 
     @property
     def state(self) -> EngineState:
@@ -239,6 +240,12 @@ class RouterSurface(Protocol):
     async def unload(self, model: str) -> EngineState: ...
 
     async def pin(self, model: str, pinned: bool) -> EngineState: ...
+
+    def keep_alive(self, model: str, ttl: float) -> None:
+        """A client's keep_alive (the Ollama API): ``0`` stops ``model`` once it is
+        idle, ``> 0`` is its idle TTL in seconds and ``< 0`` keeps it loaded, until
+        the next one or a config reload. Returns at once."""
+        ...
 
     async def reload(self, config: Config) -> ConfigDiff:
         """Apply a new, validated config in the router's task (``swapyard.reload``)."""

@@ -18,7 +18,9 @@ unwanted, which idle model is held back from eviction, when to wake up.
 
 Under both, a start that fails rejects the requests waiting for it; a start nobody
 waits for any more is abandoned (unless the model is pinned or was loaded on
-purpose); a ready model idle for its ``ttl`` is stopped.
+purpose); a ready model idle for its ``ttl`` is stopped. A client's ``keep_alive``
+(``keep_alive()``) replaces that TTL until the next one or a reload, or asks for
+a one-off stop once the model is idle.
 
 Fast swaps: a model whose engine can sleep (``ModelTerms.sleep_need`` set) is put
 to sleep rather than stopped when it is evicted for another model and its
@@ -130,6 +132,12 @@ class Scheduler:
             return None
         return m.last_used
 
+    def ttl(self, model: str) -> float:
+        """The idle TTL in effect (a ``keep_alive``, else the config's); 0: none, and
+        0 too for a model to be stopped as soon as it is idle."""
+        m = self._m[model]
+        return 0.0 if m.unload_idle else max(0.0, m.idle_ttl)
+
     def budget(self) -> dict[str, int]:
         return dict(self._budget)
 
@@ -237,6 +245,8 @@ class Scheduler:
         stop_asleep = state is S.SLEEPING and m.draining  # unloaded or changed meanwhile
         if state is S.SLEEPING:
             m.draining = False
+        if state not in (S.STARTING, S.READY):
+            m.unload_idle = False  # a keep_alive 0 is for the engine it was asked of
         if state in (S.STOPPED, *BROKEN):
             self._hand_over(model, self._need(m))
             m.devices = ()
@@ -364,6 +374,9 @@ class Scheduler:
                     m.keep = m.keep or terms.pinned
                 if terms.need != m.terms.need:  # else a learned need stays
                     m.need = terms.need
+                if m.ttl is not None:  # a client's keep_alive lasts until a reload
+                    m.ttl = None
+                    self._rearm(mid)
                 m.terms = terms
             else:
                 self._m[mid] = ModelView(terms, need=terms.need, pinned=terms.pinned)
@@ -390,6 +403,23 @@ class Scheduler:
             m.draining = True
         elif m.state is S.SLEEPING:
             self._stop(model, None)
+        self._step()
+
+    def keep_alive(self, model: str, ttl: float, now: float | None = None) -> None:
+        """A client's keep_alive (the Ollama API, issue 14). ``0``: stop the model
+        once it is idle (now if it is; asleep, at once), a one-off that leaves its
+        TTL as it was; ``> 0``: its idle TTL from now on; ``< 0``: never stopped for
+        idleness. Both last until the next keep_alive or a config reload. A pinned
+        model stays: a pin is the operator's word."""
+        self._tick(now)
+        m = self._m[model]
+        if ttl == 0:
+            if m.state is S.SLEEPING and not m.pinned:
+                self._stop(model, None)
+            m.unload_idle = m.state in (S.STARTING, S.READY) and not m.pinned
+        else:
+            m.ttl, m.unload_idle = ttl, False
+            self._rearm(model)
         self._step()
 
     def set_pinned(self, model: str, pinned: bool, now: float | None = None) -> None:
@@ -627,9 +657,15 @@ class Scheduler:
         m.note_start(self._now, self._cfg.min_residency, q.client, q.arrived)
         self._fx.dispatch(q.request_id, q.model)
 
+    def _rearm(self, model: str) -> None:
+        """Its TTL changed: a timer armed with the old one is stale (its token is)."""
+        self._m[model].token += 1
+        self._armed_idle.pop(model, None)
+
     def _stop(self, model: str, for_model: str | None, sleep_ok: bool = True) -> None:
         """Stop ``model``; when it makes room for another, put it to sleep if it can."""
         m = self._m[model]
+        m.unload_idle = False
         sleep = sleep_ok and for_model is not None and self._will_sleep(m)
         m.state = S.STOPPING
         m.to_sleep = sleep
@@ -650,7 +686,10 @@ class Scheduler:
 
     def _arm_idle_timers(self) -> None:
         for model, m in self._m.items():
-            ttl = m.terms.ttl
+            if m.unload_idle and m.state is S.READY and self._idle(model) and not m.pinned:
+                self._stop(model, None)  # keep_alive 0: its requests are done
+                continue
+            ttl = m.idle_ttl
             if (
                 ttl > 0
                 and m.state is S.READY

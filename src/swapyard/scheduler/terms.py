@@ -95,6 +95,15 @@ class ModelView:
     oom_retried: bool = False  # its start ran out of memory once: the retry is used
     oom_retrying: bool = False  # a retry after an out-of-memory start awaits its backoff
     oom_wait: tuple[str, ...] = ()  # evicted for that retry: it starts once they stopped
+    # A client's keep_alive (the Ollama API, issue 14): the idle TTL from now on
+    # (None: the config's; < 0: none), and a one-off stop once idle (keep_alive 0).
+    ttl: float | None = None
+    unload_idle: bool = False
+
+    @property
+    def idle_ttl(self) -> float:
+        """The idle TTL in effect, in seconds; 0 or less: never stopped for idleness."""
+        return self.terms.ttl if self.ttl is None else self.ttl
 
     def recent(self, now: float, window: float) -> list[float]:
         """When it started the requests of the last ``window`` seconds, oldest first."""

@@ -42,6 +42,7 @@ class FakeRouter:
     clients: list[str] = field(default_factory=list)  # who asked, per acquire (issue 13)
     released: list[int] = field(default_factory=list)
     commands: list[tuple[str, str]] = field(default_factory=list)
+    keep_alives: list[tuple[str, float]] = field(default_factory=list)  # (model, ttl) asked
     running: bool = False
     closing: bool = False
 
@@ -50,6 +51,8 @@ class FakeRouter:
         self._views = {mid: EngineView(state_since=time.monotonic()) for mid in self.config.models}
         self._in_flight = dict.fromkeys(self.config.models, 0)
         self._logs = {mid: LogRing() for mid in self.config.models}
+        self._ttl = {mid: m.ttl for mid, m in self.config.models.items()}
+        self._stop_idle: set[str] = set()  # keep_alive 0 asked while busy
         self._started_at = time.time()
 
     # -- test controls --
@@ -101,6 +104,9 @@ class FakeRouter:
     def release(self, lease: Lease) -> None:
         self._in_flight[lease.model] -= 1
         self.released.append(lease.request_id)
+        if lease.model in self._stop_idle and not self._in_flight[lease.model]:
+            self._stop_idle.discard(lease.model)
+            self.set_state(lease.model, EngineState.STOPPED)
 
     # -- reads --
     def snapshot(self) -> Snapshot:
@@ -109,7 +115,8 @@ class FakeRouter:
                         started_at=self._started_at)  # fmt: skip
 
     def model(self, model: str) -> ModelSnapshot:
-        return ModelSnapshot(model, self._views[model], in_flight=self._in_flight[model])
+        ttl = 0.0 if model in self._stop_idle else max(0.0, self._ttl[model])
+        return ModelSnapshot(model, self._views[model], in_flight=self._in_flight[model], ttl=ttl)
 
     def logs(self, model: str) -> LogRing:
         return self._logs[model]
@@ -132,10 +139,22 @@ class FakeRouter:
         self.commands.append(("pin" if pinned else "unpin", model))
         return self._views[model].state
 
+    def keep_alive(self, model: str, ttl: float) -> None:
+        """Recorded; ``0`` stops the model (once its requests are released), any
+        other value is its TTL as snapshots show it (no timer runs here)."""
+        self.keep_alives.append((model, ttl))
+        if ttl != 0:
+            self._ttl[model] = ttl
+        elif self._in_flight[model]:
+            self._stop_idle.add(model)
+        elif self._views[model].state is not EngineState.STOPPED:
+            self.set_state(model, EngineState.STOPPED)
+
     async def reload(self, config: Config) -> ConfigDiff:
         d = diff(self.config, config)
         self.commands.append(("reload", config.source))
         self.config = config
+        self._ttl = {mid: m.ttl for mid, m in config.models.items()}
         for mid in d.added:
             self._views[mid] = EngineView(state_since=time.monotonic())
             self._in_flight[mid] = 0
