@@ -224,6 +224,23 @@ async def listed(http: aiohttp.ClientSession, owui: OpenWebUI) -> dict[str, dict
     return {m["id"]: loaded_fields(m) for m in doc["data"]}
 
 
+async def shows(
+    http: aiohttp.ClientSession, owui: OpenWebUI, expected: dict[str, dict[str, str]]
+) -> None:
+    """Open WebUI's model list comes to show ``expected`` (it keeps the backend's
+    list for ``MODELS_CACHE_TTL``, 1 s by default, as its page sees it)."""
+    seen: list[object] = []
+
+    async def now() -> bool:
+        seen.append(await listed(http, owui))
+        return seen[-1] == expected
+
+    try:
+        await eventually(now, timeout=10, interval=0.2)
+    except AssertionError:
+        assert seen[-1] == expected  # the last list seen, against the one expected
+
+
 async def states(http: aiohttp.ClientSession, swapyard: str) -> dict[str, str]:
     async with http.get(swapyard + "/health") as r:
         doc = await r.json()
@@ -293,10 +310,10 @@ async def test_open_webui_lists_the_models_with_their_loaded_state(
     """Open WebUI's model list names swapyard's models and shows which one is
     loaded, live: loading one through swapyard changes what Open WebUI lists."""
     await unload_all(http, swapyard)
-    assert await listed(http, owui) == {"smollm2": shown_as(False), "tiny": shown_as(False)}
+    await shows(http, owui, {"smollm2": shown_as(False), "tiny": shown_as(False)})
     async with http.post(swapyard + "/api/models/smollm2/load") as r:
         assert r.status == 200, await r.text()
-    assert await listed(http, owui) == {"smollm2": shown_as(True), "tiny": shown_as(False)}
+    await shows(http, owui, {"smollm2": shown_as(True), "tiny": shown_as(False)})
 
 
 async def test_chats_through_open_webui_swap_smollm2_tiny_smollm2(
@@ -314,7 +331,7 @@ async def test_chats_through_open_webui_swap_smollm2_tiny_smollm2(
     answer = await chat_as_browser(http, owui, "tiny")
     assert len(answer["content"].split()) >= 3, answer  # real tokens from random weights
     assert await states(http, swapyard) == {"smollm2": "stopped", "tiny": "ready"}
-    assert await listed(http, owui) == {"smollm2": shown_as(False), "tiny": shown_as(True)}
+    await shows(http, owui, {"smollm2": shown_as(False), "tiny": shown_as(True)})
 
     answer = await chat_as_browser(http, owui, "smollm2")
     assert "blue" in answer["content"].lower(), answer
