@@ -22,10 +22,12 @@ from swapyard.config.values import (
     Listed,
     LoadingStatus,
     ModelSpec,
+    Params,
     SchedulerSpec,
     ServerSpec,
     Timeouts,
     UsageSpec,
+    VariantSpec,
 )
 
 __all__ = [
@@ -39,11 +41,13 @@ __all__ = [
     "Listed",
     "LoadingStatus",
     "ModelSpec",
+    "Params",
     "SchedulerSpec",
     "ServerSpec",
     "Size",
     "Timeouts",
     "UsageSpec",
+    "VariantSpec",
     "check_exposure",
     "config_json_schema",
     "load_config",

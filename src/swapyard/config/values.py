@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Literal
+from typing import Any, Literal
 
 from swapyard.engines import Adapter, EngineFields, adapter
 from swapyard.engines.base import EngineKind, Launch, MemoryShare
@@ -148,6 +148,71 @@ class SchedulerSpec:
 RestartPolicy = Literal["on-failure", "always", "never"]
 
 
+def _merged(base: Mapping[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:
+    """``top`` over ``base``: objects merge key by key at any depth, anything else
+    (lists, strings, numbers) in ``top`` replaces ``base``'s whole."""
+    out = dict(base)
+    for key, value in top.items():
+        old = out.get(key)
+        if isinstance(value, Mapping) and isinstance(old, Mapping):
+            out[key] = _merged(old, value)
+        else:
+            out[key] = value
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class Params:
+    """A model's request parameters (issue 14), applied to every JSON body
+    swapyard sends its engine: ``strip`` removes those top-level keys, then
+    ``defaults`` fill what the request leaves out, then ``override`` sets its
+    keys whatever the request said. Objects (``chat_template_kwargs``...) merge
+    key by key, the request's keys winning over defaults and losing to overrides."""
+
+    defaults: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+    override: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+    strip: tuple[str, ...] = ()
+
+    def __bool__(self) -> bool:
+        return bool(self.defaults or self.override or self.strip)
+
+    def apply(self, doc: Mapping[str, Any]) -> dict[str, Any]:
+        """A new body: ``doc`` with these parameters applied (``doc`` is not changed)."""
+        out = {k: v for k, v in doc.items() if k not in self.strip}
+        out = _merged(self.defaults, out)
+        return _merged(out, self.override)
+
+    def over(self, base: Params) -> Params:
+        """These parameters over ``base``'s (a variant's over its model's): every
+        key these name, in any list, takes ``base``'s out of all three."""
+        mine = {*self.defaults, *self.override, *self.strip}
+        keep = {
+            "defaults": {k: v for k, v in base.defaults.items() if k not in mine},
+            "override": {k: v for k, v in base.override.items() if k not in mine},
+        }
+        return Params(
+            defaults=MappingProxyType({**keep["defaults"], **self.defaults}),
+            override=MappingProxyType({**keep["override"], **self.override}),
+            strip=tuple(dict.fromkeys((*(k for k in base.strip if k not in mine), *self.strip))),
+        )
+
+    def as_json(self) -> dict[str, Any]:
+        return {"defaults": dict(self.defaults), "override": dict(self.override),
+                "strip": list(self.strip)}  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class VariantSpec:
+    """Another id for a model's engine with its own request parameters (issue 14):
+    requests for it run on ``model``'s engine, which never loads twice."""
+
+    id: str
+    model: str  # the model whose engine serves it
+    params: Params = Params()  # already over the model's own
+    name: str | None = None
+    aliases: tuple[str, ...] = ()
+
+
 @dataclass(frozen=True, slots=True)
 class ModelSpec:
     """One model's engine. ``cmd``/``proxy``/``cmd_stop`` may still hold ``${PORT}``
@@ -198,6 +263,9 @@ class ModelSpec:
     env_drop: frozenset[str] = frozenset()
     # Issue 12. An engine that takes a share of the device at start-up (vLLM, SGLang).
     share: MemoryShare | None = None
+    # Issue 14. Request parameters, and other ids over this engine with their own.
+    params: Params = Params()
+    variants: Mapping[str, VariantSpec] = field(default_factory=lambda: MappingProxyType({}))
 
     @property
     def cmd_display(self) -> str:
@@ -260,24 +328,72 @@ class Config:
 
     @property
     def aliases(self) -> Mapping[str, str]:
-        """alias → model id."""
-        return {a: m.id for m in self.models.values() for a in m.aliases}
+        """alias → model id (a variant's aliases: its model's id)."""
+        return {
+            a: m.id
+            for m in self.models.values()
+            for a in (*m.aliases, *(a for v in m.variants.values() for a in v.aliases))
+        }
 
     def resolve(self, name: str) -> str | None:
-        """The model id that ``name`` (an id or an alias) refers to, or None."""
+        """The model id that ``name`` (a model's or a variant's id or alias) refers
+        to, or None. A variant gives its model's id: its engine."""
         if name in self.models:
             return name
+        variant = self.variant(name)
+        if variant is not None:
+            return variant.model
         return self.aliases.get(name)
+
+    def variant(self, name: str) -> VariantSpec | None:
+        """The variant ``name`` (its id or one of its aliases) refers to, or None."""
+        for m in self.models.values():
+            for v in m.variants.values():
+                if name == v.id or name in v.aliases:
+                    return v
+        return None
+
+    def params(self, name: str) -> Params:
+        """The request parameters for ``name``: its variant's, else its model's."""
+        variant = self.variant(name)
+        if variant is not None:
+            return variant.params
+        model = self.resolve(name)
+        return self.models[model].params if model is not None else Params()
+
+    def listed(self, name: str) -> Listed | None:
+        """How ``name`` shows in a model list (whether or not it is listed), or None."""
+        model = self.resolve(name)
+        if model is None:
+            return None
+        m = self.models[model]
+        variant = self.variant(name)
+        if variant is not None:
+            alias_of = None if name == variant.id else variant.id
+            return Listed(name, model, variant.name or variant.id, alias_of, variant_of=model)
+        return Listed(name, model, m.name or model, None if name == model else model)
 
     def listing(self, allowed: AbstractSet[str] | None = None) -> list[Listed]:
         """What every model list shows (``/v1/models``, Ollama's ``/api/tags``...), in
         config order: each model that is not ``unlisted``, then its aliases when
-        ``server.list_aliases``. ``allowed``: only these model ids (a key's allow-list)."""
+        ``server.list_aliases``, then its variants (even of an unlisted model: a
+        model may be offered only through its presets) and their aliases.
+        ``allowed``: a key's allow-list, model and variant ids (a model's id
+        allows its variants)."""
         out: list[Listed] = []
         for m in self.models.values():
-            if m.unlisted or (allowed is not None and m.id not in allowed):
-                continue
-            out.append(Listed(m.id, m.id, m.name or m.id))
-            if self.server.list_aliases:
-                out.extend(Listed(a, m.id, m.name or m.id, alias_of=m.id) for a in m.aliases)
+            whole = allowed is None or m.id in allowed
+            if whole and not m.unlisted:
+                out.append(Listed(m.id, m.id, m.name or m.id))
+                if self.server.list_aliases:
+                    out.extend(Listed(a, m.id, m.name or m.id, alias_of=m.id) for a in m.aliases)
+            for v in m.variants.values():
+                if not whole and v.id not in (allowed or ()):
+                    continue
+                name = v.name or v.id
+                out.append(Listed(v.id, m.id, name, variant_of=m.id))
+                if self.server.list_aliases:
+                    out.extend(
+                        Listed(a, m.id, name, alias_of=v.id, variant_of=m.id) for a in v.aliases
+                    )
         return out
