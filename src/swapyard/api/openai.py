@@ -119,14 +119,15 @@ async def list_models(request: web.Request) -> web.Response:
 
 
 async def get_model(request: web.Request) -> web.Response:
-    """One name, as ``/v1/models`` shows it (an alias or a variant as itself)."""
+    """The entry of the model or variant a name (an id or an alias) stands for, as
+    ``/v1/models`` shows it."""
     state: AppState = request.app[STATE]
     name = request.match_info["model"]
     model = resolve(state.config, name)
-    item = state.config.listed(name)
-    assert item is not None  # resolve() found it
     variant = state.config.variant(name)
     check_model_allowed(request, model, None if variant is None else variant.id)
+    item = state.config.listed(model if variant is None else variant.id)
+    assert item is not None  # resolve() found it
     return web.json_response(model_entry(state, item, state.router.model(model).state))
 
 
