@@ -9,8 +9,9 @@ from dataclasses import dataclass, replace
 from types import MappingProxyType
 
 from swapyard.config.macros import RUNTIME_MACROS, Hidden, expand, reveal, secret, split_args
+from swapyard.config.params import Params, VariantSpec
 from swapyard.config.schema import ModelIn, ParamsIn
-from swapyard.config.values import ModelSpec, Params, Timeouts, VariantSpec
+from swapyard.config.values import ModelSpec, Timeouts
 from swapyard.engines import EngineFields, adapter
 from swapyard.engines.base import Launch, MemoryShare, declared_share
 from swapyard.errors import ConfigError
