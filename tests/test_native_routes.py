@@ -81,6 +81,23 @@ async def test_native_post_without_a_model_is_400_naming_both_ways(
     assert await states(http, two.url) == {"a": "stopped", "b": "stopped"}
 
 
+async def test_a_key_allowed_one_model_names_it(http: aiohttp.ClientSession) -> None:
+    """llama.vscode sends ``/infill`` with no model and no way to add one: a key
+    whose allow-list holds one model sends it there; a key for all still gets 400."""
+    keys = [{"name": "editor", "key": "k-ed", "models": ["b"]}, {"name": "all", "key": "k-all"}]
+    models = {"a": echo("a"), "b": echo("b")}
+    text = json.dumps(
+        {"scheduler": {"learn_memory": False}, "models": models, "auth": {"keys": keys}}
+    )
+    async with running_server(load_config(text)) as srv:
+        for key, want in (("k-ed", 200), ("k-all", 400)):
+            headers = {"Authorization": f"Bearer {key}"}
+            async with http.post(srv.url + "/infill", json={}, headers=headers) as r:
+                assert r.status == want
+                if want == 200:
+                    assert (await r.json())["engine"] == "b"
+
+
 async def test_get_routes_go_to_the_named_model_else_the_one_loaded(
     two: RunningServer, http: aiohttp.ClientSession
 ) -> None:

@@ -8,11 +8,12 @@ other does (``exchange.serve``: the key's allow-list, admission, loading the
 model, the model's parameters, metering).
 
 - ``POST`` llama.cpp routes (``LLAMACPP_POST``): a request that names no model
-  is refused (400) with both ways to name one.
+  goes to the one model its API key may use (an allow-list of one), else is
+  refused (400) with both ways to name one.
 - ``GET /props``, ``GET /slots`` and any ``GET /v1/*`` not served otherwise
-  (``/v1/audio/voices``...): the named model, else the one model that is loaded
-  (a status read should not load a model nobody named); with none or several
-  loaded, 400.
+  (``/v1/audio/voices``...): the named model, else the key's one, else the one
+  model that is loaded (a status read should not load a model nobody named);
+  with none or several loaded, 400.
 - ``/upstream/{model}/{path}``: any method, to that model's engine as sent (no
   parameters, no fixes), loading it first — llama-swap's ``/upstream``. It is not
   a data route: the admin key (``auth``).
@@ -31,7 +32,7 @@ from aiohttp import web
 from swapyard.api.exchange import Call, query_model, serve
 from swapyard.api.limits import read_body
 from swapyard.api.openai import parse_json
-from swapyard.api.state import STATE, AppState
+from swapyard.api.state import KEY_MODELS, STATE, AppState
 from swapyard.errors import MissingModel
 from swapyard.process.state import EngineState
 
@@ -57,7 +58,7 @@ async def native_post(request: web.Request) -> web.StreamResponse:
     server = request.app[STATE].config.server
     body = await read_body(request, server.max_body_bytes, server.body_timeout)
     doc = parse_json(body) if body.strip() else None
-    name = query_model(request, doc)
+    name = query_model(request, doc) or _the_keys_one(request)
     if name is None:
         raise MissingModel(f"{request.path} needs a model: {_HOW} (e.g. {request.path}?model=NAME)")
     return await serve(request, Call(name, engine_path(request), body, doc), t0=t0)
@@ -65,8 +66,16 @@ async def native_post(request: web.Request) -> web.StreamResponse:
 
 async def native_get(request: web.Request) -> web.StreamResponse:
     """A GET for one model's engine: the named one, else the one loaded."""
-    name = query_model(request, None) or _the_loaded_one(request)
+    name = query_model(request, None) or _the_keys_one(request) or _the_loaded_one(request)
     return await serve(request, Call(name, engine_path(request), b""))
+
+
+def _the_keys_one(request: web.Request) -> str | None:
+    """The one model (or variant) the request's key may use, if it may use one only:
+    llama.vscode appends ``/infill`` to its endpoint and sends no model, so a key
+    of its own is how it names one."""
+    allowed = request.get(KEY_MODELS)
+    return next(iter(allowed)) if allowed is not None and len(allowed) == 1 else None
 
 
 def _the_loaded_one(request: web.Request) -> str:
