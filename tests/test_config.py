@@ -34,6 +34,7 @@ def test_example_config_loads() -> None:
     assert cfg.models["big-tp"].gpus == 2 and cfg.models["big-tp"].fast
     assert dict(cfg.models["hosted"].upstream_headers) == {"Authorization": "Bearer sk-example"}
     assert cfg.resolve("default-chat") is not None
+    assert cfg.resolve("creative") == "smollm2" and cfg.params("creative").defaults["min_p"]
 
 
 def test_minimum_config_is_three_lines() -> None:
@@ -232,3 +233,76 @@ def test_scheduler_devices_and_preload_are_validated() -> None:
         load_config("models:\n  m: {cmd: 'x ${PORT}'}\npreload: [nope]\n")
     with pytest.raises(ConfigError, match=r"scheduler\.policy"):
         load_config("models: {}\nscheduler: {policy: lifo}\n")
+
+
+VARIANTS = """
+models:
+  a:
+    cmd: x ${PORT}
+    aliases: [alpha]
+    params: {defaults: {temperature: 0.5}, override: {top_k: 40}, strip: [seed]}
+    variants:
+      a-greedy: {params: {override: {temperature: 0}}, aliases: [greedy]}
+      a-plain: {}
+  b: {cmd: 'x ${PORT}'}
+"""
+
+
+def test_variants_resolve_to_their_model_with_params_over_its_own() -> None:
+    """A variant id or alias resolves to its model (one engine); its params are its
+    own over the model's; the listing shows variants after their model."""
+    cfg = load_config(VARIANTS)
+    assert [cfg.resolve(n) for n in ("a-greedy", "greedy", "a-plain", "alpha", "b")] == [
+        "a", "a", "a", "a", "b",
+    ]  # fmt: skip
+    greedy = cfg.params("greedy")
+    assert (dict(greedy.defaults), dict(greedy.override), greedy.strip) == (
+        {}, {"top_k": 40, "temperature": 0}, ("seed",),
+    )  # fmt: skip
+    assert cfg.params("a-plain") == cfg.params("alpha") == cfg.models["a"].params
+    assert not cfg.params("b")
+    assert [(i.id, i.model, i.variant_of) for i in cfg.listing()] == [
+        ("a", "a", None), ("a-greedy", "a", "a"), ("a-plain", "a", "a"), ("b", "b", None),
+    ]  # fmt: skip
+    assert list(cfg.models) == ["a", "b"], "the scheduler sees one model"
+
+
+@pytest.mark.parametrize(
+    ("variants", "message"),
+    [
+        ("{b: {}}", r"models.a.variants.b: 'b' is already a model id"),
+        ("{alpha: {}}", r"models.a.variants.alpha: 'alpha' is also an alias of 'a'"),
+        ("{v: {aliases: [b]}}", r"models.a.variants.v.aliases: 'b' is already a model id"),
+        ("{v: {aliases: [w]}, w: {}}", r"models.a.variants.w: 'w' is also an alias of variant 'v'"),
+        ("{'a v': {}}", r"a variant id cannot contain spaces"),
+        ("{v: {params: {override: {model: x}}}}", r"variants.v.params: 'model' cannot be"),
+        ("{v: {params: {temperature: 0}}}", r"unknown key 'temperature'"),
+    ],
+)
+def test_variant_name_clashes_and_bad_params_are_errors(variants: str, message: str) -> None:
+    """Every name a client sends means one thing; params cannot touch ``model``."""
+    text = f"models:\n  a: {{cmd: 'x ${{PORT}}', aliases: [alpha], variants: {variants}}}\n"
+    text += "  b: {cmd: 'x ${PORT}'}\n"
+    with pytest.raises(ConfigError, match=message):
+        load_config(text)
+
+
+def test_params_cannot_strip_the_model() -> None:
+    with pytest.raises(ConfigError, match=r"models.m.params: 'model' cannot be a parameter"):
+        load_config("models:\n  m: {cmd: 'x ${PORT}', params: {strip: [model]}}\n")
+
+
+def test_key_allow_lists_may_name_variants() -> None:
+    """An allow-list keeps a variant's id (that variant only) and a model's id (the
+    model and its variants); an unknown name is an error."""
+    keys = "auth: {keys: [{key: k, models: [greedy, b]}]}\n"
+    cfg = load_config(VARIANTS + keys)
+    assert cfg.auth.keys[0].models == {"a-greedy", "b"}
+    assert [i.id for i in cfg.listing(cfg.auth.keys[0].models)] == ["a-greedy", "b"]
+    with pytest.raises(ConfigError, match="'nope' is not a model or a variant"):
+        load_config(VARIANTS + "auth: {keys: [{key: k, models: [nope]}]}\n")
+
+
+def test_schema_documents_params_and_variants() -> None:
+    model = config_json_schema()["$defs"]["ModelIn"]["properties"]
+    assert {"params", "variants"} <= set(model)

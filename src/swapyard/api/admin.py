@@ -14,24 +14,36 @@ from aiohttp import web
 from swapyard.api.live import ring_response
 from swapyard.api.state import STATE
 from swapyard.errors import UnknownModel
+from swapyard.process.state import EngineState
 
 _HEALTH_KEYS = ("state", "pid", "state_for_s", "fast_swap", "in_flight", "queued")
 
 
 async def health(request: web.Request) -> web.Response:
     """swapyard's and each engine's state; ``last_error`` is the failure's code
-    (``engine_exited``...), never its text."""
+    (``engine_exited``...), never its text. ``current_models``: the ready ones, the
+    latest first; ``current_model``: that one (None when none is ready)."""
     state = request.app[STATE]
     now = time.monotonic()
     models = {}
-    for mid, m in state.router.snapshot().models.items():
+    snap = state.router.snapshot()
+    for mid, m in snap.models.items():
         full = m.as_json(now)
         error = m.engine.last_error
         models[mid] = {k: full[k] for k in _HEALTH_KEYS}
         models[mid]["last_error"] = error.code if error is not None else None
-    return web.json_response(
-        {"status": "ok", "uptime_s": round(time.time() - state.started_at, 3), "models": models}
+    # Issue 14: what users' own routers say (`jq .current_model`): the ready
+    # models, the one that became ready last first.
+    ready = sorted(
+        (m for m in snap.models.values() if m.state == EngineState.READY),
+        key=lambda m: -m.engine.state_since,
     )
+    current = [m.id for m in ready]
+    return web.json_response({
+        "status": "ok", "uptime_s": round(time.time() - state.started_at, 3),
+        "current_model": current[0] if current else None, "current_models": current,
+        "models": models,
+    })  # fmt: skip
 
 
 def _model_of(request: web.Request) -> str:
@@ -47,7 +59,8 @@ async def resident(request: web.Request) -> web.Response:
     swapyard added to its command (its memory share) and last failure (code,
     message and its last log lines); each device's budget, what swapyard's models
     hold, what other processes hold (``foreign``) and room; on GPUs the total and
-    the processes holding memory as last read."""
+    the processes holding memory as last read. A model with request parameters or
+    variants shows them (``params``, ``variants``: each one's over the model's)."""
     state = request.app[STATE]
     snap = state.router.snapshot()
     devices = {
@@ -69,6 +82,13 @@ async def resident(request: web.Request) -> web.Response:
         del full["upstream"]
         name, engine = (spec.name or mid, spec.engine) if spec else (mid, "(removed)")
         models[mid] = {"name": name, "engine": engine, **full}
+        if spec is not None and spec.params:
+            models[mid]["params"] = spec.params.as_json()
+        if spec is not None and spec.variants:
+            models[mid]["variants"] = {
+                v.id: {"name": v.name, "aliases": list(v.aliases), "params": v.params.as_json()}
+                for v in spec.variants.values()
+            }
     return web.json_response({"devices": devices, "models": models})
 
 

@@ -20,7 +20,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
 
-from swapyard.api import admin, cors, limits, live, ollama, openai, reload
+from swapyard.api import admin, cors, limits, live, native, ollama, openai, reload
 from swapyard.api.auth import auth_middleware
 from swapyard.api.state import CONFIG, ROUTER, STATE, AppState
 from swapyard.config import Config, check_exposure
@@ -158,6 +158,7 @@ def build_app(config: Config, router: RouterSurface | None = None) -> web.Applic
     admin.add_routes(app)
     live.add_routes(app)
     reload.add_routes(app)
+    native.add_routes(app)  # last: its GET /v1/{tail} takes what the others leave
     return app
 
 

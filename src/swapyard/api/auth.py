@@ -104,7 +104,11 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     return await handler(request)
 
 
-def check_model_allowed(request: web.Request, model: str) -> None:
+def check_model_allowed(request: web.Request, model: str, variant: str | None = None) -> None:
+    """A key's allow-list holds model and variant ids: a model's id allows its
+    variants, a variant's id only that variant (issue 14)."""
     allowed = request.get(KEY_MODELS)
-    if allowed is not None and model not in allowed:
-        raise Forbidden(f"the API key {request.get(KEY_NAME)!r} may not use model {model!r}")
+    if allowed is None or model in allowed or (variant is not None and variant in allowed):
+        return
+    name = model if variant is None else variant
+    raise Forbidden(f"the API key {request.get(KEY_NAME)!r} may not use model {name!r}")

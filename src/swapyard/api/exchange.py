@@ -21,6 +21,7 @@ stream, and renders errors its clients understand.
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -39,7 +40,9 @@ from swapyard.proxy import StreamTranslator, Translation, forward
 from swapyard.quirks import adapt_request
 from swapyard.usage.meter import CHAT, Metering, Ticket, footer_wanted
 
-__all__ = ["Call", "StreamTranslator", "Translation", "query_model", "resolve", "serve"]
+__all__ = [
+    "Call", "StreamTranslator", "Translation", "query_model", "resolve", "serve", "with_params",
+]  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,13 +62,30 @@ class Call:
 
 
 def resolve(config: Config, name: str) -> str:
-    """The model id ``name`` (an id or an alias) refers to; ``UnknownModel`` names
-    the listed ones."""
+    """The model id ``name`` (a model's or a variant's id or alias) refers to;
+    ``UnknownModel`` names the listed ones."""
     model = config.resolve(name)
     if model is None:
-        listed = [m.id for m in config.models.values() if not m.unlisted]
-        raise UnknownModel(name, listed)
+        raise UnknownModel(name, [item.id for item in config.listing()])
     return model
+
+
+def with_params(
+    config: Config, name: str, model: str, doc: dict[str, Any], body: bytes
+) -> tuple[dict[str, Any], bytes]:
+    """The body for the engine once the request parameters of ``name`` (its
+    variant's, else its model's) are applied (issue 14); a variant's name becomes
+    its model's id, the one name its engine knows. Unchanged: the same bytes."""
+    params = config.params(name)
+    variant = config.variant(name) is not None
+    if not params and not variant:
+        return doc, body
+    out = params.apply(doc)
+    if variant and "model" in out:
+        out["model"] = model
+    if out == doc:
+        return doc, body
+    return out, json.dumps(out, ensure_ascii=False, separators=(",", ":")).encode()
 
 
 async def serve(
@@ -84,18 +104,22 @@ async def serve(
     loading status first (``server.loading_status``)."""
     t0 = time.perf_counter() if t0 is None else t0
     state: AppState = request.app[STATE]
-    model = resolve(state.config, call.name)
-    check_model_allowed(request, model)
+    config = state.config
+    model = resolve(config, call.name)
+    variant = config.variant(call.name)
+    check_model_allowed(request, model, None if variant is None else variant.id)
     router = state.router
     router.check_admission()  # before any streaming starts: a real 429 or 503
-    doc = call.doc
+    doc, body = call.doc, call.body
+    if doc is not None:
+        doc, body = with_params(config, call.name, model, doc, body)
     stream = (
         call.stream if call.stream is not None else (doc is not None and doc.get("stream") is True)
     )
     ready = router.ready_now(model)
-    spec = state.config.models[model]
+    spec = config.models[model]
     path = call.path.split("?", 1)[0]
-    body, fix = adapt_request(spec, path, doc, call.body)
+    body, fix = adapt_request(spec, path, doc, body)
     if translation is not None:
         fix.drop_usage = False  # the translation reads the usage chunk
     use_status = (
@@ -103,10 +127,10 @@ async def serve(
         and stream
         and not ready
         and path == CHAT
-        and state.config.server.loading_status != "off"
+        and config.server.loading_status != "off"
     )
     ticket = Ticket(model, spec.engine, request.path, stream, request.get(KEY_NAME), not ready)
-    footer = spec.footer if spec.footer is not None else state.config.server.footer
+    footer = spec.footer if spec.footer is not None else config.server.footer
     wanted = translation is None and footer_wanted(footer, path, doc)
     metering = Metering(ticket, t0, wanted, fix)
     client = client_of(request, doc)

@@ -1,8 +1,15 @@
-"""OpenAI-compatible routes: ``/v1/models`` and every ``POST /v1/*`` that names a model."""
+"""OpenAI-compatible routes: ``/v1/models`` and every ``POST /v1/*`` that names a model.
+
+The model list carries what clients beyond the ``openai`` package read (issue
+14): llama.cpp router mode's ``status``, the context length, ``owned_by`` and
+``created``, and ``variant_of`` / ``alias_of`` for names that share an engine."""
 
 from __future__ import annotations
 
+import functools
 import json
+import os
+import struct
 import time
 from email import policy
 from email.parser import BytesParser
@@ -10,10 +17,15 @@ from typing import Any
 
 from aiohttp import web
 
+from swapyard.api.auth import check_model_allowed
 from swapyard.api.exchange import Call, resolve, serve
 from swapyard.api.limits import read_body
 from swapyard.api.state import KEY_MODELS, STATE, AppState
+from swapyard.config import Listed, ModelSpec
 from swapyard.errors import InvalidJSON, MissingModel
+from swapyard.process.state import EngineState
+from swapyard.resources import gguf
+from swapyard.resources.needs import LAUNCHER_CONTEXT, PYTHON_LAUNCHER
 
 MAX_JSON_DEPTH = 100  # arrays and objects inside one another; JSON schemas need ~20
 
@@ -34,12 +46,21 @@ def parse_model(content_type: str, body: bytes) -> tuple[str, dict[str, Any] | N
     """The ``model`` the request names, and the JSON body when it is JSON.
 
     Multipart forms (audio transcription, image edits) carry ``model`` as a form
-    field; anything else must be a JSON object, nested at most ``MAX_JSON_DEPTH``
-    levels (deeper ones raised a RecursionError and a 500 per request, issue 11;
-    an engine's own parser may not be safer).
+    field; anything else must be a JSON object (``parse_json``).
     """
     if content_type.startswith("multipart/form-data"):
         return _form_model(content_type, body), None
+    doc = parse_json(body)
+    model = doc.get("model")
+    if not isinstance(model, str) or not model:
+        raise MissingModel()
+    return model, doc
+
+
+def parse_json(body: bytes) -> dict[str, Any]:
+    """The body as a JSON object, nested at most ``MAX_JSON_DEPTH`` levels (deeper
+    ones raised a RecursionError and a 500 per request, issue 11; an engine's own
+    parser may not be safer)."""
     too_deep = f"the request body nests arrays/objects deeper than {MAX_JSON_DEPTH} levels"
     try:
         doc = json.loads(body)
@@ -54,10 +75,7 @@ def parse_model(content_type: str, body: bytes) -> tuple[str, dict[str, Any] | N
         raise InvalidJSON(too_deep)
     if not isinstance(doc, dict):
         raise InvalidJSON("the request body must be a JSON object")
-    model = doc.get("model")
-    if not isinstance(model, str) or not model:
-        raise MissingModel()
-    return model, doc
+    return doc
 
 
 def _form_model(content_type: str, body: bytes) -> str:
@@ -89,33 +107,99 @@ async def proxy_post(request: web.Request) -> web.StreamResponse:
 
 
 async def list_models(request: web.Request) -> web.Response:
+    """Every listed name, with swapyard's ``state`` and the fields other clients
+    read (``model_entry``)."""
     state: AppState = request.app[STATE]
-    cfg = state.config
-    created = int(state.started_at)
-    data: list[dict[str, Any]] = []
     snap = state.router.snapshot()
-    for item in cfg.listing(request.get(KEY_MODELS)):
-        engine_state = str(snap.models[item.model].state)
-        entry = {"id": item.id, "object": "model", "created": created, "owned_by": "swapyard"}
-        if item.alias_of is not None:
-            data.append({**entry, "alias_of": item.alias_of, "state": engine_state})
-        else:
-            data.append({**entry, "name": item.name, "state": engine_state})
+    data = [
+        model_entry(state, item, snap.models[item.model].state)
+        for item in state.config.listing(request.get(KEY_MODELS))
+    ]
     return web.json_response({"object": "list", "data": data})
 
 
 async def get_model(request: web.Request) -> web.Response:
+    """The entry of the model or variant a name (an id or an alias) stands for, as
+    ``/v1/models`` shows it."""
     state: AppState = request.app[STATE]
-    model = resolve(state.config, request.match_info["model"])
-    return web.json_response(
-        {
-            "id": model,
-            "object": "model",
-            "created": int(state.started_at),
-            "owned_by": "swapyard",
-            "state": str(state.router.model(model).state),
-        }
-    )
+    name = request.match_info["model"]
+    model = resolve(state.config, name)
+    variant = state.config.variant(name)
+    check_model_allowed(request, model, None if variant is None else variant.id)
+    item = state.config.listed(model if variant is None else variant.id)
+    assert item is not None  # resolve() found it
+    return web.json_response(model_entry(state, item, state.router.model(model).state))
+
+
+def model_entry(state: AppState, item: Listed, engine: EngineState) -> dict[str, Any]:
+    """One model-list entry (issue 14): OpenAI's fields, swapyard's ``state``,
+    llama.cpp router mode's ``status`` (``{"value": "loaded"}``..., which Open
+    WebUI's loaded badge reads) and the context length as clients look for it:
+    ``context_length``, vLLM's ``max_model_len``, llama.cpp's ``meta.n_ctx``."""
+    entry: dict[str, Any] = {
+        "id": item.id, "object": "model", "created": int(state.started_at),
+        "owned_by": "swapyard", "name": item.name, "state": str(engine),
+        "status": llamacpp_status(engine),
+    }  # fmt: skip
+    if item.alias_of is not None:
+        entry["alias_of"] = item.alias_of
+    if item.variant_of is not None:
+        entry["variant_of"] = item.variant_of
+    n_ctx, n_ctx_train = context_of(state.config.models[item.model])
+    if n_ctx is not None:
+        entry["context_length"] = entry["max_model_len"] = n_ctx
+        entry["meta"] = {"n_ctx": n_ctx}
+        if n_ctx_train is not None:
+            entry["meta"]["n_ctx_train"] = n_ctx_train
+    return entry
+
+
+# llama.cpp's router mode (tools/server/server-models.cpp) says loaded, loading,
+# unloaded or sleeping; a failed model is unloaded with `failed: true`.
+_STATUS = {
+    EngineState.READY: "loaded",
+    EngineState.STARTING: "loading",
+    EngineState.WAKING: "loading",
+    EngineState.WARMING: "loading",
+    EngineState.SLEEPING: "sleeping",
+}
+
+
+def llamacpp_status(engine: EngineState) -> dict[str, Any]:
+    status: dict[str, Any] = {"value": _STATUS.get(engine, "unloaded")}
+    if engine in (EngineState.FAILED, EngineState.BACKOFF):
+        status["failed"] = True
+    return status
+
+
+def context_of(spec: ModelSpec) -> tuple[int | None, int | None]:
+    """The context an engine serves (``context:``, a ``-c`` in its command, the
+    xllamacpp launcher's default, else llama-server's: the model's), and the
+    model's own from its GGUF header; None where unknown."""
+    path, in_cmd = gguf.model_file_and_context(spec.cmd)
+    trained = _trained_context(path) if path is not None else None
+    n_ctx = spec.fields.context if spec.fields is not None else None
+    n_ctx = n_ctx or in_cmd or (LAUNCHER_CONTEXT if PYTHON_LAUNCHER in spec.cmd else None)
+    return n_ctx or trained, trained
+
+
+def _trained_context(path: str) -> int | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return _header_context(path, st.st_mtime_ns, st.st_size)
+
+
+@functools.lru_cache(maxsize=256)
+def _header_context(path: str, mtime_ns: int, size: int) -> int | None:
+    """The GGUF's ``<arch>.context_length`` (cached per file version: a model list
+    is asked for often, and a header holds the whole vocabulary)."""
+    try:
+        value = gguf.read_info(path).arch("context_length")
+    except (OSError, ValueError, KeyError, struct.error):
+        return None
+    return int(value) if isinstance(value, int) else None
 
 
 def add_routes(app: web.Application) -> None:

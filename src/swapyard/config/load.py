@@ -170,12 +170,16 @@ def _key(where: str, value: str | None, var: str | None, env: Mapping[str, str])
 
 
 def _allowed(where: str, names: list[str], models: Mapping[str, ModelSpec]) -> frozenset[str]:
-    """The model ids that ``names`` (ids or aliases) refer to."""
-    aliases = {a: m.id for m in models.values() for a in m.aliases}
-    ids = set()
+    """The model and variant ids that ``names`` (ids or aliases) refer to: a
+    model's id allows its variants too, a variant's only itself (issue 14)."""
+    ids = {mid: mid for mid in models}
+    for m in models.values():
+        ids.update((a, m.id) for a in m.aliases)
+        for v in m.variants.values():
+            ids.update((n, v.id) for n in (v.id, *v.aliases))
+    allowed = set()
     for name in names:
-        mid = name if name in models else aliases.get(name)
-        if mid is None:
-            raise ConfigError(f"{where}.models: {name!r} is not a model")
-        ids.add(mid)
-    return frozenset(ids)
+        if name not in ids:
+            raise ConfigError(f"{where}.models: {name!r} is not a model or a variant")
+        allowed.add(ids[name])
+    return frozenset(allowed)

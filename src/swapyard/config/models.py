@@ -9,7 +9,8 @@ from dataclasses import dataclass, replace
 from types import MappingProxyType
 
 from swapyard.config.macros import RUNTIME_MACROS, Hidden, expand, reveal, secret, split_args
-from swapyard.config.schema import ModelIn
+from swapyard.config.params import Params, VariantSpec
+from swapyard.config.schema import ModelIn, ParamsIn
 from swapyard.config.values import ModelSpec, Timeouts
 from swapyard.engines import EngineFields, adapter
 from swapyard.engines.base import Launch, MemoryShare, declared_share
@@ -81,6 +82,7 @@ def build_model(
             "the engine; add it to cmd (or env) or give `proxy` a fixed port"
         )
     check = m.check_endpoint if "check_endpoint" in m.model_fields_set else launch.check_endpoint
+    params = _params(f"{at.where}.params", m.params)
     if not check.startswith("/"):
         raise ConfigError(f"{at.where}.check_endpoint: expected a path starting with '/'")
     return ModelSpec(
@@ -120,7 +122,37 @@ def build_model(
         cmd_stop_shown=cmd_stop_shown,
         timeouts=_timeouts(m, timeouts),
         share=_share(launch, cmd) if m.cmd is not None else launch.share,
+        params=params,
+        variants=MappingProxyType(_variants(at.where, model_id, m, params)),
     )
+
+
+# The body's `model` names what swapyard routes by; no parameter may change it.
+_NOT_PARAMS = frozenset({"model"})
+
+
+def _params(where: str, p: ParamsIn) -> Params:
+    for key in (*p.defaults, *p.override, *p.strip):
+        if key in _NOT_PARAMS:
+            raise ConfigError(
+                f"{where}: {key!r} cannot be a parameter: swapyard routes by it "
+                "(use a variant or an alias for another name)"
+            )
+    return Params(
+        defaults=MappingProxyType(dict(p.defaults)),
+        override=MappingProxyType(dict(p.override)),
+        strip=tuple(dict.fromkeys(p.strip)),
+    )
+
+
+def _variants(where: str, model_id: str, m: ModelIn, base: Params) -> dict[str, VariantSpec]:
+    out = {}
+    for vid, v in m.variants.items():
+        if not _MODEL_ID.match(vid):
+            raise ConfigError(f"{where}.variants.{vid}: a variant id cannot contain spaces")
+        own = _params(f"{where}.variants.{vid}.params", v.params)
+        out[vid] = VariantSpec(vid, model_id, own.over(base), v.name, tuple(v.aliases))
+    return out
 
 
 Command = tuple[str, ...]
@@ -223,17 +255,16 @@ def _check_raw_command(at: _Scope, m: ModelIn) -> None:
 
 
 def check_aliases(source: str, models: Mapping[str, ModelSpec]) -> None:
-    """No alias is also a model id or another model's alias."""
-    seen: dict[str, str] = {}
+    """Every name a client may send means one thing: no alias, variant id or
+    variant alias is also a model id, or another name already taken."""
+    seen: dict[str, str] = {mid: "already a model id" for mid in models}
     for m in models.values():
-        for alias in m.aliases:
-            if alias in models:
-                raise ConfigError(
-                    f"{source}: models.{m.id}.aliases: {alias!r} is already a model id"
-                )
-            if alias in seen:
-                raise ConfigError(
-                    f"{source}: models.{m.id}.aliases: {alias!r} is also an alias of "
-                    f"{seen[alias]!r}"
-                )
-            seen[alias] = m.id
+        names = [(f"models.{m.id}.aliases", a, f"an alias of {m.id!r}") for a in m.aliases]
+        for v in m.variants.values():
+            where = f"models.{m.id}.variants.{v.id}"
+            names.append((where, v.id, f"a variant of {m.id!r}"))
+            names += [(f"{where}.aliases", a, f"an alias of variant {v.id!r}") for a in v.aliases]
+        for where, name, what in names:
+            if name in seen:
+                raise ConfigError(f"{source}: {where}: {name!r} is {seen[name]}")
+            seen[name] = f"also {what}"

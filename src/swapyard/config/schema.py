@@ -129,6 +129,22 @@ class SchedulerIn(Strict):
     learn_memory: bool = _SCHEDULER.learn_memory
 
 
+class ParamsIn(Strict):
+    """Request parameters (``values.Params``): top-level keys of the JSON body."""
+
+    defaults: dict[str, Any] = {}
+    override: dict[str, Any] = {}
+    strip: list[str] = []
+
+
+class VariantIn(Strict):
+    """Another id over a model's engine, with its own parameters over the model's."""
+
+    params: ParamsIn = Field(default_factory=lambda: ParamsIn.model_validate({}))
+    name: str | None = None
+    aliases: list[str] = []
+
+
 class ModelIn(Strict):
     # The engine kind and its high-level fields (``EngineFields``).
     engine: EngineKind = _MODEL.engine
@@ -175,6 +191,9 @@ class ModelIn(Strict):
     response_timeout: Duration | None = None
     first_byte_timeout: Duration | None = None
     idle_timeout: Duration | None = None
+    # Issue 14: request parameters, and variants (ids sharing this engine).
+    params: ParamsIn = Field(default_factory=lambda: ParamsIn.model_validate({}))
+    variants: dict[str, VariantIn] = {}
 
 
 class UsageIn(Strict):

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Literal
 
+from swapyard.config.params import Params, VariantSpec
 from swapyard.engines import Adapter, EngineFields, adapter
 from swapyard.engines.base import EngineKind, Launch, MemoryShare
 
@@ -198,6 +199,9 @@ class ModelSpec:
     env_drop: frozenset[str] = frozenset()
     # Issue 12. An engine that takes a share of the device at start-up (vLLM, SGLang).
     share: MemoryShare | None = None
+    # Issue 14. Request parameters, and other ids over this engine with their own.
+    params: Params = field(default_factory=Params)
+    variants: Mapping[str, VariantSpec] = field(default_factory=lambda: MappingProxyType({}))
 
     @property
     def cmd_display(self) -> str:
@@ -260,24 +264,72 @@ class Config:
 
     @property
     def aliases(self) -> Mapping[str, str]:
-        """alias → model id."""
-        return {a: m.id for m in self.models.values() for a in m.aliases}
+        """alias → model id (a variant's aliases: its model's id)."""
+        return {
+            a: m.id
+            for m in self.models.values()
+            for a in (*m.aliases, *(a for v in m.variants.values() for a in v.aliases))
+        }
 
     def resolve(self, name: str) -> str | None:
-        """The model id that ``name`` (an id or an alias) refers to, or None."""
+        """The model id that ``name`` (a model's or a variant's id or alias) refers
+        to, or None. A variant gives its model's id: its engine."""
         if name in self.models:
             return name
+        variant = self.variant(name)
+        if variant is not None:
+            return variant.model
         return self.aliases.get(name)
+
+    def variant(self, name: str) -> VariantSpec | None:
+        """The variant ``name`` (its id or one of its aliases) refers to, or None."""
+        for m in self.models.values():
+            for v in m.variants.values():
+                if name == v.id or name in v.aliases:
+                    return v
+        return None
+
+    def params(self, name: str) -> Params:
+        """The request parameters for ``name``: its variant's, else its model's."""
+        variant = self.variant(name)
+        if variant is not None:
+            return variant.params
+        model = self.resolve(name)
+        return self.models[model].params if model is not None else Params()
+
+    def listed(self, name: str) -> Listed | None:
+        """How ``name`` shows in a model list (whether or not it is listed), or None."""
+        model = self.resolve(name)
+        if model is None:
+            return None
+        m = self.models[model]
+        variant = self.variant(name)
+        if variant is not None:
+            alias_of = None if name == variant.id else variant.id
+            return Listed(name, model, variant.name or variant.id, alias_of, variant_of=model)
+        return Listed(name, model, m.name or model, None if name == model else model)
 
     def listing(self, allowed: AbstractSet[str] | None = None) -> list[Listed]:
         """What every model list shows (``/v1/models``, Ollama's ``/api/tags``...), in
         config order: each model that is not ``unlisted``, then its aliases when
-        ``server.list_aliases``. ``allowed``: only these model ids (a key's allow-list)."""
+        ``server.list_aliases``, then its variants (even of an unlisted model: a
+        model may be offered only through its presets) and their aliases.
+        ``allowed``: a key's allow-list, model and variant ids (a model's id
+        allows its variants)."""
         out: list[Listed] = []
         for m in self.models.values():
-            if m.unlisted or (allowed is not None and m.id not in allowed):
-                continue
-            out.append(Listed(m.id, m.id, m.name or m.id))
-            if self.server.list_aliases:
-                out.extend(Listed(a, m.id, m.name or m.id, alias_of=m.id) for a in m.aliases)
+            whole = allowed is None or m.id in allowed
+            if whole and not m.unlisted:
+                out.append(Listed(m.id, m.id, m.name or m.id))
+                if self.server.list_aliases:
+                    out.extend(Listed(a, m.id, m.name or m.id, alias_of=m.id) for a in m.aliases)
+            for v in m.variants.values():
+                if not whole and v.id not in (allowed or ()):
+                    continue
+                name = v.name or v.id
+                out.append(Listed(v.id, m.id, name, variant_of=m.id))
+                if self.server.list_aliases:
+                    out.extend(
+                        Listed(a, m.id, name, alias_of=v.id, variant_of=m.id) for a in v.aliases
+                    )
         return out

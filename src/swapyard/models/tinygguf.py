@@ -11,7 +11,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-TINY_FILENAME = "swapyard-tiny-llama.gguf"
+# v2 adds fill-in-the-middle tokens (issue 14). A new name, not a rewrite: the
+# v1 file may be in use by running engines and tests, and is never deleted.
+TINY_FILENAME = "swapyard-tiny-llama-v2.gguf"
+# SmolLM2's tokenizer has no FIM tokens, and llama-server's /infill answers 501
+# without them. The tiny model borrows three special tokens it never otherwise
+# meets: <jupyter_start> (11) as the prefix, <jupyter_text> (12) as the suffix,
+# <jupyter_code> (13) as the middle. Not 3-5 (<repo_name>, <reponame>,
+# <file_sep>): llama.cpp already takes those by their text for the repo and
+# file-separator FIM roles.
+FIM_TOKENS = {"pre": 11, "suf": 12, "mid": 13}
 _TOKENIZER_KEYS = (
     "tokenizer.ggml.model",
     "tokenizer.ggml.pre",
@@ -70,6 +79,8 @@ def write_tiny_llama(
     w.add_token_types(tok["tokenizer.ggml.token_type"])
     if "tokenizer.ggml.merges" in tok:
         w.add_token_merges(tok["tokenizer.ggml.merges"])
+    for role, token_id in FIM_TOKENS.items():
+        w.add_uint32(f"tokenizer.ggml.fim_{role}_token_id", token_id)
     for key, add in (
         ("tokenizer.ggml.bos_token_id", w.add_bos_token_id),
         ("tokenizer.ggml.eos_token_id", w.add_eos_token_id),

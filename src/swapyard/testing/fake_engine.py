@@ -3,7 +3,9 @@
     python -m swapyard.testing.fake_engine --port 8001 [flags]
 
 It serves ``/health`` (503 until loaded), ``/v1/models``, ``/v1/chat/completions``,
-``/v1/completions`` and ``/v1/embeddings``, streaming and not. Its answer is the
+``/v1/completions`` and ``/v1/embeddings``, streaming and not; any other route
+answers what it got (method, path, JSON body), as ``--echo-body`` makes the
+completion routes do. Its answer is the
 words of ``--text`` (prefixed by the model id, so a test can tell engines apart),
 one token per word, at ``--tokens-per-second``. Every event a test may want to
 see (ready, each request, a client that went away) is printed to stdout, which
@@ -139,7 +141,24 @@ class FakeEngine:
             headers={"X-Fake-Engine": self.args.model_id},
         )  # fmt: skip
 
+    async def echo_body(self, request: web.Request) -> web.Response:
+        """Any other route, any method (llama.cpp's own, ``/upstream`` tests), and the
+        completion routes with ``--echo-body``: the method, path and JSON body it got."""
+        body = await request.read()
+        say(f"request {request.method} {request.path_qs} {len(body)} bytes")
+        try:
+            doc = json.loads(body) if body else None
+        except ValueError:
+            doc = None
+        return web.json_response(
+            {"engine": self.args.model_id, "method": request.method, "path": request.path_qs,
+             "json": doc},
+            headers={"X-Fake-Engine": self.args.model_id},
+        )  # fmt: skip
+
     async def completions(self, request: web.Request) -> web.StreamResponse:
+        if self.args.echo_body:
+            return await self.echo_body(request)
         chat = request.path.endswith("/chat/completions")
         doc = await request.json()
         if self.args.error_status:
@@ -333,6 +352,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     _add_faults(p)
     p.add_argument("--error-status", type=int, default=0, help="answer completions with it")
+    p.add_argument(
+        "--echo-body", action="store_true", help="answer completions with the body they got"
+    )
     p.add_argument("--require-key", default="", help="401 unless `Authorization: Bearer KEY`")
     p.add_argument("--grandchild", action="store_true", help="spawn a child that ignores SIGTERM")
     p.add_argument(
@@ -378,6 +400,7 @@ def main(argv: list[str] | None = None) -> None:
     app.router.add_post("/v1/completions", engine.completions)
     app.router.add_post("/v1/embeddings", engine.embeddings)
     app.router.add_post("/v1/{tail:.+}", engine.echo)
+    app.router.add_route("*", "/{tail:.*}", engine.echo_body)
     say("listening")
     web.run_app(
         app, host=args.host, port=args.port, print=None, access_log=None,
