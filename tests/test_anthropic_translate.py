@@ -499,3 +499,18 @@ async def test_llama_server_takes_a_turn_that_offers_tools(smol: Any, name: str)
     for message in (got, streamed):
         assert message.stop_reason == "max_tokens" and message.usage.output_tokens == 6
         assert message.content[0].type == "text" and message.content[0].text
+
+
+@pytest.mark.llamacpp
+async def test_count_tokens_translated_agrees_with_llama_servers_own(smol: Any) -> None:
+    """The one-token chat completion counts the prompt as llama-server's own
+    /v1/messages/count_tokens does: the same chat template applied."""
+    ask: list[Any] = [{"role": "user", "content": "What color is the sky?"}]
+    async with AsyncAnthropic(base_url=smol.url, api_key="x", max_retries=0) as c:
+        counts = [
+            (
+                await c.messages.count_tokens(model=name, messages=ask, system="Be brief.")
+            ).input_tokens
+            for name in ("native", "translated")
+        ]
+    assert counts[0] == counts[1] > 5, counts

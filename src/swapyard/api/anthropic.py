@@ -117,7 +117,8 @@ async def _handle(request: web.Request, count: bool) -> web.StreamResponse:
         chat, ask = to_chat(doc)
         translation = TokenCount(ask) if count else MessagesAnswer(ask)
         if count:  # the prompt read once, one token made: its usage is the count
-            chat = {**chat, "max_tokens": 1, "stream": False}
+            chat = {k: chat[k] for k in ("model", "messages", "tools") if k in chat}
+            chat["max_tokens"] = 1
         raw = json.dumps(chat, ensure_ascii=False, separators=(",", ":")).encode()
         return await serve(request, Call(name, CHAT, raw, chat), translation, t0=t0)
     except SwapyardError as err:
