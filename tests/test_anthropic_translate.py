@@ -29,8 +29,8 @@ from swapyard.errors import RequestError, UpstreamDied
 from swapyard.testing import fake_engine_cmd, running_server
 
 VLLM_FAKE = [sys.executable, "-m", "swapyard.testing.engine_fakes", "vllm"]
-HI = [{"role": "user", "content": "hi"}]
-WEATHER = {
+HI: Any = [{"role": "user", "content": "hi"}]
+WEATHER: Any = {
     "name": "get_weather",
     "description": "The weather in a city",
     "input_schema": {
@@ -388,10 +388,10 @@ async def test_errors_have_anthropics_shape_and_status(client: AsyncAnthropic) -
         assert down.value.status_code == 503
         assert isinstance(down.value.body, dict) and down.value.body["type"] == "error"
     with pytest.raises(anthropic.BadRequestError) as refused:
-        await client.messages.create(
-            model="v", max_tokens=4, messages=[{"role": "user", "content": [{"type": "document"}]}]
-        )
-    assert refused.value.body["error"]["message"].startswith("messages.0.content.0: ")
+        pdf: Any = [{"role": "user", "content": [{"type": "document"}]}]  # no chat equivalent
+        await client.messages.create(model="v", max_tokens=4, messages=pdf)
+    said: Any = refused.value.body
+    assert said["error"]["message"].startswith("messages.0.content.0: ")
 
 
 async def test_a_stream_cut_mid_way_ends_with_an_error_event(
@@ -498,7 +498,8 @@ async def test_llama_server_takes_a_turn_that_offers_tools(smol: Any, name: str)
             streamed = await stream.get_final_message()
     for message in (got, streamed):
         assert message.stop_reason == "max_tokens" and message.usage.output_tokens == 6
-        assert message.content[0].type == "text" and message.content[0].text
+        first: Any = message.content[0]
+        assert first.type == "text" and first.text
 
 
 @pytest.mark.llamacpp
