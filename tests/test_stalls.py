@@ -260,7 +260,7 @@ async def test_only_openai_completion_streams_are_judged_by_done(
         return resp
 
     routes = {"/v1/messages": answer, "/v1/chat/completions": answer}
-    async with upstream(routes) as model:
+    async with upstream(routes, anthropic="native") as model:  # it speaks /v1/messages
         async with running_server(config({"a": model}, loading_status="off")) as srv:
             body = {"model": "a", "max_tokens": 5, "stream": True,
                     "messages": [{"role": "user", "content": "hi"}]}  # fmt: skip

@@ -20,7 +20,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
 
-from swapyard.api import admin, cors, limits, live, native, ollama, openai, reload
+from swapyard.api import admin, anthropic, cors, limits, live, native, ollama, openai, reload
 from swapyard.api.auth import auth_middleware
 from swapyard.api.state import CONFIG, ROUTER, STATE, AppState
 from swapyard.config import Config, check_exposure
@@ -154,6 +154,7 @@ def build_app(config: Config, router: RouterSurface | None = None) -> web.Applic
     app.cleanup_ctx.append(_lifespan)
     app.on_shutdown.append(_stop_admitting)
     ollama.add_routes(app)
+    anthropic.add_routes(app)  # before openai's POST /v1/{tail}
     openai.add_routes(app)
     admin.add_routes(app)
     live.add_routes(app)

@@ -110,6 +110,7 @@ def build_model(
         upstream_model=launch.upstream_model,
         stream_usage=launch.stream_usage if m.stream_usage is None else m.stream_usage,
         cumulative_stream=m.cumulative_stream,
+        anthropic=m.anthropic or ("native" if launch.messages_api else "translate"),
         footer=m.footer,
         sleep_memory=m.sleep_memory,
         host_memory=m.host_memory,

@@ -166,6 +166,7 @@ class ModelIn(Strict):
     host_memory: Size | None = _MODEL.host_memory
     cumulative_stream: bool = _MODEL.cumulative_stream
     stream_usage: bool | None = None  # None: what the engine kind honours
+    anthropic: Literal["native", "translate"] | None = None  # None: what the engine kind speaks
     footer: Footer | None = _MODEL.footer
     env: dict[str, str] = dict(_MODEL.env)
     proxy: str = _MODEL.proxy

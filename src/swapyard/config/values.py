@@ -178,6 +178,9 @@ class ModelSpec:
     upstream_model: str | None = None
     stream_usage: bool = False
     cumulative_stream: bool = False
+    # Anthropic's /v1/messages: passed to the engine as sent, or translated to chat
+    # completions for an engine that does not speak it (issue 14).
+    anthropic: Literal["native", "translate"] = "native"
     footer: Footer | None = None  # None: server.footer
     sleep_memory: int | None = None  # GPU memory held while asleep (fast swap)
     host_memory: int | None = None  # host RAM held while asleep

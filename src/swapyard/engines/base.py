@@ -82,6 +82,10 @@ class Launch:
     upstream_model: str | None = None  # the name the engine knows the model by
     stream_usage: bool = False  # honours stream_options.include_usage
     share: MemoryShare | None = None  # pre-allocates a share of the device's memory
+    # Serves Anthropic's /v1/messages itself (passed through byte for byte); else
+    # swapyard translates it to chat completions (issue 14). An engine swapyard does
+    # not know (a raw ``cmd``) gets every route as sent.
+    messages_api: bool = True
 
 
 class FastSwapFailed(Exception):

@@ -52,7 +52,8 @@ class LlamaCpp(BaseAdapter):
         flag(args, "-c", f.context)
         if f.tensor_parallel > 1:
             args += ["--split-mode", "row"]
-        return Launch(tuple(args + list(f.extra_args)), stream_usage=True)
+        # llama-server serves /v1/messages and /v1/messages/count_tokens (llama.cpp #17570).
+        return Launch(tuple(args + list(f.extra_args)), stream_usage=True, messages_api=True)
 
     def log_progress(self, line: str) -> tuple[float | None, str] | None:
         for pattern, fraction, text in _PHASES:

@@ -22,6 +22,9 @@ from swapyard.engines.base import (
 )
 
 UNLOAD_WAIT = 10.0
+# Ollama serves Anthropic's /v1/messages itself since v0.14.0
+# (docs.ollama.com/api/anthropic-compatibility); an older one needs `anthropic: translate`.
+MESSAGES_API = True
 
 
 async def _load(ctl: Control, progress: ProgressFn) -> None:
@@ -57,7 +60,10 @@ class Ollama(BaseAdapter):
         if not f.model:
             raise ValueError("engine ollama needs `model:` (the Ollama tag, e.g. qwen2.5:7b)")
         if f.base_url:
-            return Launch((), proxy=f.base_url, check_endpoint="/api/tags", upstream_model=f.model)
+            return Launch(
+                (), proxy=f.base_url, check_endpoint="/api/tags", upstream_model=f.model,
+                messages_api=MESSAGES_API,
+            )  # fmt: skip
         env = {"OLLAMA_HOST": f"127.0.0.1:{PORT}", "OLLAMA_KEEP_ALIVE": "-1"}
         if f.context:
             env["OLLAMA_CONTEXT_LENGTH"] = str(f.context)
@@ -67,6 +73,7 @@ class Ollama(BaseAdapter):
             env=env,
             upstream_model=f.model,
             stream_usage=True,
+            messages_api=MESSAGES_API,
         )
 
     def fast(self, f: EngineFields) -> FastSwap | None:

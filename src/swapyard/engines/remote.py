@@ -23,4 +23,5 @@ class OpenAiRemote(BaseAdapter):
             upstream_headers=auth,
             upstream_model=f.model,
             stream_usage=True,
+            messages_api=False,  # an OpenAI-compatible server: /v1/messages translated
         )

@@ -64,7 +64,9 @@ class Sglang(BaseAdapter):
             # Without the CPU backup, released weights would come back as garbage.
             args += ["--enable-memory-saver", "--enable-weights-cpu-backup"]
         share = MemoryShare(SHARE_FLAG, of_free=True, declared=declared_share(f, SHARE_FLAG))
-        return Launch(tuple(args + list(f.extra_args)), stream_usage=True, share=share)
+        return Launch(
+            tuple(args + list(f.extra_args)), stream_usage=True, share=share, messages_api=False
+        )
 
     def fast(self, f: EngineFields) -> FastSwap | None:
         return SglangMemorySaver() if f.fast_swap else None

@@ -87,6 +87,7 @@ class TabbyApi(BaseAdapter):
             check_headers=headers,
             upstream_headers={"x-api-key": f.admin_key} if f.admin_key else {},
             stream_usage=True,
+            messages_api=False,  # no /v1/messages: translated
         )
 
     def fast(self, f: EngineFields) -> FastSwap | None:

@@ -85,7 +85,10 @@ class Vllm(BaseAdapter):
         # Without a declared share, swapyard passes the share of the need it placed
         # (vLLM's default, 0.9 of the device, defeats any packing).
         share = MemoryShare(SHARE_FLAG, declared=declared_share(f, SHARE_FLAG))
-        return Launch(tuple(args + list(f.extra_args)), env=env, stream_usage=True, share=share)
+        return Launch(
+            tuple(args + list(f.extra_args)), env=env, stream_usage=True, share=share,
+            messages_api=False,  # /v1/messages only in recent versions: translated
+        )  # fmt: skip
 
     def fast(self, f: EngineFields) -> FastSwap | None:
         return VllmSleep(f.sleep_level) if f.fast_swap else None

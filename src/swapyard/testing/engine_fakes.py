@@ -90,6 +90,7 @@ def _generator(model_id: str) -> FakeEngine:
         never_healthy=False, crash_after_tokens=0, cumulative=False,
         close_after_stream=False, error_status=0, close_delimited=False,
         stall_before_first_byte=0.0, stall_after_tokens=0, reset_after_tokens=0,
+        echo_body=False,
     )  # fmt: skip
     return FakeEngine(ns)
 

@@ -3,11 +3,14 @@
     python -m swapyard.testing.fake_engine --port 8001 [flags]
 
 It serves ``/health`` (503 until loaded), ``/v1/models``, ``/v1/chat/completions``,
-``/v1/completions`` and ``/v1/embeddings``, streaming and not; any other route
-answers what it got (method, path, JSON body), as ``--echo-body`` makes the
-completion routes do. Its answer is the
+``/v1/completions`` and ``/v1/embeddings``, streaming and not. Its answer is the
 words of ``--text`` (prefixed by the model id, so a test can tell engines apart),
-one token per word, at ``--tokens-per-second``. Every event a test may want to
+one token per word, at ``--tokens-per-second``; a chat request that offers tools
+gets a tool call, ``stop`` strings end an answer (``swapyard.testing.fake_answer``).
+Any other ``POST /v1/*`` is echoed, and any other route answers what it got
+(method, path, JSON body), as ``--echo-body`` makes the completion routes do; with
+``--strict-routes`` both are refused with a 404 as a real engine refuses a route
+it lacks. Every event a test may want to
 see (ready, each request, a client that went away) is printed to stdout, which
 swapyard keeps in the engine's log ring.
 
@@ -31,6 +34,8 @@ import time
 from typing import Any, NoReturn
 
 from aiohttp import web
+
+from swapyard.testing.fake_answer import Plan, plan
 
 DEFAULT_TEXT = "The quick brown fox jumps over the lazy dog and runs far away"
 _FOREVER = 3600.0  # a stall lasts until the client goes away (or the engine stops)
@@ -129,6 +134,12 @@ class FakeEngine:
             headers={"X-Fake-Engine": self.args.model_id},
         )
 
+    async def not_found(self, request: web.Request) -> web.Response:
+        """A route this engine does not serve (``--strict-routes``): FastAPI's 404, as
+        vLLM and SGLang answer Anthropic's ``/v1/messages``."""
+        say(f"no route {request.path_qs}")
+        return web.json_response({"detail": "Not Found"}, status=404)
+
     async def echo(self, request: web.Request) -> web.Response:
         """Any other POST /v1/*: say which engine got it, what path and what type."""
         body = await request.read()
@@ -170,14 +181,16 @@ class FakeEngine:
             )  # fmt: skip
         n = int(doc.get("max_tokens") or doc.get("max_completion_tokens") or self.args.max_tokens)
         say(f"request {request.path} stream={bool(doc.get('stream'))} max_tokens={n}")
-        toks = self.tokens(n)
+        answer = plan(doc, self.tokens(n), vars(self.args).get("eos_after", 0)) if chat else None
+        toks = answer.tokens if answer is not None else self.tokens(n)
         kind = "chat.completion" if chat else "text_completion"
         cid = f"fake-{int(time.time() * 1000)}"
-        usage = {"prompt_tokens": 5, "completion_tokens": len(toks), "total_tokens": 5 + len(toks)}
+        made = len(toks) + (len(answer.tool.pieces()) if answer and answer.tool else 0)
+        usage = {"prompt_tokens": 5, "completion_tokens": made, "total_tokens": 5 + made}
         if not doc.get("stream"):
-            answer = {"id": cid, "object": kind, "created": int(time.time()),
-                      "model": self.args.model_id, "usage": usage}  # fmt: skip
-            return await self.plain(request, answer, toks, chat)
+            head = {"id": cid, "object": kind, "created": int(time.time()),
+                    "model": self.args.model_id, "usage": usage}  # fmt: skip
+            return await self.plain(request, head, toks, answer)
         out: web.StreamResponse | Raw
         if self.args.close_delimited:
             out = Raw(request, "text/event-stream", self.args.model_id)
@@ -188,6 +201,7 @@ class FakeEngine:
             await out.prepare(request)
         sent = 0
         so_far = ""
+        obj = kind + (".chunk" if chat else "")
         try:
             await self.stall_before_first_byte()
             for i, tok in enumerate(toks):
@@ -202,16 +216,21 @@ class FakeEngine:
                     if chat
                     else {"index": 0, "text": text, "finish_reason": None}
                 )
-                await self._sse(out, cid, kind + ("" if not chat else ".chunk"), [ch])
+                await self._sse(out, cid, obj, [ch])
                 sent += 1
-            last: dict[str, Any] = (
-                {"index": 0, "delta": {}, "finish_reason": "length"}
-                if chat
-                else {"index": 0, "text": "", "finish_reason": "length"}
-            )
-            await self._sse(out, cid, kind + (".chunk" if chat else ""), [last])
+            if answer is not None and answer.tool is not None:
+                for i, part in enumerate(answer.tool.pieces()):
+                    await self.fault_at(request, i)
+                    await self.emit_token()
+                    calls = {"tool_calls": [answer.tool.openai(part, first=i == 0)]}
+                    step = {"index": 0, "delta": calls, "finish_reason": None}
+                    await self._sse(out, cid, obj, [step])
+                    sent += 1
+            end = answer.end_fields() if answer is not None else {"finish_reason": "length"}
+            last: dict[str, Any] = {"index": 0, "delta": {}} if chat else {"index": 0, "text": ""}
+            await self._sse(out, cid, obj, [{**last, **end}])
             if (doc.get("stream_options") or {}).get("include_usage"):
-                await self._sse(out, cid, kind + (".chunk" if chat else ""), [], usage)
+                await self._sse(out, cid, obj, [], usage)
             await out.write(b"data: [DONE]\n\n")
         except (asyncio.CancelledError, ConnectionError):
             say(f"client disconnected after {sent} tokens")
@@ -228,25 +247,30 @@ class FakeEngine:
         return out
 
     async def plain(
-        self, request: web.Request, answer: dict[str, Any], toks: list[str], chat: bool
+        self, request: web.Request, head: dict[str, Any], toks: list[str], answer: Plan | None
     ) -> web.StreamResponse:
-        """A non-streamed answer: all its tokens, then the head with the body."""
+        """A non-streamed answer (``answer``: a chat one): all its tokens, then the
+        head with the body."""
         await self.stall_before_first_byte()
-        for i, _ in enumerate(toks):
+        tool = answer.tool if answer is not None else None
+        for i, _ in enumerate([*toks, *(tool.pieces() if tool else ())]):
             await self.fault_at(request, i)
             await self.emit_token()
         text = " ".join(toks)
-        choice: dict[str, Any] = (
-            {"index": 0, "message": {"role": "assistant", "content": text}}
-            if chat
-            else {"index": 0, "text": text}
-        )
-        answer["choices"] = [{**choice, "finish_reason": "length"}]
+        end = answer.end_fields() if answer is not None else {"finish_reason": "length"}
+        if answer is None:
+            head["choices"] = [{"index": 0, "text": text, **end}]
+        else:
+            content = text or None if tool is not None else text
+            message: dict[str, Any] = {"role": "assistant", "content": content}
+            if tool is not None:
+                message["tool_calls"] = [tool.openai()]
+            head["choices"] = [{"index": 0, "message": message, **end}]
         if self.args.close_delimited:
             raw = Raw(request, "application/json", self.args.model_id)
-            await raw.write(json.dumps(answer).encode())
+            await raw.write(json.dumps(head).encode())
             await raw.end()
-        return web.json_response(answer, headers={"X-Fake-Engine": self.args.model_id})
+        return web.json_response(head, headers={"X-Fake-Engine": self.args.model_id})
 
     async def stall_before_first_byte(self) -> None:
         if self.args.stall_before_first_byte:
@@ -346,6 +370,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--exit-on-start", type=int, default=None, help="print a log, exit with CODE")
     p.add_argument("--cumulative", action="store_true", help="stream cumulative text, not deltas")
     p.add_argument(
+        "--eos-after",
+        type=int,
+        default=0,
+        metavar="N",
+        help="end a chat answer after N tokens with finish_reason stop, as a model reaching "
+        "its end-of-sequence token does (0: answers run to max_tokens)",
+    )
+    p.add_argument(
+        "--strict-routes",
+        action="store_true",
+        help="answer any other POST /v1/* with 404 as vLLM does (without it such a request is "
+        "echoed: which engine got it, its path, type and size)",
+    )
+    p.add_argument(
         "--close-after-stream",
         action="store_true",
         help="close the connection after a stream while announcing keep-alive (llama-server)",
@@ -399,8 +437,9 @@ def main(argv: list[str] | None = None) -> None:
     app.router.add_post("/v1/chat/completions", engine.completions)
     app.router.add_post("/v1/completions", engine.completions)
     app.router.add_post("/v1/embeddings", engine.embeddings)
-    app.router.add_post("/v1/{tail:.+}", engine.echo)
-    app.router.add_route("*", "/{tail:.*}", engine.echo_body)
+    app.router.add_post("/v1/{tail:.+}", engine.not_found if args.strict_routes else engine.echo)
+    if not args.strict_routes:
+        app.router.add_route("*", "/{tail:.*}", engine.echo_body)
     say("listening")
     web.run_app(
         app, host=args.host, port=args.port, print=None, access_log=None,
