@@ -382,14 +382,19 @@ def parse(argv: Iterable[str]) -> list[tuple[Flag, Any]]:
     """Each flag of ``argv`` with its converted value (None for a switch), in order.
 
     Raises ``FlagError`` naming the first flag not in the table, a missing value
-    or one that does not convert; a secret's value is never named."""
+    or one that does not convert. A value is never named where it may be a key:
+    a secret's, or a word without its flag (``--api-kee sk-…`` stops at the flag;
+    a stray word is told by the flag before it)."""
     out: list[tuple[Flag, Any]] = []
     args = iter(argv)
+    last = "the start"
     for arg in args:
         flag = BY_NAME.get(arg)
+        if flag is None and not arg.startswith("-"):
+            raise FlagError(f"a value without its flag after {last}: {COMPILED_HINT}")
         if flag is None:
-            what = "flag" if arg.startswith("-") else "argument"
-            raise FlagError(f"unsupported {what} {arg!r}: {COMPILED_HINT}")
+            raise FlagError(f"unsupported flag {arg!r}: {COMPILED_HINT}")
+        last = arg
         if isinstance(flag, Switch):
             out.append((flag, None))
             continue
