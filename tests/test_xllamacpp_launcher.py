@@ -24,11 +24,10 @@ import xllamacpp
 
 from helpers import eventually_sync
 from swapyard.engines.xllamacpp_flags import FLAGS, FlagError, Switch, apply, parse
-from swapyard.models.fetch import models_dir
+from swapyard.defaults import ensure_default_models
 from swapyard.ports import PortAllocator
 
 LAUNCHER = [sys.executable, "-m", "swapyard.engines.xllamacpp_server"]
-TINY = models_dir() / "swapyard-tiny-llama.gguf"
 
 # What issue 14 asks the launcher to take, at the least.
 REQUIRED = """-m --host --port -c -t -tb -np --parallel -a --alias --embeddings --embedding
@@ -184,7 +183,16 @@ def launched(*flags: str) -> Iterator[Launched]:
     """The launcher on the tiny model with ``flags``; stopped (SIGTERM, exit 0) after."""
     port = PortAllocator().allocate()
     proc = subprocess.Popen(
-        [*LAUNCHER, "-m", str(TINY), "--port", str(port), "-t", "1", *flags],
+        [
+            *LAUNCHER,
+            "-m",
+            str(ensure_default_models()["tiny"]),
+            "--port",
+            str(port),
+            "-t",
+            "1",
+            *flags,
+        ],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
