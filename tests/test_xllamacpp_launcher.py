@@ -23,8 +23,8 @@ import pytest
 import xllamacpp
 
 from helpers import eventually_sync
-from swapyard.engines.xllamacpp_flags import FLAGS, FlagError, Switch, apply, parse
 from swapyard.defaults import ensure_default_models
+from swapyard.engines.xllamacpp_flags import FLAGS, FlagError, Switch, apply, parse
 from swapyard.ports import PortAllocator
 
 LAUNCHER = [sys.executable, "-m", "swapyard.engines.xllamacpp_server"]
