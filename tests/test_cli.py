@@ -4,6 +4,7 @@ SIGTERM/SIGINT shutdown that stops every engine it started."""
 from __future__ import annotations
 
 import json
+import os
 import signal
 import socket
 import subprocess
@@ -123,3 +124,55 @@ def test_version_and_help() -> None:
     assert out.returncode == 0 and b"swapyard" in out.stdout
     out = subprocess.run([*SWAPYARD, "serve", "--help"], capture_output=True, timeout=30)
     assert b"--config" in out.stdout and b"--port" in out.stdout
+
+
+KEYED = """\
+auth:
+  admin_key_env: SY_TEST_ADMIN_KEY
+  keys:
+    - {{name: webui, key_env: SY_TEST_WEBUI_KEY}}
+models:
+  m:
+    cmd: {cmd} --label ${{env.SY_TEST_LABEL}}
+"""
+
+
+def without(*names: str) -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if k not in names}
+
+
+def test_config_check_warns_of_each_unset_variable_and_exits_0(tmp_path: Path) -> None:
+    """Keys the service's environment holds need not be set where the file is
+    checked (issue 14): `ok`, then one warning per variable naming `serve`."""
+    cfg = write_config(tmp_path, KEYED.format(cmd=fake_engine_cmd("m")))
+    names = ("SY_TEST_ADMIN_KEY", "SY_TEST_WEBUI_KEY", "SY_TEST_LABEL")
+    out = subprocess.run([*SWAPYARD, "config", "check", str(cfg)], capture_output=True,
+                         text=True, timeout=30, env=without(*names))  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith(f"{cfg}: ok — 1 models")
+    assert sorted(out.stderr.splitlines()) == [
+        f"{cfg}: warning: environment variable {name} is not set here; "
+        "`swapyard serve` will need it"
+        for name in sorted(names)
+    ]
+
+
+def test_config_check_is_quiet_when_the_variables_are_set(tmp_path: Path) -> None:
+    """With every variable set there is nothing to warn of, and no value is shown."""
+    cfg = write_config(tmp_path, KEYED.format(cmd=fake_engine_cmd("m")))
+    env = {**os.environ, "SY_TEST_ADMIN_KEY": "adm-1234", "SY_TEST_WEBUI_KEY": "sk-5678",
+           "SY_TEST_LABEL": "x"}  # fmt: skip
+    out = subprocess.run([*SWAPYARD, "config", "check", str(cfg)], capture_output=True,
+                         text=True, timeout=30, env=env)  # fmt: skip
+    assert out.returncode == 0 and out.stderr == ""
+    assert "adm-1234" not in out.stdout and "sk-5678" not in out.stdout
+
+
+def test_serve_still_refuses_a_config_whose_key_variable_is_unset(tmp_path: Path) -> None:
+    """What `config check` only warns of stops `serve`: exit 1 naming the variable."""
+    cfg = write_config(tmp_path, KEYED.format(cmd=fake_engine_cmd("m")))
+    env = {**without("SY_TEST_WEBUI_KEY"), "SY_TEST_ADMIN_KEY": "a", "SY_TEST_LABEL": "x"}
+    out = subprocess.run([*SWAPYARD, "serve", "-c", str(cfg), "--port", "1"],
+                         capture_output=True, text=True, timeout=30, env=env)  # fmt: skip
+    assert out.returncode == 1
+    assert "'SY_TEST_WEBUI_KEY' is not set" in out.stderr

@@ -3,6 +3,10 @@ what they promise (engines, devices, tensor parallelism, pins)."""
 
 from __future__ import annotations
 
+import os
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -70,3 +74,20 @@ def test_gb10_always_on_and_on_demand_slots() -> None:
     )
     assert {m.engine for m in cfg.models.values()} == {"sglang", "vllm", "ollama"}
     assert cfg.scheduler.host_memory == 0
+
+
+SHIPPED = [*sorted(EXAMPLES.glob("*.yaml")), EXAMPLES.parent / "config.example.yaml"]
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.name)
+def test_config_check_says_ok_on_each_shipped_file_without_its_keys(path: Path) -> None:
+    """As the README shows, on a shell without the service's key variables (issue 14):
+    exit 0 and `ok`; each unset variable is a warning naming it."""
+    env = {k: v for k, v in os.environ.items() if k not in ENV and k != "EXAMPLE_API_KEY"}
+    out = subprocess.run([sys.executable, "-m", "swapyard", "config", "check", str(path)],
+                         capture_output=True, text=True, timeout=60, env=env)  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith(f"{path}: ok — ")
+    for line in out.stderr.splitlines():
+        assert re.fullmatch(rf"{re.escape(str(path))}: warning: environment variable \w+ is not "
+                            r"set here; `swapyard serve` will need it", line), line  # fmt: skip

@@ -21,11 +21,17 @@ def config() -> None:
 @config.command("check")
 @click.argument("path", type=click.Path(dir_okay=False))
 def check(path: str) -> None:
-    """Validate a config file: exit 0 and a summary, or 1 and what is wrong."""
-    from swapyard.config import load_config_file
+    """Validate a config file: exit 0 and a summary, or 1 and what is wrong.
 
+    A variable the file reads (a key's ``key_env``, ``${env.NAME}``) that is not
+    set here is a warning, not an error: the service's environment may hold it
+    (issue 14). ``serve`` still refuses to start without it."""
+    from swapyard.config import load_config_file
+    from swapyard.config.macros import Recording
+
+    env = Recording(os.environ)
     try:
-        cfg = load_config_file(path)
+        cfg = load_config_file(path, environ=env)
     except ConfigError as err:
         click.echo(f"swapyard: {err.message}", err=True)
         sys.exit(1)
@@ -37,6 +43,9 @@ def check(path: str) -> None:
     click.echo(f"{path}: ok — {len(cfg.models)} models ({kinds}); devices: {devices}; "
                f"listening on {cfg.server.host}:{cfg.server.port}"
                + ("; API keys on" if cfg.auth.enabled else ""))  # fmt: skip
+    for var in env.unset:
+        click.echo(f"{path}: warning: environment variable {var} is not set here; "
+                   "`swapyard serve` will need it", err=True)  # fmt: skip
 
 
 UNIT = """\

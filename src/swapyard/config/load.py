@@ -34,14 +34,15 @@ from swapyard.errors import ConfigError
 LOOPBACK = ("127.0.0.1", "::1", "localhost")
 
 
-def load_config_file(path: str | Path) -> Config:
-    """Read and validate a config file; errors name the file."""
+def load_config_file(path: str | Path, environ: Mapping[str, str] | None = None) -> Config:
+    """Read and validate a config file; errors name the file. ``environ`` as for
+    ``load_config``."""
     p = Path(path)
     try:
         text = p.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"{p}: cannot read config file: {exc.strerror}") from exc
-    return load_config(text, source=str(p))
+    return load_config(text, source=str(p), environ=environ)
 
 
 def load_config(

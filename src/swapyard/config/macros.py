@@ -143,6 +143,31 @@ class Hidden(Mapping[str, str]):
         return len(self._env)
 
 
+class Recording(Mapping[str, str]):
+    """``env`` in which every variable is set, for ``swapyard config check``
+    (issue 14): an unset one reads as a placeholder naming it and is recorded in
+    ``unset``, so a file whose keys come from the service's environment checks
+    clean on another shell and says which variables ``serve`` will need. A
+    variable set to the empty string stays empty (``secret`` refuses it)."""
+
+    def __init__(self, env: Mapping[str, str]) -> None:
+        self._env = env
+        self.unset: list[str] = []
+
+    def __getitem__(self, name: str) -> str:
+        if name in self._env:
+            return self._env[name]
+        if name not in self.unset:
+            self.unset.append(name)
+        return f"unset-{name}"
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._env)
+
+    def __len__(self) -> int:
+        return len(self._env)
+
+
 def reveal(text: str) -> str:
     """``text`` expanded against ``Hidden``, with each mark shown as ``${env.NAME}``."""
     return _HIDDEN.sub(lambda m: "${env." + m.group(1) + "}", text)

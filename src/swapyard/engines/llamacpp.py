@@ -2,8 +2,9 @@
 
 The program is, in order: ``launcher`` from the config, ``$SWAPYARD_LLAMA_SERVER``,
 ``llama-server`` on ``PATH``, or the server from the ``xllamacpp`` wheel run as a
-child (same flags). llama.cpp has no sleep mode; its load phases are read from
-its log and shown in the loading status.
+child (``xllamacpp_server``: llama-server's flags, those it cannot map refused by
+name). llama.cpp has no sleep mode; its load phases are read from its log and
+shown in the loading status.
 """
 
 from __future__ import annotations
