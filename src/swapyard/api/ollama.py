@@ -45,13 +45,14 @@ from swapyard.api.ollama_convert import (
     generate_body,
     keep_alive_seconds,
 )
-from swapyard.api.ollama_info import EPOCH, capabilities, facts, iso, served_context
+from swapyard.api.ollama_info import EPOCH, capabilities, facts, iso
 from swapyard.api.ollama_reply import Clock, Embed, Mode, Reply, now_iso
 from swapyard.api.openai import parse_model
 from swapyard.api.state import KEY_MODELS, STATE, AppState
 from swapyard.config import Config
 from swapyard.errors import InvalidJSON, MissingModel, UnknownModel
 from swapyard.process.state import EngineState
+from swapyard.resources.context import served_context
 from swapyard.surface import RouterSurface
 
 Handler = Any
@@ -157,7 +158,7 @@ async def ps(request: web.Request) -> web.Response:
             "name": item.id, "model": item.id, "size": size, "digest": f.digest,
             "details": f.details(), "expires_at": iso(expires),
             "size_vram": size if on_gpu else 0,
-            "context_length": served_context(cfg.models[item.model]) or f.context_length,
+            "context_length": served_context(cfg.models[item.model])[0] or f.context_length,
         })  # fmt: skip
     return web.json_response({"models": models})
 

@@ -94,14 +94,6 @@ def model_path(spec: ModelSpec) -> str | None:
     return path
 
 
-def served_context(spec: ModelSpec) -> int | None:
-    """The context the engine was told (``-c``, ``context:``), if any."""
-    _, ctx = gguf.model_file_and_context(spec.cmd)
-    if ctx is None and spec.fields is not None:
-        ctx = spec.fields.context
-    return ctx
-
-
 def facts(spec: ModelSpec) -> Facts:
     """What ``spec``'s model file says; ``Facts()`` with a digest of the config
     when it names none (or it cannot be read)."""

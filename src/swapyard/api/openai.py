@@ -6,10 +6,7 @@ The model list carries what clients beyond the ``openai`` package read (issue
 
 from __future__ import annotations
 
-import functools
 import json
-import os
-import struct
 import time
 from email import policy
 from email.parser import BytesParser
@@ -21,11 +18,10 @@ from swapyard.api.auth import check_model_allowed
 from swapyard.api.exchange import Call, resolve, serve
 from swapyard.api.limits import read_body
 from swapyard.api.state import KEY_MODELS, STATE, AppState
-from swapyard.config import Listed, ModelSpec
+from swapyard.config import Listed
 from swapyard.errors import InvalidJSON, MissingModel
 from swapyard.process.state import EngineState
-from swapyard.resources import gguf
-from swapyard.resources.needs import LAUNCHER_CONTEXT, PYTHON_LAUNCHER
+from swapyard.resources.context import served_context
 
 MAX_JSON_DEPTH = 100  # arrays and objects inside one another; JSON schemas need ~20
 
@@ -145,7 +141,7 @@ def model_entry(state: AppState, item: Listed, engine: EngineState) -> dict[str,
         entry["alias_of"] = item.alias_of
     if item.variant_of is not None:
         entry["variant_of"] = item.variant_of
-    n_ctx, n_ctx_train = context_of(state.config.models[item.model])
+    n_ctx, n_ctx_train = served_context(state.config.models[item.model])
     if n_ctx is not None:
         entry["context_length"] = entry["max_model_len"] = n_ctx
         entry["meta"] = {"n_ctx": n_ctx}
@@ -170,36 +166,6 @@ def llamacpp_status(engine: EngineState) -> dict[str, Any]:
     if engine in (EngineState.FAILED, EngineState.BACKOFF):
         status["failed"] = True
     return status
-
-
-def context_of(spec: ModelSpec) -> tuple[int | None, int | None]:
-    """The context an engine serves (``context:``, a ``-c`` in its command, the
-    xllamacpp launcher's default, else llama-server's: the model's), and the
-    model's own from its GGUF header; None where unknown."""
-    path, in_cmd = gguf.model_file_and_context(spec.cmd)
-    trained = _trained_context(path) if path is not None else None
-    n_ctx = spec.fields.context if spec.fields is not None else None
-    n_ctx = n_ctx or in_cmd or (LAUNCHER_CONTEXT if PYTHON_LAUNCHER in spec.cmd else None)
-    return n_ctx or trained, trained
-
-
-def _trained_context(path: str) -> int | None:
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return _header_context(path, st.st_mtime_ns, st.st_size)
-
-
-@functools.lru_cache(maxsize=256)
-def _header_context(path: str, mtime_ns: int, size: int) -> int | None:
-    """The GGUF's ``<arch>.context_length`` (cached per file version: a model list
-    is asked for often, and a header holds the whole vocabulary)."""
-    try:
-        value = gguf.read_info(path).arch("context_length")
-    except (OSError, ValueError, KeyError, struct.error):
-        return None
-    return int(value) if isinstance(value, int) else None
 
 
 def add_routes(app: web.Application) -> None:
