@@ -42,10 +42,11 @@ START_TIMEOUT = 240.0
 
 # How a client reads a model's loaded state from Open WebUI's model list, which
 # carries the fields of swapyard's /v1/models entry: field (dotted path) → its
-# value when the model is loaded, and when it is not. llama.cpp's own shape is one
-# more line here once swapyard serves it: "status.value": ("loaded", "unloaded").
+# value when the model is loaded, and when it is not: swapyard's own, and
+# llama.cpp router mode's shape, which Open WebUI's loaded badge reads.
 LOADED_FIELDS: dict[str, tuple[str, str]] = {
     "state": ("ready", "stopped"),
+    "status.value": ("loaded", "unloaded"),
 }
 
 
