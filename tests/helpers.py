@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import inspect
 import json
+import os
 import re
 import time
 from collections.abc import Callable
@@ -13,6 +14,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import aiohttp
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from swapyard.config import Config, ModelSpec, load_config
@@ -136,3 +138,17 @@ def _describe(what: str | Callable[[], object]) -> str:
         with contextlib.suppress(OSError, TypeError):
             return inspect.getsource(what).strip()
     return what.__qualname__
+
+
+LLAMA_SERVER_VERSION = "0.3.36"
+
+
+def llama_server() -> str:
+    """The compiled llama-server the end-to-end tests run (``scripts/test`` builds it)."""
+    path = os.environ.get("SWAPYARD_LLAMA_SERVER") or str(
+        Path.home() / ".cache" / "swapyard" / f"llama-server-{LLAMA_SERVER_VERSION}"
+        / "llama-server"
+    )  # fmt: skip
+    if not os.access(path, os.X_OK):
+        pytest.fail(f"no llama-server at {path}: run scripts/build-llama-server (or scripts/test)")
+    return path

@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import sys
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -21,7 +19,7 @@ import anthropic
 import pytest
 from anthropic import AsyncAnthropic
 
-from helpers import config, eventually
+from helpers import config, eventually, llama_server
 from swapyard.api.anthropic_chat import Ask, to_chat, to_message
 from swapyard.api.anthropic_stream import EventStream
 from swapyard.defaults import ensure_default_models
@@ -432,15 +430,6 @@ async def test_a_native_engine_gets_the_request_as_sent(
 
 
 # -- a real engine: llama-server, natively and translated ----------------------------------
-
-
-def llama_server() -> str:
-    path = os.environ.get("SWAPYARD_LLAMA_SERVER") or str(
-        Path.home() / ".cache" / "swapyard" / "llama-server-0.3.36" / "llama-server"
-    )
-    if not os.access(path, os.X_OK):
-        pytest.fail(f"no llama-server at {path}: run scripts/build-llama-server (or scripts/test)")
-    return path
 
 
 @pytest.fixture

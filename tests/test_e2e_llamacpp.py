@@ -17,24 +17,14 @@ import pytest
 from openai import AsyncOpenAI
 from openai.types.chat import ChatCompletionMessageParam
 
+from helpers import llama_server
 from swapyard.config import load_config
 from swapyard.defaults import default_config_text, ensure_default_models
 from swapyard.testing import running_server
 
 pytestmark = pytest.mark.llamacpp
 
-LLAMA_SERVER_VERSION = "0.3.36"
 QUESTION = "What color is the sky on a clear day?"
-
-
-def llama_server_binary() -> str:
-    path = os.environ.get("SWAPYARD_LLAMA_SERVER") or str(
-        Path.home() / ".cache" / "swapyard" / f"llama-server-{LLAMA_SERVER_VERSION}"
-        / "llama-server"
-    )  # fmt: skip
-    if not os.access(path, os.X_OK):
-        pytest.fail(f"no llama-server at {path}: run scripts/build-llama-server (or scripts/test)")
-    return path
 
 
 @pytest.fixture(scope="session")
@@ -46,7 +36,7 @@ def models() -> dict[str, Path]:
 def engine(request: pytest.FixtureRequest) -> Iterator[str]:
     old = os.environ.pop("SWAPYARD_LLAMA_SERVER", None)
     if request.param == "llama-server":
-        os.environ["SWAPYARD_LLAMA_SERVER"] = llama_server_binary()
+        os.environ["SWAPYARD_LLAMA_SERVER"] = llama_server()
     try:
         yield request.param
     finally:

@@ -12,11 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import shutil
 import tempfile
 from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 from typing import Any, Literal
 
 import aiohttp
@@ -27,7 +25,7 @@ from openai import AsyncOpenAI
 from openai.types.chat import ChatCompletionMessageParam
 from pydantic import BaseModel
 
-from helpers import config, eventually
+from helpers import config, eventually, llama_server
 from swapyard.api.loading import status_chunk
 from swapyard.config import load_config
 from swapyard.defaults import ensure_default_models
@@ -415,15 +413,6 @@ async def test_a_browser_calls_swapyard_from_an_allowed_origin_only(
 
 
 # -- the real llama.cpp server, real clients ----------------------------------------
-
-
-def llama_server() -> str:
-    path = os.environ.get("SWAPYARD_LLAMA_SERVER") or str(
-        Path.home() / ".cache" / "swapyard" / "llama-server-0.3.36" / "llama-server"
-    )
-    if not os.access(path, os.X_OK):
-        pytest.fail(f"no llama-server at {path}: run scripts/build-llama-server (or scripts/test)")
-    return path
 
 
 @pytest.fixture

@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import json
 import math
-import os
 import sys
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
@@ -20,7 +19,7 @@ import aiohttp
 import ollama
 import pytest
 
-from helpers import config, eventually
+from helpers import config, eventually, llama_server
 from swapyard.api.ollama_convert import keep_alive_seconds, sampling
 from swapyard.config import Config, load_config
 from swapyard.errors import RequestError
@@ -375,20 +374,13 @@ async def test_generate_with_a_suffix_fills_the_middle_through_llamacpps_infill(
 
 
 # -- real llama.cpp ---------------------------------------------------------------------
-def llama_server_binary() -> str:
-    path = os.environ.get("SWAPYARD_LLAMA_SERVER") or str(
-        Path.home() / ".cache" / "swapyard" / "llama-server-0.3.36" / "llama-server"
-    )
-    if not os.access(path, os.X_OK):
-        pytest.fail(f"no llama-server at {path}: run scripts/build-llama-server")
-    return path
 
 
 @pytest.fixture
 def llama_models(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
     from swapyard.defaults import ensure_default_models
 
-    monkeypatch.setenv("SWAPYARD_LLAMA_SERVER", llama_server_binary())
+    monkeypatch.setenv("SWAPYARD_LLAMA_SERVER", llama_server())
     files = ensure_default_models()
     return {
         "smollm2": {"engine": "llamacpp", "model": str(files["smollm2"]),

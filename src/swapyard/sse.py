@@ -37,3 +37,24 @@ def frame(doc: Any, *, compact: bool = False) -> bytes:
 def error_event(err: SwapyardError) -> bytes:
     """An event carrying an OpenAI error envelope."""
     return frame(err.to_openai())
+
+
+class Splitter:
+    """Whole events out of an SSE byte stream cut anywhere (LF or CRLF framing), for
+    a front that rewrites a stream event by event (``proxy.StreamTranslator``)."""
+
+    __slots__ = ("_buf",)
+
+    def __init__(self) -> None:
+        self._buf = b""
+
+    def feed(self, chunk: bytes) -> list[bytes]:
+        """The events these bytes complete, without their blank line; the rest waits."""
+        buf = (self._buf + chunk).replace(b"\r\n", b"\n")
+        *events, self._buf = buf.split(b"\n\n")
+        return events
+
+    def rest(self) -> bytes:
+        """What is left at the end of the stream (b"" when only blank)."""
+        rest, self._buf = self._buf, b""
+        return rest if rest.strip() else b""

@@ -40,7 +40,7 @@ class EventStream:
 
     def __init__(self, ask: Ask) -> None:
         self.ask = ask
-        self._buf = b""
+        self._events = sse.Splitter()
         self._started = False
         self._over = False  # an error event went out: nothing more
         self._index = -1  # of the last block opened
@@ -55,15 +55,14 @@ class EventStream:
     def feed(self, chunk: bytes) -> bytes:
         if self._over:
             return b""
-        buf = (self._buf + chunk).replace(b"\r\n", b"\n")
-        *events, self._buf = buf.split(b"\n\n")
-        return b"".join(self._event(raw) for raw in events)
+        return b"".join(self._event(raw) for raw in self._events.feed(chunk))
 
     def end(self) -> bytes:
         """The engine's stream ended well: close the last block, then the message."""
         if self._over:
             return b""
-        out = [self._event(self._buf)] if self._buf.strip() else []
+        rest = self._events.rest()
+        out = [self._event(rest)] if rest else []
         if self._over:
             return b"".join(out)
         out.append(self._start())

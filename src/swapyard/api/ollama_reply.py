@@ -23,6 +23,7 @@ from typing import Any, Literal
 
 from aiohttp import web
 
+from swapyard import sse
 from swapyard.errors import SwapyardError
 
 NDJSON = "application/x-ndjson"
@@ -203,7 +204,7 @@ class Stream:
     """One streamed answer: SSE in, NDJSON out (``StreamTranslator``)."""
 
     reply: Reply
-    buf: bytes = b""
+    events: sse.Splitter = field(default_factory=sse.Splitter)
     finish: str | None = None
     usage: dict[str, Any] | None = None
     timings: dict[str, Any] | None = None
@@ -214,12 +215,11 @@ class Stream:
     def feed(self, chunk: bytes) -> bytes:
         if self.failed:
             return b""
-        buf = (self.buf + chunk).replace(b"\r\n", b"\n")
-        *events, self.buf = buf.split(b"\n\n")
-        return b"".join(self._event(e) for e in events)
+        return b"".join(self._event(e) for e in self.events.feed(chunk))
 
     def end(self) -> bytes:
-        out = self._event(self.buf) if self.buf.strip() and not self.failed else b""
+        rest = self.events.rest()
+        out = self._event(rest) if rest and not self.failed else b""
         if self.failed:
             return out
         if self.calls:
