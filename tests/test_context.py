@@ -40,3 +40,16 @@ def test_without_a_context_the_engine_uses_the_models_own(models: dict[str, Path
     assert context(models["smollm2"]) == (8192, 8192)
     spec = config({"m": {"cmd": "engine --port ${PORT}"}}).models["m"]
     assert served_context(spec) == (None, None)
+
+
+def test_a_gguf_cut_short_is_a_value_error_not_a_crash(tmp_path: Path) -> None:
+    """Review of issue 14: a model file still being copied raised struct.error from
+    the header reader, and the model lists that read it answered 500."""
+    from swapyard.resources import gguf
+
+    cut = tmp_path / "half.gguf"
+    cut.write_bytes(b"GGUF" + (3).to_bytes(4, "little") + (0).to_bytes(8, "little")
+                    + (5).to_bytes(8, "little") + b"\x01")  # fmt: skip
+    with pytest.raises(ValueError, match="not a whole GGUF file"):
+        gguf.read_info(cut)
+    assert context(cut, "-c", "1024") == (1024, None)

@@ -102,7 +102,7 @@ async def test_get_routes_go_to_the_named_model_else_the_one_loaded(
     two: RunningServer, http: aiohttp.ClientSession
 ) -> None:
     """``GET /props`` with nothing loaded is 400; with ``?model=`` it goes there; then
-    ``/slots`` with no model goes to the one loaded; any ``GET /v1/*`` too."""
+    ``/slots`` with no model goes to the one loaded; ``/v1/audio/voices`` too."""
     async with http.get(two.url + "/props") as r:
         assert r.status == 400
         assert "none is loaded" in (await r.json())["error"]["message"]
@@ -257,3 +257,57 @@ async def test_completion_streams_through_swapyard(
         (entry,) = (await r.json())["data"]
     assert entry["status"] == {"value": "loaded"}
     assert entry["context_length"] == 512 and entry["meta"] == {"n_ctx": 512, "n_ctx_train": 2048}
+
+
+async def test_no_other_get_reaches_an_engine_on_a_data_route(
+    two: RunningServer, http: aiohttp.ClientSession
+) -> None:
+    """Review of issue 14: ``GET /v1/files?model=a`` is not forwarded (a hosted API
+    would read the operator's account with the engine's key): 404, nothing starts."""
+    for path in ("/v1/files?model=a", "/v1/batches/x?model=a", "/v1/files/f/content?model=a"):
+        async with http.get(two.url + path) as r:
+            assert r.status in (404, 405), path
+    assert await states(http, two.url) == {"a": "stopped", "b": "stopped"}
+
+
+@pytest.mark.parametrize(
+    "path", ["/v1/../secret?model=a", "/v1/%2E%2E/admin/flush", "/v1/./chat/completions"]
+)
+async def test_dot_segments_are_refused_before_anything_is_forwarded(
+    path: str, http: aiohttp.ClientSession
+) -> None:
+    """Review of issue 14: ``/v1/../x`` matched ``/v1/{tail}`` and the engine got ``/x``
+    with its own credentials, on a plain key. Now a 400 and no engine starts."""
+    keys = [{"name": "onlya", "key": "k-a", "models": ["a"]}]
+    text = json.dumps({"scheduler": {"learn_memory": False}, "auth": {"keys": keys},
+                       "models": {"a": echo("a")}})  # fmt: skip
+    async with running_server(load_config(text)) as srv:
+        url = aiohttp.client.URL(srv.url + path, encoded=True)
+        headers = {"Authorization": "Bearer k-a"}
+        for method in ("GET", "POST"):
+            async with http.request(method, url, json={"model": "a"}, headers=headers) as r:
+                assert r.status == 400, (method, await r.text())
+                assert "segments" in (await r.json())["error"]["message"]
+        assert srv.router.model("a").state == "stopped"
+
+
+async def test_get_without_a_model_picks_only_a_model_the_key_may_use(
+    http: aiohttp.ClientSession,
+) -> None:
+    """A key allowed only b, with a loaded: ``GET /props`` does not go to a (nor name
+    it), and an unknown model's error lists b alone."""
+    keys = [{"name": "onlyb", "key": "k-b", "models": ["b"]}, {"name": "all", "key": "k-all"}]
+    text = json.dumps({"scheduler": {"learn_memory": False}, "auth": {"keys": keys},
+                       "models": {"a": echo("a"), "b": echo("b"), "c": echo("c")}})  # fmt: skip
+    async with running_server(load_config(text)) as srv:
+        async with http.get(srv.url + "/props?model=a",
+                            headers={"Authorization": "Bearer k-all"}) as r:  # fmt: skip
+            assert r.status == 200
+        only_b = {"Authorization": "Bearer k-b"}
+        async with http.get(srv.url + "/slots", headers=only_b) as r:
+            assert (await r.json())["engine"] == "b"  # its key's one model, not the loaded a
+        async with http.post(srv.url + "/v1/chat/completions", json={"model": "zz"},
+                             headers=only_b) as r:  # fmt: skip
+            assert r.status == 404
+            message = (await r.json())["error"]["message"]
+        assert "b" in message and "'a'" not in message and "'c'" not in message

@@ -37,7 +37,7 @@ from swapyard.models.fetch import models_dir as default_models_dir
 from swapyard.resources.needs import estimate_argv
 
 SLOT_CONTEXT = 2048  # tokens each slot is sure of
-CONTEXT = SLOT_CONTEXT  # a model's context with one slot (the launcher's -c default too)
+CONTEXT = SLOT_CONTEXT  # a model's context with one slot
 PARALLEL = 4
 HEADROOM = 2  # the budget twice over: room for swapyard, the OS and the page cache
 EMBEDDINGS = ("--embeddings", "--pooling", "mean")  # smollm2's; chat keeps working

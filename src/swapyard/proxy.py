@@ -292,9 +292,12 @@ async def _read(resp: aiohttp.ClientResponse, watch: Watch) -> bytes:
 
 
 def _plain(headers: Mapping[str, str]) -> dict[str, str]:
-    """The client's headers without Accept-Encoding: an answer swapyard translates
-    must come uncompressed (the client's own encoding does not apply to it)."""
-    return {k: v for k, v in headers.items() if k.lower() != "accept-encoding"}
+    """The client's headers for a call swapyard translates: its body is swapyard's
+    JSON whatever the client sent (``curl -d`` says form-urlencoded, which FastAPI
+    engines refuse with a 422), and the answer must come uncompressed."""
+    out = {k: v for k, v in headers.items() if k.lower() not in ("accept-encoding", "content-type")}
+    out["Content-Type"] = "application/json"
+    return out
 
 
 def _died(model: str, what: str = "dropped the response") -> UpstreamDied:

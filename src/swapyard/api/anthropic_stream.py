@@ -106,6 +106,10 @@ class EventStream:
         out = [self._start()]
         if isinstance(doc.get("usage"), dict):
             self._usage = doc["usage"]
+        elif self._usage is None and isinstance(timings := doc.get("timings"), dict):
+            # llama-server not asked for usage (a raw cmd) still times its answer.
+            self._usage = {"prompt_tokens": timings.get("prompt_n"),
+                           "completion_tokens": timings.get("predicted_n")}  # fmt: skip
         choices = doc.get("choices")
         choice = choices[0] if isinstance(choices, list) and choices else None
         if isinstance(choice, dict):

@@ -159,7 +159,7 @@ def build_app(config: Config, router: RouterSurface | None = None) -> web.Applic
     admin.add_routes(app)
     live.add_routes(app)
     reload.add_routes(app)
-    native.add_routes(app)  # last: its GET /v1/{tail} takes what the others leave
+    native.add_routes(app)
     return app
 
 

@@ -22,7 +22,7 @@ from aiohttp import web
 
 from swapyard.api.state import KEY_MODELS, KEY_NAME, STATE
 from swapyard.config import LOOPBACK, AuthSpec, KeySpec
-from swapyard.errors import Forbidden, Unauthorized
+from swapyard.errors import Forbidden, RequestError, Unauthorized, clip
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 OPEN = ("/health", "/", "/dashboard")
@@ -34,10 +34,15 @@ OLLAMA_ROUTES = frozenset({
     "/api/embed", "/api/embeddings", "/api/pull", "/api/push", "/api/delete", "/api/copy",
     "/api/create",
 })  # fmt: skip
-LLAMACPP_ROUTES = frozenset({
+LLAMACPP_POST = (
     "/completion", "/completions", "/infill", "/tokenize", "/detokenize", "/apply-template",
-    "/props", "/slots", "/rerank", "/reranking", "/embedding", "/embeddings",
-})  # fmt: skip
+    "/embedding", "/embeddings", "/rerank", "/reranking",
+)  # fmt: skip
+# GET routes that read one engine: llama.cpp's state, and a TTS server's voices. No
+# other GET goes to an engine on a data key: a hosted API's GET /v1/files would
+# read the operator's account with the engine's credentials.
+ENGINE_GET = ("/props", "/slots", "/v1/audio/voices")
+LLAMACPP_ROUTES = frozenset((*LLAMACPP_POST, *ENGINE_GET))
 
 
 def is_data_route(path: str) -> bool:
@@ -71,10 +76,19 @@ def _is_admin(auth: AuthSpec, key: str) -> bool:
     return auth.admin_key is not None and hmac.compare_digest(_raw(auth.admin_key), _raw(key))
 
 
+def _dot_segments(path: str) -> bool:
+    return any(seg in (".", "..") for seg in path.split("/"))
+
+
 @web.middleware
 async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     auth = request.app[STATE].config.auth  # a reload may change the keys
     path = request.path
+    # aiohttp routes /v1/../x to /v1/{tail} as sent, and the upstream client then
+    # resolves it to the engine's /x: a data key would reach any engine route with
+    # the engine's own credentials. No client needs dot segments (decoded or not).
+    if _dot_segments(path) or _dot_segments(request.rel_url.raw_path):
+        raise RequestError(f"{request.method} {clip(path)}: a path with '.' or '..' segments")
     if not auth.enabled or path in OPEN or path.startswith("/static/"):
         return await handler(request)
     key = presented_key(request)

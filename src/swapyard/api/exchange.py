@@ -24,6 +24,7 @@ import asyncio
 import json
 import time
 from collections.abc import Mapping
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,7 +33,7 @@ from aiohttp import web
 from swapyard.api.auth import check_model_allowed
 from swapyard.api.clients import client_of
 from swapyard.api.loading import stream_with_loading_status
-from swapyard.api.state import KEY_NAME, STATE, AppState
+from swapyard.api.state import KEY_MODELS, KEY_NAME, STATE, AppState
 from swapyard.config import Config
 from swapyard.errors import SwapyardError, UnknownModel
 from swapyard.events import RequestFinished
@@ -61,12 +62,13 @@ class Call:
     stream: bool | None = None
 
 
-def resolve(config: Config, name: str) -> str:
+def resolve(config: Config, name: str, allowed: AbstractSet[str] | None = None) -> str:
     """The model id ``name`` (a model's or a variant's id or alias) refers to;
-    ``UnknownModel`` names the listed ones."""
+    ``UnknownModel`` names the listed ones (those ``allowed``, a key's allow-list:
+    an error must not tell a key about models it may not use)."""
     model = config.resolve(name)
     if model is None:
-        raise UnknownModel(name, [item.id for item in config.listing()])
+        raise UnknownModel(name, [item.id for item in config.listing(allowed)])
     return model
 
 
@@ -105,7 +107,7 @@ async def serve(
     t0 = time.perf_counter() if t0 is None else t0
     state: AppState = request.app[STATE]
     config = state.config
-    model = resolve(config, call.name)
+    model = resolve(config, call.name, request.get(KEY_MODELS))
     variant = config.variant(call.name)
     check_model_allowed(request, model, None if variant is None else variant.id)
     router = state.router

@@ -10,10 +10,10 @@ model, the model's parameters, metering).
 - ``POST`` llama.cpp routes (``LLAMACPP_POST``): a request that names no model
   goes to the one model its API key may use (an allow-list of one), else is
   refused (400) with both ways to name one.
-- ``GET /props``, ``GET /slots`` and any ``GET /v1/*`` not served otherwise
-  (``/v1/audio/voices``...): the named model, else the key's one, else the one
-  model that is loaded (a status read should not load a model nobody named);
-  with none or several loaded, 400.
+- ``GET /props``, ``GET /slots``, ``GET /v1/audio/voices`` (``ENGINE_GET``): the
+  named model, else the key's one, else the one model that is loaded and the key
+  may use (a status read should not load a model nobody named); with none or
+  several, 400. No other GET reaches an engine but through ``/upstream``.
 - ``/upstream/{model}/{path}``: any method, to that model's engine as sent (no
   parameters, no fixes), loading it first — llama-swap's ``/upstream``. It is not
   a data route: the admin key (``auth``).
@@ -29,6 +29,7 @@ import time
 
 from aiohttp import web
 
+from swapyard.api.auth import ENGINE_GET, LLAMACPP_POST
 from swapyard.api.exchange import Call, query_model, serve
 from swapyard.api.limits import read_body
 from swapyard.api.openai import parse_json
@@ -36,11 +37,6 @@ from swapyard.api.state import KEY_MODELS, STATE, AppState
 from swapyard.errors import MissingModel
 from swapyard.process.state import EngineState
 
-LLAMACPP_POST = (
-    "/completion", "/completions", "/infill", "/tokenize", "/detokenize", "/apply-template",
-    "/embedding", "/embeddings", "/rerank", "/reranking",
-)  # fmt: skip
-LLAMACPP_GET = ("/props", "/slots")
 _HOW = "name the model in the JSON body's `model` field or as a `?model=NAME` query parameter"
 
 
@@ -80,7 +76,12 @@ def _the_keys_one(request: web.Request) -> str | None:
 
 def _the_loaded_one(request: web.Request) -> str:
     state: AppState = request.app[STATE]
-    ready = [m.id for m in state.router.snapshot().models.values() if m.state == EngineState.READY]
+    allowed = request.get(KEY_MODELS)
+    ready = [
+        m.id
+        for m in state.router.snapshot().models.values()
+        if m.state == EngineState.READY and (allowed is None or m.id in allowed)
+    ]
     if len(ready) == 1:
         return ready[0]
     loaded = f"{len(ready)} models are loaded ({', '.join(ready)})" if ready else "none is loaded"
@@ -104,11 +105,10 @@ async def upstream(request: web.Request) -> web.StreamResponse:
 
 
 def add_routes(app: web.Application) -> None:
-    """Register after the other fronts: ``GET /v1/{tail}`` takes what they leave."""
+    """llama.cpp's routes (``auth.LLAMACPP_POST``, ``auth.ENGINE_GET``) and ``/upstream``."""
     for path in LLAMACPP_POST:
         app.router.add_post(path, native_post)
-    for path in LLAMACPP_GET:
+    for path in ENGINE_GET:
         app.router.add_get(path, native_get)
-    app.router.add_get("/v1/{tail:.+}", native_get)
     app.router.add_route("*", "/upstream/{model}", upstream)
     app.router.add_route("*", "/upstream/{model}/{path:.*}", upstream)

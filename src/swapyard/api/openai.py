@@ -6,6 +6,7 @@ The model list carries what clients beyond the ``openai`` package read (issue
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from email import policy
@@ -107,10 +108,11 @@ async def list_models(request: web.Request) -> web.Response:
     read (``model_entry``)."""
     state: AppState = request.app[STATE]
     snap = state.router.snapshot()
-    data = [
-        model_entry(state, item, snap.models[item.model].state)
-        for item in state.config.listing(request.get(KEY_MODELS))
-    ]
+    items = state.config.listing(request.get(KEY_MODELS))
+    # Off the loop: the first list after a model file changes reads its GGUF header.
+    data = await asyncio.to_thread(
+        lambda: [model_entry(state, item, snap.models[item.model].state) for item in items]
+    )
     return web.json_response({"object": "list", "data": data})
 
 
@@ -119,12 +121,13 @@ async def get_model(request: web.Request) -> web.Response:
     ``/v1/models`` shows it."""
     state: AppState = request.app[STATE]
     name = request.match_info["model"]
-    model = resolve(state.config, name)
+    model = resolve(state.config, name, request.get(KEY_MODELS))
     variant = state.config.variant(name)
     check_model_allowed(request, model, None if variant is None else variant.id)
     item = state.config.listed(model if variant is None else variant.id)
     assert item is not None  # resolve() found it
-    return web.json_response(model_entry(state, item, state.router.model(model).state))
+    engine = state.router.model(model).state
+    return web.json_response(await asyncio.to_thread(model_entry, state, item, engine))
 
 
 def model_entry(state: AppState, item: Listed, engine: EngineState) -> dict[str, Any]:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import functools
 import os
-import struct
 
 from swapyard.config import ModelSpec
 from swapyard.resources import gguf
@@ -59,6 +58,6 @@ def _header_context(path: str, mtime_ns: int, size: int) -> int | None:
     # holds the whole vocabulary.
     try:
         value = gguf.read_info(path).arch("context_length")
-    except (OSError, ValueError, KeyError, struct.error):
+    except (OSError, ValueError, KeyError):
         return None
     return int(value) if isinstance(value, int) else None

@@ -50,7 +50,15 @@ class Estimate:
 
 
 def read_info(path: str | os.PathLike[str]) -> GGUFInfo:
-    p = Path(path)
+    """The header of a GGUF file; ``ValueError`` for a file that is not one, or is cut
+    short (a model still being copied), ``OSError`` for one that cannot be read."""
+    try:
+        return _read_info(Path(path))
+    except (struct.error, UnicodeDecodeError, OverflowError, MemoryError) as exc:
+        raise ValueError(f"{path}: not a whole GGUF file ({exc})") from exc
+
+
+def _read_info(p: Path) -> GGUFInfo:
     with open(p, "rb") as f:
         if f.read(4) != b"GGUF":
             raise ValueError(f"{p}: not a GGUF file")

@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from swapyard.config import ModelSpec
+from swapyard.engines import xllamacpp_server
 from swapyard.resources import gguf, hf
 from swapyard.resources.store import MeasuredStore
 
@@ -45,7 +46,7 @@ class MemoryFigures:
 # the tiny model, its process holds ~24 MiB more than llama-server's.
 PYTHON_LAUNCHER = "swapyard.engines.xllamacpp_server"
 PYTHON_RUNTIME = 24 * 2**20
-LAUNCHER_CONTEXT = 2048  # its -c default (swapyard.engines.xllamacpp_server)
+LAUNCHER_CONTEXT = xllamacpp_server.CONTEXT  # its -c default
 
 
 def estimate_argv(argv: tuple[str, ...]) -> int | None:

@@ -167,6 +167,15 @@ class Base:
         return None if self.loaded() else _err(503, "model is loading")
 
     async def generate(self, request: web.Request) -> web.StreamResponse:
+        if request.content_type != "application/json":
+            # vLLM, SGLang and TabbyAPI are FastAPI apps: a body sent as a form
+            # (``curl -d``) is not read as JSON but refused.
+            return web.json_response(
+                {"detail": [{"type": "model_attributes_type", "loc": ["body"],
+                             "msg": "Input should be a valid dictionary or object to extract "
+                                    "fields from"}]},
+                status=422,
+            )  # fmt: skip
         refused = self.refusal()
         if refused is not None:
             return refused
