@@ -30,6 +30,7 @@ from swapyard.testing.server import RunningServer, fake_engine_cmd
 T = TypeVar("T")
 FAKES = [sys.executable, "-m", "swapyard.testing.engine_fakes"]
 SCRIPTED = Path(__file__).with_name("ollama_engine.py")
+PARROT = Path(__file__).with_name("parrot_engine.py")
 KEY = "sk-ollama-test"
 
 
@@ -155,6 +156,42 @@ async def test_an_engine_error_keeps_its_status_in_ollama_shape(
         with pytest.raises(ollama.ResponseError) as err:
             await off_loop(client.chat, model="fake", messages=[{"role": "user", "content": "x"}])
         assert err.value.status_code == 500 and err.value.error == "simulated engine error"
+
+
+async def test_an_engine_answer_that_is_no_completion_is_a_502_never_a_500(
+    http: aiohttp.ClientSession,
+) -> None:
+    """Issue 14: whatever an engine answers with HTTP 200, the client gets Ollama's
+    answer or a 502 ``{"error": ...}``; fields of the wrong type are not read."""
+    async with serving({"p": {"cmd": f"{sys.executable} {PARROT} --port ${{PORT}}"}}) as srv:
+
+        async def ask(path: str, said: Any) -> tuple[int, Any]:
+            text = said if isinstance(said, str) else json.dumps(said)
+            body: dict[str, Any] = {"model": "p", "stream": False}
+            if path == "/api/chat":
+                body["messages"] = [{"role": "user", "content": text}]
+            else:
+                body["input" if path == "/api/embed" else "prompt"] = text
+            async with http.post(srv.url + path, json=body) as r:
+                return r.status, await r.json()
+
+        for path in ("/api/chat", "/api/generate", "/api/embed", "/api/embeddings"):
+            for said in ({"choices": [1]}, {"usage": 5}, {"data": [1]}, [1], "not JSON"):
+                status, doc = await ask(path, said)
+                assert status == 502 and set(doc) == {"error"}, (path, said, doc)
+                assert isinstance(doc["error"], str)
+        odd = {"choices": [{"message": {"content": "hi", "tool_calls": [1, {"function": 2}],
+                                        "reasoning_content": 3}, "finish_reason": 4}],
+               "usage": 5, "timings": {"predicted_ms": "6", "prompt_n": 7}}  # fmt: skip
+        status, doc = await ask("/api/chat", odd)
+        assert status == 200 and doc["message"]["content"] == "hi", doc
+        assert doc["message"]["tool_calls"] == [{"function": {"name": "", "arguments": {}}}]
+        assert (doc["done_reason"], doc["prompt_eval_count"], doc["eval_count"]) == ("stop", 7, 0)
+        odd["choices"] = 8
+        assert (await ask("/api/generate", odd))[0] == 502
+        status, doc = await ask("/api/embed", {"data": [{"embedding": [3, 4]}], "usage": 5})
+        assert status == 200 and doc["embeddings"] == [[0.6, 0.8]], doc
+        assert doc["prompt_eval_count"] == 0
 
 
 async def test_errors_are_ollama_shaped(
