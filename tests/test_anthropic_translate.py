@@ -12,6 +12,7 @@ import asyncio
 import json
 import sys
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -27,6 +28,7 @@ from swapyard.errors import RequestError, UpstreamDied
 from swapyard.testing import fake_engine_cmd, running_server
 
 VLLM_FAKE = [sys.executable, "-m", "swapyard.testing.engine_fakes", "vllm"]
+PARROT = Path(__file__).with_name("parrot_engine.py")
 HI: Any = [{"role": "user", "content": "hi"}]
 WEATHER: Any = {
     "name": "get_weather",
@@ -390,6 +392,34 @@ async def test_errors_have_anthropics_shape_and_status(client: AsyncAnthropic) -
         await client.messages.create(model="v", max_tokens=4, messages=pdf)
     said: Any = refused.value.body
     assert said["error"]["message"].startswith("messages.0.content.0: ")
+
+
+async def test_an_engine_answer_that_is_no_completion_is_a_502_in_anthropics_shape(
+    http: aiohttp.ClientSession,
+) -> None:
+    """Issue 14: whatever a translated engine answers with HTTP 200, the client gets
+    a Messages answer or a 502 in Anthropic's error shape, never a 500."""
+    parrot = {"cmd": f"{sys.executable} {PARROT} --port ${{PORT}}", "anthropic": "translate"}
+    async with running_server(config({"p": parrot}, loading_status="off")) as srv:
+
+        async def ask(said: Any, path: str = "/v1/messages") -> tuple[int, Any]:
+            text = said if isinstance(said, str) else json.dumps(said)
+            body = {"model": "p", "max_tokens": 4, "messages": [{"role": "user", "content": text}]}
+            async with http.post(srv.url + path, json=body) as r:
+                return r.status, await r.json()
+
+        for said in ({"choices": [1]}, {"usage": 5}, {"choices": []}, [1], "not JSON"):
+            status, doc = await ask(said)
+            assert status == 502 and doc["type"] == "error", (said, doc)
+            assert doc["error"]["type"] == "api_error" and doc["error"]["message"]
+        for said in ({"usage": 5}, "not JSON"):
+            status, doc = await ask(said, "/v1/messages/count_tokens")
+            assert status == 502 and doc["error"]["type"] == "api_error", (said, doc)
+        odd = {"choices": [{"message": {"content": "hi", "tool_calls": 5}, "finish_reason": 6}],
+               "usage": 7}  # fmt: skip
+        status, doc = await ask(odd)
+        assert status == 200 and doc["content"] == [{"type": "text", "text": "hi"}], doc
+        assert doc["usage"] == {"input_tokens": 0, "output_tokens": 0}
 
 
 async def test_a_stream_cut_mid_way_ends_with_an_error_event(

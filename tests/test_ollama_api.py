@@ -20,8 +20,8 @@ import ollama
 import pytest
 
 from helpers import config, eventually, llama_server
-from swapyard.api.ollama_convert import keep_alive_seconds, sampling
-from swapyard.config import Config, load_config
+from swapyard.api.ollama_convert import chat_body, generate_body, keep_alive_seconds, sampling
+from swapyard.config import Config, load_config, load_config_file
 from swapyard.errors import RequestError
 from swapyard.process.state import EngineState
 from swapyard.testing import FakeRouter, running_server
@@ -30,6 +30,7 @@ from swapyard.testing.server import RunningServer, fake_engine_cmd
 T = TypeVar("T")
 FAKES = [sys.executable, "-m", "swapyard.testing.engine_fakes"]
 SCRIPTED = Path(__file__).with_name("ollama_engine.py")
+PARROT = Path(__file__).with_name("parrot_engine.py")
 KEY = "sk-ollama-test"
 
 
@@ -157,6 +158,42 @@ async def test_an_engine_error_keeps_its_status_in_ollama_shape(
         assert err.value.status_code == 500 and err.value.error == "simulated engine error"
 
 
+async def test_an_engine_answer_that_is_no_completion_is_a_502_never_a_500(
+    http: aiohttp.ClientSession,
+) -> None:
+    """Issue 14: whatever an engine answers with HTTP 200, the client gets Ollama's
+    answer or a 502 ``{"error": ...}``; fields of the wrong type are not read."""
+    async with serving({"p": {"cmd": f"{sys.executable} {PARROT} --port ${{PORT}}"}}) as srv:
+
+        async def ask(path: str, said: Any) -> tuple[int, Any]:
+            text = said if isinstance(said, str) else json.dumps(said)
+            body: dict[str, Any] = {"model": "p", "stream": False}
+            if path == "/api/chat":
+                body["messages"] = [{"role": "user", "content": text}]
+            else:
+                body["input" if path == "/api/embed" else "prompt"] = text
+            async with http.post(srv.url + path, json=body) as r:
+                return r.status, await r.json()
+
+        for path in ("/api/chat", "/api/generate", "/api/embed", "/api/embeddings"):
+            for said in ({"choices": [1]}, {"usage": 5}, {"data": [1]}, [1], "not JSON"):
+                status, doc = await ask(path, said)
+                assert status == 502 and set(doc) == {"error"}, (path, said, doc)
+                assert isinstance(doc["error"], str)
+        odd = {"choices": [{"message": {"content": "hi", "tool_calls": [1, {"function": 2}],
+                                        "reasoning_content": 3}, "finish_reason": 4}],
+               "usage": 5, "timings": {"predicted_ms": "6", "prompt_n": 7}}  # fmt: skip
+        status, doc = await ask("/api/chat", odd)
+        assert status == 200 and doc["message"]["content"] == "hi", doc
+        assert doc["message"]["tool_calls"] == [{"function": {"name": "", "arguments": {}}}]
+        assert (doc["done_reason"], doc["prompt_eval_count"], doc["eval_count"]) == ("stop", 7, 0)
+        odd["choices"] = 8
+        assert (await ask("/api/generate", odd))[0] == 502
+        status, doc = await ask("/api/embed", {"data": [{"embedding": [3, 4]}], "usage": 5})
+        assert status == 200 and doc["embeddings"] == [[0.6, 0.8]], doc
+        assert doc["prompt_eval_count"] == 0
+
+
 async def test_errors_are_ollama_shaped(
     http: aiohttp.ClientSession, connect: Callable[..., ollama.Client]
 ) -> None:
@@ -218,10 +255,59 @@ async def test_a_keys_allow_list_holds_on_the_ollama_routes(
             assert r.status == 401 and isinstance((await r.json())["error"], str)
 
 
-def keyed(auth: dict[str, Any]) -> Config:
-    doc = {"server": {"loading_status": "off"}, "models": fakes(), "auth": auth,
+def keyed(auth: dict[str, Any], models: dict[str, Any] | None = None) -> Config:
+    doc = {"server": {"loading_status": "off"}, "models": models or fakes(), "auth": auth,
            "scheduler": {"learn_memory": False}}  # fmt: skip
     return load_config(json.dumps(doc))
+
+
+async def test_a_key_allowed_only_a_variant_uses_it_on_the_ollama_routes(
+    http: aiohttp.ClientSession, connect: Callable[..., ollama.Client]
+) -> None:
+    """Issue 14: chat, show and embed for the variant the key names (and its
+    ``:latest``); its base model is refused, and an unknown name lists only the
+    variant."""
+    variant = {"variants": {"cold": {"params": {"override": {"temperature": 0}}}}}
+    auth = {"keys": [{"name": "v", "key": KEY, "models": ["cold"]}]}
+    async with running_server(keyed(auth, fakes(**variant))) as srv:
+        client = connect(srv.url, headers={"Authorization": f"Bearer {KEY}"})
+        msgs = [{"role": "user", "content": "x"}]
+        r = await off_loop(client.chat, model="cold", messages=msgs, options={"num_predict": 2})
+        assert r.message.content == "fake: The"
+        assert (await off_loop(client.show, "cold:latest")).capabilities == ["completion"]
+        assert len((await off_loop(client.embed, model="cold", input="ab")).embeddings) == 1
+        for call in (
+            lambda: client.chat(model="fake", messages=msgs),
+            lambda: client.show("fake"),
+            lambda: client.embed(model="fake", input="ab"),
+        ):
+            with pytest.raises(ollama.ResponseError) as err:
+                await off_loop(call)
+            assert err.value.status_code == 403 and "may not use model 'fake'" in err.value.error
+        with pytest.raises(ollama.ResponseError) as err:
+            await off_loop(client.chat, model="nope", messages=msgs)
+        assert err.value.status_code == 404
+        assert err.value.error.endswith("available models: cold"), err.value.error
+        assert [m.model for m in (await off_loop(client.list)).models] == ["cold"]
+
+
+async def test_refused_routes_do_not_tell_a_plain_key_the_config_path(
+    http: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    """Issue 14: /api/pull and the other refused routes answer any plain key; their
+    message says how models are added, not where the config file lives."""
+    source = tmp_path / "private-dir" / "swapyard.yaml"
+    source.parent.mkdir()
+    source.write_text(
+        json.dumps({"models": fakes(), "auth": {"keys": [{"name": "p", "key": KEY}]}})
+    )
+    async with running_server(load_config_file(source)) as srv:
+        for path in ("/api/pull", "/api/delete", "/api/create"):
+            headers = {"Authorization": f"Bearer {KEY}"}
+            async with http.post(srv.url + path, json={"model": "x"}, headers=headers) as r:
+                said = (await r.json())["error"]
+            assert r.status == 501 and "swapyard config reload" in said
+            assert "private-dir" not in said, said
 
 
 async def test_keep_alive_zero_unloads_the_model_after_the_request(
@@ -269,6 +355,37 @@ async def test_negative_keep_alive_keeps_the_model_loaded(
         (m,) = (await off_loop(client.ps)).models
         assert m.expires_at is not None and m.expires_at.year > 2200
         assert state(srv, "fake") is EngineState.READY
+
+
+async def test_keep_alive_that_is_no_number_is_refused_and_ps_keeps_answering(
+    http: aiohttp.ClientSession,
+) -> None:
+    """Issue 14: ``"inf"``, ``NaN`` and JSON's ``1e400`` are a 400 in Ollama's shape that
+    changes nothing; ``"1e12"`` and a config ttl past any date keep the model, and
+    ``/api/ps`` answers (its expiry overflowed: a 500 for every client)."""
+    async with serving(fakes(ttl=1e12)) as srv:
+        chat = ('{"model": "fake", "stream": false, "options": {"num_predict": 1}, '
+                '"messages": [{"role": "user", "content": "x"}], "keep_alive": %s}')  # fmt: skip
+        for keep in ('"inf"', "NaN", "1e400", '"-Infinity"', "1" + "0" * 400):
+            async with http.post(srv.url + "/api/chat", data=chat % keep) as r:
+                assert r.status == 400, keep
+                assert "keep_alive" in (await r.json())["error"]
+        assert state(srv, "fake") is EngineState.STOPPED  # refused before loading
+
+        async def expiry() -> datetime:
+            async with http.get(srv.url + "/api/ps") as r:
+                assert r.status == 200, await r.text()
+                (m,) = (await r.json())["models"]
+                return when(m["expires_at"])
+
+        async with http.post(srv.url + "/api/chat", data=chat % "null") as r:
+            assert r.status == 200
+        assert srv.router.model("fake").ttl == 1e12
+        assert (await expiry()).year > 2200
+        async with http.post(srv.url + "/api/chat", data=chat % '"1e12"') as r:
+            assert r.status == 200
+        await eventually(lambda: srv.router.model("fake").ttl == 0.0, what="kept")
+        assert (await expiry()).year > 2200
 
 
 async def test_load_and_unload_without_a_prompt(connect: Callable[..., ollama.Client]) -> None:
@@ -445,6 +562,41 @@ def test_keep_alive_takes_seconds_and_go_durations(value: Any, seconds: float | 
 def test_keep_alive_that_is_no_duration_is_refused(value: Any) -> None:
     with pytest.raises(RequestError, match="keep_alive"):
         keep_alive_seconds(value)
+
+
+@pytest.mark.parametrize(
+    "value", ["inf", "-inf", "nan", "Infinity", "1e400", math.inf, -math.inf, math.nan, 10**400,
+              "9" * 400 + "h"],
+)  # fmt: skip
+def test_keep_alive_that_is_no_finite_number_is_refused(value: Any) -> None:
+    """Issue 14: such a TTL made /api/ps fail for every client."""
+    with pytest.raises(RequestError, match="keep_alive"):
+        keep_alive_seconds(value)
+
+
+@pytest.mark.parametrize("value", [1e12, "1e12", "3000000h", 10**11, 292 * 366 * 86400])
+def test_keep_alive_longer_than_ollamas_largest_duration_keeps_the_model(value: Any) -> None:
+    """Issue 14: past Ollama's own "forever" (292 years) is forever: -1."""
+    assert keep_alive_seconds(value) == -1.0
+
+
+@pytest.mark.parametrize(
+    ("engine", "sent"),
+    [("llamacpp", True), ("command", True), ("vllm", True), ("sglang", True),
+     ("tabbyapi", False), ("ollama", False), ("openai", False)],
+)  # fmt: skip
+def test_think_asks_only_engines_that_take_chat_template_kwargs(engine: str, sent: bool) -> None:
+    """Issue 14: a remote OpenAI server refuses the unknown field; a level is
+    ``reasoning_effort`` for every engine."""
+    msgs = [{"role": "user", "content": "x"}]
+    body = chat_body({"think": False, "messages": msgs}, "m", engine, False)
+    assert ("chat_template_kwargs" in body) is sent
+    if sent:
+        assert body["chat_template_kwargs"] == {"enable_thinking": False}
+    _, gen = generate_body({"think": True, "prompt": "x"}, "m", engine, False)
+    assert ("chat_template_kwargs" in gen) is sent
+    level = chat_body({"think": "high", "messages": msgs}, "m", engine, False)
+    assert level["reasoning_effort"] == "high" and "chat_template_kwargs" not in level
 
 
 def test_options_go_by_each_engines_own_sampler_names() -> None:

@@ -16,7 +16,8 @@ decides how:
 Errors are Anthropic's shape, ``{"type": "error", "error": {"type", "message"}}``
 with the HTTP status, for what swapyard refuses (unknown model, bad request,
 queue full, an engine that cannot start) and, when translating, for the engine's
-own errors; a translated stream that breaks ends with an ``error`` event. (An
+own errors; an engine's answer that is not a chat completion is a 502
+(``api_error``); a translated stream that breaks ends with an ``error`` event. (An
 API key refused by the auth middleware still gets the OpenAI envelope.)
 """
 
@@ -30,11 +31,12 @@ from aiohttp import web
 
 from swapyard.api.anthropic_chat import Ask, error_doc, to_chat, to_message
 from swapyard.api.anthropic_stream import EventStream
+from swapyard.api.chat_shapes import engine_message
 from swapyard.api.exchange import Call, resolve, serve
 from swapyard.api.limits import read_body
 from swapyard.api.openai import parse_model
 from swapyard.api.state import STATE
-from swapyard.errors import SwapyardError, clip
+from swapyard.errors import SwapyardError, UpstreamError
 from swapyard.proxy import StreamTranslator
 
 CHAT = "/v1/chat/completions"
@@ -50,18 +52,7 @@ def anthropic_error(err: SwapyardError) -> web.Response:
 
 def engine_error(status: int, body: bytes) -> web.Response:
     """The engine's error answer (whatever its shape) in Anthropic's, same status."""
-    try:
-        doc: Any = json.loads(body)
-    except ValueError:
-        doc = None
-    message: Any = None
-    if isinstance(doc, dict):
-        err = doc.get("error")
-        message = err.get("message") if isinstance(err, dict) else err
-        message = message or doc.get("message") or doc.get("detail")
-    if not isinstance(message, str) or not message:
-        message = body.decode("utf-8", "replace").strip()[:500] or f"HTTP {status}"
-    return _failed(status, f"the engine answered: {clip(message, 500)}")
+    return _failed(status, f"the engine answered: {engine_message(status, body)}")
 
 
 def _failed(status: int, message: str) -> web.Response:
@@ -82,8 +73,11 @@ class MessagesAnswer:
         try:
             doc = json.loads(body)
         except ValueError:
-            return _failed(502, "the engine's answer is not JSON")
-        return self.reply(doc)
+            return anthropic_error(UpstreamError(self.ask.model, "the engine's answer is not JSON"))
+        try:
+            return self.reply(doc)
+        except UpstreamError as err:  # JSON, but not a completion (issue 14)
+            return anthropic_error(err)
 
     def reply(self, doc: Any) -> web.Response:
         return web.json_response(to_message(self.ask, doc))
@@ -99,7 +93,9 @@ class TokenCount(MessagesAnswer):
         usage = doc.get("usage") if isinstance(doc, dict) else None
         count = usage.get("prompt_tokens") if isinstance(usage, dict) else None
         if not isinstance(count, int):
-            return _failed(502, "the engine's answer carries no usage to count tokens from")
+            raise UpstreamError(
+                self.ask.model, "the engine's answer carries no usage to count tokens from"
+            )
         return web.json_response({"input_tokens": count})
 
 

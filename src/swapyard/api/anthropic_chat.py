@@ -35,7 +35,10 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
+from swapyard.api.chat_shapes import dicts, first_choice, obj, tool_arguments
 from swapyard.errors import RequestError
+
+__all__ = ["Ask", "error_doc", "new_id", "obj", "stop_reason", "to_chat", "to_message", "usage_of"]
 
 # Anthropic's error types by HTTP status (docs.anthropic.com/en/api/errors).
 _ERROR_TYPES = {
@@ -271,33 +274,14 @@ def usage_of(usage: Any, counted: int = 0) -> dict[str, int]:
     return out
 
 
-def obj(v: Any) -> dict[str, Any]:
-    """``v`` when it is a JSON object, else an empty one (engines' answers vary)."""
-    return v if isinstance(v, dict) else {}
-
-
 def _int(v: Any) -> int:
     return v if isinstance(v, int) and not isinstance(v, bool) else 0
 
 
-def tool_input(arguments: Any) -> dict[str, Any]:
-    """A tool call's ``input``: its arguments parsed (text that is not a JSON object
-    is kept under ``arguments``, for the client to see what the model wrote)."""
-    if isinstance(arguments, dict):
-        return arguments
-    if not isinstance(arguments, str) or not arguments.strip():
-        return {}
-    try:
-        parsed = json.loads(arguments)
-    except ValueError:
-        return {"arguments": arguments}
-    return parsed if isinstance(parsed, dict) else {"arguments": arguments}
-
-
 def to_message(ask: Ask, doc: Any) -> dict[str, Any]:
-    """The Messages answer for the engine's chat completion ``doc``."""
-    choices = obj(doc).get("choices")
-    choice = obj(choices[0] if isinstance(choices, list) and choices else None)
+    """The Messages answer for the engine's chat completion ``doc``;
+    ``UpstreamError`` when ``doc`` is not one (issue 14: a 502, not a 500)."""
+    choice = first_choice(doc, ask.model)
     msg = obj(choice.get("message"))
     content: list[dict[str, Any]] = []
     reasoning = msg.get("reasoning_content") or msg.get("reasoning")
@@ -305,12 +289,12 @@ def to_message(ask: Ask, doc: Any) -> dict[str, Any]:
         content.append({"type": "thinking", "thinking": reasoning, "signature": ""})
     if isinstance(msg.get("content"), str) and msg["content"]:
         content.append({"type": "text", "text": msg["content"]})
-    calls = [c for c in msg.get("tool_calls") or () if isinstance(c, dict)]
+    calls = dicts(msg.get("tool_calls"))
     for call in calls:
         fn = obj(call.get("function"))
         content.append({"type": "tool_use", "id": call.get("id") or new_id("toolu"),
                         "name": str(fn.get("name", "")),
-                        "input": tool_input(fn.get("arguments"))})  # fmt: skip
+                        "input": tool_arguments(fn.get("arguments"))})  # fmt: skip
     if not content:
         content.append({"type": "text", "text": ""})
     reason, sequence = stop_reason(
@@ -318,4 +302,4 @@ def to_message(ask: Ask, doc: Any) -> dict[str, Any]:
     )
     return {"id": new_id("msg"), "type": "message", "role": "assistant", "model": ask.model,
             "content": content, "stop_reason": reason, "stop_sequence": sequence,
-            "usage": usage_of(obj(doc).get("usage"))}  # fmt: skip
+            "usage": usage_of(doc.get("usage"))}  # fmt: skip

@@ -14,7 +14,8 @@ Apps written for Ollama point at swapyard as they would at Ollama
 - ``/api/embed`` and ``/api/embeddings`` → ``/v1/embeddings``.
 - ``keep_alive`` on any of them goes to the router (``RouterSurface.keep_alive``)
   once the request is done: 0 stops the model once idle, a duration is its idle
-  TTL, a negative one keeps it loaded.
+  TTL, a negative one (or one past Ollama's largest, 292 years) keeps it loaded;
+  one that is no finite number is a 400.
 - ``/api/pull``, ``/api/push``, ``/api/delete``, ``/api/copy``, ``/api/create``:
   501, saying how models are added.
 
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import time
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
@@ -36,11 +38,13 @@ from aiohttp import web
 from swapyard import __version__
 from swapyard.api.auth import OLLAMA_ROUTES, check_model_allowed
 from swapyard.api.clients import client_of
-from swapyard.api.exchange import Call, serve
+from swapyard.api.exchange import Call, resolve, serve
 from swapyard.api.limits import read_body
 from swapyard.api.ollama_convert import (
     COMPLETIONS,
     INFILL,
+    KEPT_FOR,
+    KEPT_SECONDS,
     chat_body,
     generate_body,
     keep_alive_seconds,
@@ -49,7 +53,6 @@ from swapyard.api.ollama_info import EPOCH, capabilities, facts, iso
 from swapyard.api.ollama_reply import Clock, Embed, Mode, Reply, now_iso
 from swapyard.api.openai import parse_model
 from swapyard.api.state import KEY_MODELS, STATE, AppState
-from swapyard.config import Config
 from swapyard.errors import InvalidJSON, MissingModel, UnknownModel
 from swapyard.process.state import EngineState
 from swapyard.resources.context import served_context
@@ -58,21 +61,37 @@ from swapyard.surface import RouterSurface
 Handler = Any
 # The Ollama release whose API this front follows; clients compare versions.
 OLLAMA_VERSION = "0.12.6"
-KEPT_FOR = timedelta(days=292 * 365)  # Ollama's "forever" (its largest duration)
 REFUSED = ("/api/pull", "/api/push", "/api/delete", "/api/copy", "/api/create")
 Kind = Literal["chat", "generate"]
 
 
-def find(config: Config, name: str) -> tuple[str, str]:
-    """(the model id, the name to send on) for a name as an Ollama client sends it:
-    an id or alias, also with Ollama's default tag ``:latest``."""
-    model = config.resolve(name)
-    if model is None and name.endswith(":latest"):
+def find(request: web.Request, name: str) -> tuple[str, str]:
+    """(the model id, the name to send on) for a name as an Ollama client sends it
+    (a model's or a variant's id or alias, also with Ollama's default tag
+    ``:latest``), once the key may use it: ``exchange.resolve`` and the key check
+    as ``exchange.serve`` makes them (issue 14: a key allowed only a variant was
+    refused it). An unknown name lists only what the key may use."""
+    config = _state(request).config
+    if name.endswith(":latest") and config.resolve(name) is None:
         name = name.removesuffix(":latest")
-        model = config.resolve(name)
-    if model is None:
-        raise UnknownModel(name, [m.id for m in config.models.values() if not m.unlisted])
+    try:
+        model = resolve(config, name)
+    except UnknownModel:  # listing what this key may use, not every model
+        listed = config.listing(request.get(KEY_MODELS))
+        raise UnknownModel(name, [item.id for item in listed]) from None
+    variant = config.variant(name)
+    check_model_allowed(request, model, None if variant is None else variant.id)
     return model, name
+
+
+def expires_at(wall: datetime, ttl: float, idle: float) -> datetime:
+    """When a model with an idle ``ttl`` (0 or less: none), idle for ``idle``
+    seconds, will be stopped: ``KEPT_FOR`` from now when never, or past it (a
+    config's ttl may be any number: ``timedelta`` overflowed, issue 14)."""
+    left = ttl - idle
+    if ttl <= 0 or not math.isfinite(left) or left > KEPT_SECONDS:
+        return wall + KEPT_FOR
+    return wall + timedelta(seconds=left)
 
 
 async def _doc(request: web.Request, *, need_model: bool = True) -> dict[str, Any]:
@@ -97,9 +116,7 @@ def _model_of(request: web.Request, doc: dict[str, Any]) -> tuple[str, str]:
     name = doc.get("model") or doc.get("name")  # /api/show took `name` before `model`
     if not isinstance(name, str) or not name:
         raise MissingModel()
-    model, sent = find(_state(request).config, name)
-    check_model_allowed(request, model)
-    return model, sent
+    return find(request, name)
 
 
 def _load_time(router: RouterSurface, model: str, t0: float) -> float:
@@ -149,11 +166,8 @@ async def ps(request: web.Request) -> web.Response:
         asleep = m.state is EngineState.SLEEPING
         size = (mem.asleep if asleep else mem.measured or mem.scheduled) or f.size
         on_gpu = bool(m.devices) and all(d.isdigit() for d in m.devices)
-        if m.ttl > 0 and not asleep:
-            idle = mono - m.idle_since if m.idle_since is not None else 0.0
-            expires = wall + timedelta(seconds=m.ttl - idle)
-        else:
-            expires = wall + KEPT_FOR
+        idle = mono - m.idle_since if m.idle_since is not None else 0.0
+        expires = expires_at(wall, 0.0 if asleep else m.ttl, idle)
         models.append({
             "name": item.id, "model": item.id, "size": size, "digest": f.digest,
             "details": f.details(), "expires_at": iso(expires),
@@ -277,9 +291,10 @@ async def _embed(request: web.Request, *, legacy: bool) -> web.StreamResponse:
 
 
 async def refused(request: web.Request) -> web.Response:
-    source = _state(request).config.source
+    # Any plain key reaches these routes: the config file's path is not theirs
+    # to know (issue 14).
     return web.json_response({"error": (
-        f"swapyard serves the models in its config ({source}) and does not "
+        "swapyard serves the models in its config and does not "
         f"{request.path.removeprefix('/api/')} models; to add one, put it under `models:` "
         "(engine and model file) and reload: swapyard config reload"
     )}, status=501)  # fmt: skip

@@ -13,12 +13,21 @@ OpenAI-style servers and Ollama's own ``/v1`` get the standard ones only (OpenAI
 refuses unknown fields). Load-time options (``num_ctx``, ``num_gpu``,
 ``num_thread``, ``num_batch``, ``use_mmap``...) are the engine's command line
 and are ignored here, as is anything unknown.
+
+``think``: ``true``/``false`` becomes ``chat_template_kwargs.enable_thinking`` for
+llama.cpp, ``command``, vLLM and SGLang engines; the others (TabbyAPI, Ollama, a
+remote OpenAI-style server) get nothing for it and think as their model does,
+though with ``false`` the answer leaves out any reasoning they send. A level
+(``"low"``, ``"medium"``, ``"high"``, for gpt-oss) is OpenAI's ``reasoning_effort``
+for every engine.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import re
+from datetime import timedelta
 from typing import Any
 
 from swapyard.errors import RequestError
@@ -40,6 +49,13 @@ CHAT, COMPLETIONS, INFILL = "/v1/chat/completions", "/v1/completions", "/infill"
 # Fill in the middle: llama-server's /v1/completions ignores OpenAI's `suffix`
 # (its answer continues the prefix alone); its own /infill takes both.
 INFILL_ENGINES = frozenset({"llamacpp", "command"})
+# `think: true/false` → `chat_template_kwargs.enable_thinking`, which the chat
+# templates that think (Qwen3, DeepSeek) read: only engines that take the field.
+# A remote OpenAI-style server refuses unknown fields (issue 14); TabbyAPI and
+# Ollama's /v1 do not read it.
+THINK_ENGINES = frozenset({"llamacpp", "command", "vllm", "sglang"})
+KEPT_FOR = timedelta(days=292 * 365)  # Ollama's "forever" (its largest duration)
+KEPT_SECONDS = KEPT_FOR.total_seconds()
 _UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "μs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0,
           "h": 3600.0}  # fmt: skip
 _PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|μs|ms|s|m|h)")
@@ -48,31 +64,43 @@ _IMAGE_MAGIC = {"iVBOR": "png", "/9j/": "jpeg", "R0lGOD": "gif", "UklGR": "webp"
 
 def keep_alive_seconds(value: Any) -> float | None:
     """Ollama's ``keep_alive``: a number of seconds or a Go duration (``"5m"``,
-    ``"1h30m"``, ``"-1"``); None when absent. Negative: keep loaded."""
+    ``"1h30m"``, ``"-1"``); None when absent. Negative: keep loaded, and so is
+    anything longer than ``KEPT_FOR`` (Ollama's own largest duration): ``-1.0``.
+    A value that is no finite number (``"inf"``, ``NaN``, JSON's ``1e400``) is a
+    ``RequestError`` (issue 14: such a TTL broke ``/api/ps`` for every client)."""
     if value is None:
         return None
-    if isinstance(value, bool):
+    seconds = _seconds(value)
+    if seconds is None or not math.isfinite(seconds):
+        shown = str(value)[:40]
         raise RequestError(
-            '`keep_alive` must be a duration such as "5m" or seconds', param="keep_alive"
+            f'`keep_alive` must be a duration such as "5m" or seconds, not {shown!r}',
+            param="keep_alive",
         )
+    return -1.0 if seconds > KEPT_SECONDS else seconds
+
+
+def _seconds(value: Any) -> float | None:
+    if isinstance(value, bool):
+        return None
     if isinstance(value, int | float):
-        return float(value)
-    if isinstance(value, str):
-        text = value.strip()
         try:
-            return float(text)  # seconds, as OLLAMA_KEEP_ALIVE takes them
-        except ValueError:
-            pass
-        sign = -1.0 if text.startswith("-") else 1.0
-        body = text.lstrip("+-")
-        parts = _PART.findall(body)
-        if parts and "".join(n + u for n, u in parts) == body:
-            return sign * sum(float(n) * _UNITS[u] for n, u in parts)
-    shown = str(value)[:40]
-    raise RequestError(
-        f'`keep_alive` must be a duration such as "5m" or seconds, not {shown!r}',
-        param="keep_alive",
-    )
+            return float(value)
+        except OverflowError:  # an integer past any float, as JSON's 1e400 is
+            return None
+    if not isinstance(value, str):
+        return None
+    text = value.strip()
+    try:
+        return float(text)  # seconds, as OLLAMA_KEEP_ALIVE takes them
+    except ValueError:
+        pass
+    sign = -1.0 if text.startswith("-") else 1.0
+    body = text.lstrip("+-")
+    parts = _PART.findall(body)
+    if parts and "".join(n + u for n, u in parts) == body:
+        return sign * sum(float(n) * _UNITS[u] for n, u in parts)
+    return None
 
 
 def sampling(options: Any, engine: str) -> dict[str, Any]:
@@ -178,7 +206,7 @@ def _common(doc: dict[str, Any], model: str, engine: str, stream: bool) -> dict[
         body["response_format"] = fmt
     body["stream"] = stream
     think = doc.get("think")
-    if isinstance(think, bool):  # chat templates that think (Qwen3, DeepSeek) read it
+    if isinstance(think, bool) and engine in THINK_ENGINES:
         body["chat_template_kwargs"] = {"enable_thinking": think}
     elif isinstance(think, str) and think:  # gpt-oss: "low", "medium", "high"
         body["reasoning_effort"] = think

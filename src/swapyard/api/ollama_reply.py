@@ -8,7 +8,9 @@ out whole (arguments as objects) once the engine has finished them; the last lin
 has ``done: true`` and the figures: token counts from the usage chunk swapyard
 asks engines for, durations from llama.cpp's ``timings`` when it sends them, else
 from swapyard's own clock. A stream that breaks ends with ``{"error": ...}``;
-an engine's error answer becomes ``{"error": ...}`` with its status.
+an engine's error answer becomes ``{"error": ...}`` with its status, and an answer
+that is not a completion (or holds no embeddings) a 502 ``{"error": ...}``; what
+the fronts read of the engine's answer is ``chat_shapes``'.
 """
 
 from __future__ import annotations
@@ -24,7 +26,15 @@ from typing import Any, Literal
 from aiohttp import web
 
 from swapyard import sse
-from swapyard.errors import SwapyardError
+from swapyard.api.chat_shapes import (
+    NOT_A_COMPLETION,
+    dicts,
+    engine_message,
+    first_choice,
+    obj,
+    tool_arguments,
+)
+from swapyard.errors import SwapyardError, UpstreamError
 
 NDJSON = "application/x-ndjson"
 # How generate was sent: completion is /v1/completions; infill is llama.cpp's
@@ -41,44 +51,25 @@ def line(doc: dict[str, Any]) -> bytes:
     return json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode() + b"\n"
 
 
-def error_body(status: int, body: bytes) -> str:
-    """The message of an engine's error answer (its envelope's, or its text)."""
-    try:
-        doc = json.loads(body)
-    except ValueError:
-        doc = None
-    if isinstance(doc, dict):
-        err = doc.get("error", doc.get("detail"))
-        if isinstance(err, dict) and isinstance(err.get("message"), str):
-            return str(err["message"])
-        if isinstance(err, str):
-            return err
-    text = body.decode("utf-8", "replace").strip()[:500]
-    return f"the engine answered HTTP {status}" + (f": {text}" if text else "")
+def error(err: SwapyardError) -> web.Response:
+    """``err`` as Ollama's ``{"error": "message"}``, with its status."""
+    return web.json_response({"error": err.message}, status=err.status)
 
 
 def engine_error(status: int, body: bytes) -> web.Response:
-    return web.json_response({"error": error_body(status, body)}, status=status)
-
-
-def arguments(raw: Any) -> dict[str, Any]:
-    """OpenAI's arguments (a JSON string) as Ollama's (an object); text that is not
-    a JSON object is kept under ``"arguments"``."""
-    if isinstance(raw, dict):
-        return raw
-    try:
-        doc = json.loads(raw) if isinstance(raw, str) and raw.strip() else {}
-    except ValueError:
-        return {"arguments": raw}
-    return doc if isinstance(doc, dict) else {"arguments": doc}
+    """The engine's error answer as Ollama's, its message bare (as Ollama's own
+    runner errors reach its clients), with the engine's status."""
+    return web.json_response({"error": engine_message(status, body)}, status=status)
 
 
 def ollama_calls(calls: list[dict[str, Any]]) -> list[dict[str, Any]]:
     out = []
     for c in calls:
-        fn = c.get("function") or {}
-        args = arguments(fn.get("arguments"))
-        call: dict[str, Any] = {"function": {"name": fn.get("name", ""), "arguments": args}}
+        fn = obj(c.get("function"))
+        name = fn.get("name")
+        args = tool_arguments(fn.get("arguments"))
+        call: dict[str, Any] = {"function": {"name": name if isinstance(name, str) else "",
+                                             "arguments": args}}  # fmt: skip
         if c.get("id"):
             call["id"] = c["id"]
         out.append(call)
@@ -105,19 +96,24 @@ def _ns(seconds: float) -> int:
     return max(1, int(seconds * 1e9))
 
 
-def figures(clock: Clock, usage: dict[str, Any] | None, timings: dict[str, Any] | None,
-            pieces: int) -> dict[str, int]:  # fmt: skip
+def _number(v: Any) -> float | None:
+    ok = isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+    return float(v) if ok else None
+
+
+def figures(clock: Clock, usage: Any, timings: Any, pieces: int) -> dict[str, int]:
     """Ollama's closing figures: counts from ``usage`` (else llama.cpp's ``timings``,
-    else the pieces streamed), durations in ns from ``timings`` (else the clock)."""
+    else the pieces streamed), durations in ns from ``timings`` (else the clock).
+    Either may be anything an engine sent: what is not a number is not read."""
     end = time.monotonic()
     total = end - clock.t0
     load = min(total, max(0.0, clock.loaded()))
-    usage, timings = usage or {}, timings or {}
+    usage, timings = obj(usage), obj(timings)
     prompt_n = usage.get("prompt_tokens", timings.get("prompt_n"))
     eval_n = usage.get("completion_tokens", timings.get("predicted_n"))
-    if isinstance(timings.get("predicted_ms"), int | float):
-        eval_s = timings["predicted_ms"] / 1e3
-        prompt_s = float(timings.get("prompt_ms") or 0) / 1e3
+    if (predicted_ms := _number(timings.get("predicted_ms"))) is not None:
+        eval_s = predicted_ms / 1e3
+        prompt_s = (_number(timings.get("prompt_ms")) or 0.0) / 1e3
     elif clock.first is not None and clock.last is not None:
         eval_s = clock.last - clock.first
         prompt_s = clock.first - clock.t0 - load
@@ -163,19 +159,28 @@ class Reply:
         return out
 
     def answer(self, status: int, body: bytes) -> web.Response:
+        """The engine's whole answer as Ollama's; one that is not a completion
+        (not JSON, no choice, ``{"choices": [1]}``) is a 502 (issue 14)."""
         if status != 200:
             return engine_error(status, body)
         try:
             doc = json.loads(body)
-            choice = doc["choices"][0] if self.mode != "infill" else _infill_choice(doc)
-        except (ValueError, KeyError, IndexError, TypeError):
-            return web.json_response({"error": "the engine's answer was not a completion"},
-                                     status=502)  # fmt: skip
-        msg = choice.get("message") or {}
+            choice = (
+                first_choice(doc, self.name)
+                if self.mode != "infill"
+                else _infill_choice(doc, self.name)
+            )
+        except ValueError:
+            return error(UpstreamError(self.name, NOT_A_COMPLETION))
+        except UpstreamError as err:
+            return error(err)
+        msg = obj(choice.get("message"))
         text = msg.get("content") if self.mode == "chat" else choice.get("text", msg.get("content"))
-        thinking = msg.get("reasoning_content") or msg.get("reasoning") or ""
-        out = self.piece(text or "", "" if self.think is False else str(thinking),
-                         msg.get("tool_calls") or None)  # fmt: skip
+        thinking = msg.get("reasoning_content") or msg.get("reasoning")
+        if self.think is False or not isinstance(thinking, str):
+            thinking = ""
+        out = self.piece(text if isinstance(text, str) else "", thinking,
+                         dicts(msg.get("tool_calls")) or None)  # fmt: skip
         out["done"] = True
         out["done_reason"] = _done_reason(choice.get("finish_reason"))
         out.update(figures(self.clock, doc.get("usage"), doc.get("timings"), 0))
@@ -187,8 +192,11 @@ class Reply:
         return Stream(self)
 
 
-def _infill_choice(doc: dict[str, Any]) -> dict[str, Any]:
-    """A llama.cpp ``/infill`` answer (or stream event) as a completion choice."""
+def _infill_choice(doc: Any, model: str) -> dict[str, Any]:
+    """A llama.cpp ``/infill`` answer (or stream event) as a completion choice;
+    ``UpstreamError`` when it is not one."""
+    if not isinstance(doc, dict) or not isinstance(doc.get("content"), str):
+        raise UpstreamError(model, NOT_A_COMPLETION)
     finish = None
     if doc.get("stop"):
         finish = "length" if doc.get("stop_type") == "limit" else "stop"
@@ -255,38 +263,40 @@ class Stream:
         if isinstance(doc.get("timings"), dict):
             self.timings = doc["timings"]
         if self.reply.mode == "infill" and isinstance(doc.get("content"), str):
-            return self._choice(_infill_choice(doc))
+            return self._choice(_infill_choice(doc, self.reply.name))
         out = b""
-        for choice in doc.get("choices") or ():
-            if not isinstance(choice, dict) or choice.get("index", 0) != 0:
-                continue
-            out += self._choice(choice)
+        for choice in dicts(doc.get("choices")):
+            if choice.get("index", 0) == 0:
+                out += self._choice(choice)
         return out
 
     def _choice(self, choice: dict[str, Any]) -> bytes:
-        if choice.get("finish_reason"):
+        if isinstance(choice.get("finish_reason"), str):
             self.finish = choice["finish_reason"]
-        delta = choice.get("delta") or {}
+        delta = obj(choice.get("delta"))
         text = delta.get("content") if "delta" in choice else choice.get("text")
-        thinking = delta.get("reasoning_content") or delta.get("reasoning") or ""
-        if self.reply.think is False:
+        text = text if isinstance(text, str) else ""
+        thinking = delta.get("reasoning_content") or delta.get("reasoning")
+        if self.reply.think is False or not isinstance(thinking, str):
             thinking = ""
-        for frag in delta.get("tool_calls") or ():
+        for frag in dicts(delta.get("tool_calls")):
             self._call(frag)
         if not text and not thinking:
             return b""
         self.pieces += 1
         self.reply.clock.tick()
-        return line({**self.reply.piece(text or "", thinking), "done": False})
+        return line({**self.reply.piece(text, thinking), "done": False})
 
     def _call(self, frag: dict[str, Any]) -> None:
         """Gather a tool call's fragments (its arguments come in pieces)."""
         self.reply.clock.tick()
         blank: dict[str, Any] = {"id": "", "function": {"name": "", "arguments": ""}}
-        call = self.calls.setdefault(int(frag.get("index", len(self.calls))), blank)
-        fn = frag.get("function") or {}
+        index = frag.get("index")
+        call = self.calls.setdefault(index if isinstance(index, int) else len(self.calls), blank)
+        fn = obj(frag.get("function"))
         call["id"] = call["id"] or frag.get("id") or ""
-        call["function"]["name"] += fn.get("name") or ""
+        name = fn.get("name")
+        call["function"]["name"] += name if isinstance(name, str) else ""
         args = fn.get("arguments")
         if isinstance(args, dict):
             call["function"]["arguments"] = args
@@ -311,13 +321,11 @@ class Embed:
             doc = json.loads(body)
             rows = sorted(doc["data"], key=lambda d: d.get("index", 0))
             vectors = [[float(x) for x in d["embedding"]] for d in rows]
-        except (ValueError, KeyError, TypeError):
-            return web.json_response({"error": "the engine's answer held no embeddings"},
-                                     status=502)  # fmt: skip
+        except (ValueError, KeyError, TypeError, AttributeError):  # not rows of numbers
+            return error(UpstreamError(self.name, "the engine's answer held no embeddings"))
         if self.legacy:
             return web.json_response({"embedding": vectors[0] if vectors else []})
-        usage = doc.get("usage") or {}
-        f = figures(self.clock, usage, None, 0)
+        f = figures(self.clock, doc.get("usage"), None, 0)
         return web.json_response({
             "model": self.name, "embeddings": [unit(v) for v in vectors],
             "total_duration": f["total_duration"], "load_duration": f["load_duration"],
