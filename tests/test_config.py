@@ -100,6 +100,13 @@ def test_durations_and_sizes_parse() -> None:
     assert parse_size("1GB") == 10**9
 
 
+def test_a_duration_must_be_finite() -> None:
+    """``ttl: .inf`` (YAML's infinity) is refused at load (issue 14 review: an
+    infinite TTL broke every computation of when a model expires)."""
+    with pytest.raises(ConfigError, match=r"models\.m\.ttl: expected a finite duration"):
+        load_config("models:\n  m: {cmd: 'x ${PORT}', ttl: .inf}\n")
+
+
 def test_macros_expand_user_env_and_model_id() -> None:
     cfg = load_config(
         "macros:\n  dir: /models\n  common: -c 2048 --port ${PORT}\n"

@@ -8,6 +8,7 @@ and nothing outside ``swapyard.config`` should build them.
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Annotated, Any, Literal
 
@@ -40,8 +41,8 @@ def parse_duration(value: Any) -> float:
     if isinstance(value, bool):
         raise ValueError(f"expected a duration like 30, '30s' or '5m', got {value!r}")
     if isinstance(value, int | float):
-        if value < 0:
-            raise ValueError(f"expected a duration of 0 or more, got {value!r}")
+        if value < 0 or not math.isfinite(value):
+            raise ValueError(f"expected a finite duration of 0 or more, got {value!r}")
         return float(value)
     m = _DURATION.match(str(value))
     if not m:
