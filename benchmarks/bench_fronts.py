@@ -20,7 +20,6 @@ import argparse
 import asyncio
 import json
 import random
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -31,8 +30,7 @@ import aiohttp
 from bench_router import LLAMA_SERVER, THREADS, _spawn, _stop, free_port, pct, swapyard_server
 from bench_router import wait_http as wait_ok
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-from swapyard.defaults import ensure_default_models  # noqa: E402
+from swapyard.defaults import ensure_default_models
 
 QUESTION = "What color is the sky on a clear day?"
 TOKENS = 4

@@ -318,10 +318,18 @@ def llama_cmd(path: Path, alias: str) -> str:
     )
 
 
-async def upstream_of(http: aiohttp.ClientSession, url: str, model: str) -> str:
-    async with http.get(url + "/health") as r:
-        up: str = (await r.json())["models"][model]["upstream"]
-        return up
+def on_port(model: dict[str, Any]) -> tuple[dict[str, Any], str]:
+    """``model`` with its engine on a port chosen here, and that engine's URL: no
+    route shows an engine's own URL (issue 11), and the benchmark asks it directly."""
+    port = free_port()
+    cmd = model["cmd"]
+    cmd = (
+        cmd.replace("${PORT}", str(port))
+        if isinstance(cmd, str)
+        else [a.replace("${PORT}", str(port)) for a in cmd]
+    )
+    url = f"http://127.0.0.1:{port}"
+    return {**model, "cmd": cmd, "proxy": url}, url
 
 
 LOOPS = ("uvloop", "asyncio")
@@ -352,10 +360,10 @@ async def swapyard_remotes(
 
 
 async def section_fake(http: aiohttp.ClientSession, n: int) -> dict[str, Any]:
-    cfg = {"models": {"fake": {"cmd": fake_engine_cmd("fake", tokens_per_second=1e6)}}}
+    model, up = on_port({"cmd": fake_engine_cmd("fake", tokens_per_second=1e6)})
+    cfg = {"models": {"fake": model}}
     async with swapyard_server(http, cfg) as srv:
         await one_request(http, Target("warm", srv.url + "/v1", "fake"), stream=False, max_tokens=4)
-        up = await upstream_of(http, srv.url, "fake")
         targets = [Target("direct (fake engine)", up + "/v1", "fake"),
                    Target("swapyard", srv.url + "/v1", "fake")]  # fmt: skip
         async with (
@@ -374,10 +382,10 @@ async def section_fake(http: aiohttp.ClientSession, n: int) -> dict[str, Any]:
 async def section_llama(
     http: aiohttp.ClientSession, models: dict[str, Path], n: int
 ) -> dict[str, Any]:
-    cfg = {"models": {"tiny": {"cmd": llama_cmd(models["tiny"], "tiny")}}}
+    model, up = on_port({"cmd": llama_cmd(models["tiny"], "tiny")})
+    cfg = {"models": {"tiny": model}}
     async with swapyard_server(http, cfg) as srv:
         await one_request(http, Target("warm", srv.url + "/v1", "tiny"), stream=False, max_tokens=4)
-        up = await upstream_of(http, srv.url, "tiny")
         targets = [Target("direct (llama-server)", up + "/v1", "tiny"),
                    Target("swapyard", srv.url + "/v1", "tiny")]  # fmt: skip
         async with (

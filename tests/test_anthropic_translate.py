@@ -408,6 +408,7 @@ async def test_an_engine_answer_that_is_no_completion_is_a_502_in_anthropics_sha
             async with http.post(srv.url + path, json=body) as r:
                 return r.status, await r.json()
 
+        said: Any
         for said in ({"choices": [1]}, {"usage": 5}, {"choices": []}, [1], "not JSON"):
             status, doc = await ask(said)
             assert status == 502 and doc["type"] == "error", (said, doc)

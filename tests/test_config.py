@@ -304,7 +304,7 @@ def test_key_allow_lists_may_name_variants() -> None:
     model and its variants); an unknown name is an error."""
     keys = "auth: {keys: [{key: k, models: [greedy, b]}]}\n"
     cfg = load_config(VARIANTS + keys)
-    assert cfg.auth.keys[0].models == {"a-greedy", "b"}
+    assert cfg.auth.keys[0].models == frozenset({"a-greedy", "b"})
     assert [i.id for i in cfg.listing(cfg.auth.keys[0].models)] == ["a-greedy", "b"]
     with pytest.raises(ConfigError, match="'nope' is not a model or a variant"):
         load_config(VARIANTS + "auth: {keys: [{key: k, models: [nope]}]}\n")

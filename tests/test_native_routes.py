@@ -16,6 +16,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from yarl import URL
 
 from helpers import config
 from swapyard.config import load_config
@@ -282,7 +283,7 @@ async def test_dot_segments_are_refused_before_anything_is_forwarded(
     text = json.dumps({"scheduler": {"learn_memory": False}, "auth": {"keys": keys},
                        "models": {"a": echo("a")}})  # fmt: skip
     async with running_server(load_config(text)) as srv:
-        url = aiohttp.client.URL(srv.url + path, encoded=True)
+        url = URL(srv.url + path, encoded=True)
         headers = {"Authorization": "Bearer k-a"}
         for method in ("GET", "POST"):
             async with http.request(method, url, json={"model": "a"}, headers=headers) as r:

@@ -14,7 +14,7 @@ from swapyard.testing import running_server
 from swapyard.testing.server import fake_engine_cmd
 
 THINK = {"chat_template_kwargs": {"enable_thinking": False}}
-PARAMS = {
+PARAMS: dict[str, Any] = {
     "defaults": {"temperature": 0.7, "top_p": 0.9, **THINK},
     "override": {"max_tokens": 64, "cache_prompt": True},
     "strip": ["logit_bias", "n_probs"],

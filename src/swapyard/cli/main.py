@@ -30,7 +30,7 @@ def cli() -> None:
     "config_path",
     type=click.Path(dir_okay=False),
     default=None,
-    help="YAML config file; without one, the built-in default (two tiny models).",
+    help="YAML config file; without one, the built-in default (smollm2 and tiny on llama.cpp).",
 )
 @click.option("--host", default=None, help="Address to bind (default: config, else 127.0.0.1).")
 @click.option(
