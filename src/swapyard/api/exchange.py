@@ -105,11 +105,25 @@ async def serve(
     happens. A streaming chat completion for a model that is not ready gets the
     loading status first (``server.loading_status``)."""
     t0 = time.perf_counter() if t0 is None else t0
-    state: AppState = request.app[STATE]
-    config = state.config
+    config = request.app[STATE].config
     model = resolve(config, call.name, request.get(KEY_MODELS))
     variant = config.variant(call.name)
     check_model_allowed(request, model, None if variant is None else variant.id)
+    return await serve_local(request, call, model, translation, t0)
+
+
+async def serve_local(
+    request: web.Request,
+    call: Call,
+    model: str,
+    translation: Translation | None,
+    t0: float,
+) -> web.StreamResponse:
+    """``call`` on ``model``'s engine, run by this swapyard (``model`` resolved and
+    allowed by the caller): admission, the request's parameters and fixes, the wait
+    for the engine, the answer, its record."""
+    state: AppState = request.app[STATE]
+    config = state.config
     router = state.router
     router.check_admission()  # before any streaming starts: a real 429 or 503
     doc, body = call.doc, call.body
