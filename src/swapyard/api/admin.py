@@ -14,6 +14,7 @@ from aiohttp import web
 from swapyard.api.live import ring_response
 from swapyard.api.state import STATE
 from swapyard.errors import UnknownModel
+from swapyard.peers.listing import peer_json
 from swapyard.process.state import EngineState
 
 _HEALTH_KEYS = ("state", "pid", "state_for_s", "fast_swap", "in_flight", "queued")
@@ -89,7 +90,10 @@ async def resident(request: web.Request) -> web.Response:
                 v.id: {"name": v.name, "aliases": list(v.aliases), "params": v.params.as_json()}
                 for v in spec.variants.values()
             }
-    return web.json_response({"devices": devices, "models": models})
+    out = {"devices": devices, "models": models}
+    if state.peers is not None:  # issue 15: what each peer last said
+        out["peers"] = {n: peer_json(v, now) for n, v in state.peers.views().items()}
+    return web.json_response(out)
 
 
 async def load(request: web.Request) -> web.Response:
