@@ -26,7 +26,8 @@ TAG = "SWAPYARD_PEERS_TEST_HOST"
 
 
 def engine(model: str, **flags: object) -> dict[str, Any]:
-    return {"cmd": fake_engine_cmd(model, **flags)}
+    """A fake engine declaring 64 MiB: a host (1 GiB) runs several at once."""
+    return {"cmd": fake_engine_cmd(model, **flags), "memory": "64MiB"}
 
 
 class Host:
@@ -71,6 +72,7 @@ async def host(
         "server": {"host": addr, "port": port},
         "scheduler": {"learn_memory": False},
         "usage": {"enabled": False},
+        "devices": {"d0": {"memory": "1GiB"}},
         "preload": preload or [],
         "models": models,
     }

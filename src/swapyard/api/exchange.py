@@ -38,6 +38,7 @@ from swapyard.config import Config
 from swapyard.errors import SwapyardError, UnknownModel, UpstreamUnavailable
 from swapyard.events import RequestFinished
 from swapyard.peers.choose import Option, Target, plan
+from swapyard.peers.registry import Peers
 from swapyard.proxy import StreamTranslator, Translation, forward
 from swapyard.quirks import adapt_request
 from swapyard.surface import Lease
@@ -113,6 +114,8 @@ async def serve(
     allowed = request.get(KEY_MODELS)
     # Issue 15: a key with an allow-list names this host's models only.
     remote = peers.hosts_of(call.name) if peers is not None and allowed is None else []
+    if peers is not None and not remote and config.resolve(call.name) is None:
+        _raise_if_host_down(peers, call.name)
     local = config.resolve(call.name) if remote else resolve(config, call.name, allowed)
     if local is not None:
         variant = config.variant(call.name)
@@ -166,6 +169,14 @@ async def serve_routed(
         finally:
             peers.end(target.host, target.model)
     raise AssertionError("unreachable: a name with hosts has targets")  # pragma: no cover
+
+
+def _raise_if_host_down(peers: Peers, name: str) -> None:
+    """A name only down peers serve fails fast, saying so (not "unknown model")."""
+    down = peers.down_hosts_of(name)
+    if down:
+        why = "; ".join(f"peer {v.name!r}: {v.error}" for v in down)
+        raise UpstreamUnavailable(name, f"every host that serves {name!r} is down ({why})")
 
 
 def _local_option(state: AppState, model: str) -> Option:

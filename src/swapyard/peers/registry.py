@@ -103,6 +103,10 @@ class Peers:
                 out.append((view.name, model))
         return out
 
+    def down_hosts_of(self, name: str) -> list[PeerView]:
+        """The peers that are down and served ``name`` when last seen up."""
+        return [v for v in self._views.values() if not v.up and v.model_of(name) is not None]
+
     def begin(self, host: Host, model: str) -> None:
         self._sent[host, model] += 1
 
