@@ -3,17 +3,21 @@
 ``/health`` is open (no key), so it says states only: no log line, no command
 line, no upstream URL (a remote engine's may carry a ``${env.*}`` secret), and
 for the last failure only its code (issue 11). The keyed ``/api/models`` shows
-each failure whole, its last log lines included."""
+each failure whole, its last log lines included. Load, unload, pin and logs of a
+model only a peer serves are that peer's, asked with its admin key (issue 15)."""
 
 from __future__ import annotations
 
+import contextlib
 import time
 
+import aiohttp
 from aiohttp import web
 
 from swapyard.api.live import ring_response
 from swapyard.api.state import STATE
-from swapyard.errors import UnknownModel
+from swapyard.errors import UnknownModel, UpstreamUnavailable
+from swapyard.peers.listing import peer_json
 from swapyard.process.state import EngineState
 
 _HEALTH_KEYS = ("state", "pid", "state_for_s", "fast_swap", "in_flight", "queued")
@@ -89,22 +93,80 @@ async def resident(request: web.Request) -> web.Response:
                 v.id: {"name": v.name, "aliases": list(v.aliases), "params": v.params.as_json()}
                 for v in spec.variants.values()
             }
-    return web.json_response({"devices": devices, "models": models})
+    out = {"devices": devices, "models": models}
+    if state.peers is not None:  # issue 15: what each peer last said
+        out["peers"] = {n: peer_json(v, now) for n, v in state.peers.views().items()}
+    return web.json_response(out)
 
 
-async def load(request: web.Request) -> web.Response:
+def _peer_of(request: web.Request) -> str | None:
+    """Issue 15: the peer that owns the model the route names, when this host does
+    not serve it (an up peer that does; every one down: 502 saying so)."""
+    state = request.app[STATE]
+    name = request.match_info["model"]
+    if state.peers is None or state.config.resolve(name) is not None:
+        return None
+    hosts = state.peers.hosts_of(name)
+    if hosts:
+        return hosts[0][0]
+    down = state.peers.down_hosts_of(name)
+    if down:
+        raise UpstreamUnavailable(name, f"peer {down[0].name!r}, which serves {name!r}, "
+                                  f"is down: {down[0].error}")  # fmt: skip
+    return None
+
+
+async def _to_peer(request: web.Request, peer: str) -> web.StreamResponse:
+    """The same admin call on ``peer``, with its admin key; its answer (a log
+    follow included) piped back as it comes."""
+    state = request.app[STATE]
+    assert state.peers is not None
+    url = state.peers.specs[peer].url + request.path_qs
+    headers = {**state.peers.admin_headers(peer)}
+    if "Accept" in request.headers:
+        headers["Accept"] = request.headers["Accept"]
+    try:
+        resp = await state.http.request(request.method, url, headers=headers,
+                                        data=await request.read())  # fmt: skip
+    except (aiohttp.ClientError, OSError) as exc:
+        state.peers.report_down(peer, str(exc) or type(exc).__name__)
+        name = request.match_info["model"]
+        raise UpstreamUnavailable(name, f"cannot reach peer {peer!r}: {exc}") from exc
+    try:
+        out = web.StreamResponse(status=resp.status)
+        for key in ("Content-Type", "Content-Encoding", "Cache-Control"):
+            if key in resp.headers:
+                out.headers[key] = resp.headers[key]
+        out.headers["X-Swapyard-Host"] = peer
+        await out.prepare(request)
+        with contextlib.suppress(aiohttp.ClientError, OSError):
+            async for chunk in resp.content.iter_any():
+                await out.write(chunk)
+        await out.write_eof()
+        return out
+    finally:
+        resp.close()
+
+
+async def load(request: web.Request) -> web.StreamResponse:
+    if (peer := _peer_of(request)) is not None:
+        return await _to_peer(request, peer)
     model = _model_of(request)
     result = await request.app[STATE].router.load(model)
     return web.json_response({"model": model, "state": str(result)})
 
 
-async def unload(request: web.Request) -> web.Response:
+async def unload(request: web.Request) -> web.StreamResponse:
+    if (peer := _peer_of(request)) is not None:
+        return await _to_peer(request, peer)
     model = _model_of(request)
     result = await request.app[STATE].router.unload(model)
     return web.json_response({"model": model, "state": str(result)})
 
 
-async def pin(request: web.Request) -> web.Response:
+async def pin(request: web.Request) -> web.StreamResponse:
+    if (peer := _peer_of(request)) is not None:
+        return await _to_peer(request, peer)
     model = _model_of(request)
     pinned = request.match_info["verb"] == "pin"
     result = await request.app[STATE].router.pin(model, pinned)
@@ -114,6 +176,8 @@ async def pin(request: web.Request) -> web.Response:
 async def logs(request: web.Request) -> web.StreamResponse:
     """The engine's last output lines (``?lines=N``, default 200) as text or JSON;
     ``?follow=1`` streams them and every new line (server-sent events)."""
+    if (peer := _peer_of(request)) is not None:
+        return await _to_peer(request, peer)
     model = _model_of(request)
     return await ring_response(request, request.app[STATE].router.logs(model), model)
 

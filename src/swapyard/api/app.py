@@ -22,11 +22,12 @@ from aiohttp import web
 
 from swapyard.api import admin, anthropic, cors, limits, live, native, ollama, openai, reload
 from swapyard.api.auth import auth_middleware
-from swapyard.api.state import CONFIG, ROUTER, STATE, AppState
+from swapyard.api.state import CONFIG, KEY_HOST, ROUTER, STATE, AppState
 from swapyard.config import Config, check_exposure
 from swapyard.errors import InternalError, NotFound, RequestError, ShuttingDown, SwapyardError, clip
 from swapyard.events import EventBus
 from swapyard.models.fetch import data_dir
+from swapyard.peers.registry import Peers
 from swapyard.process.group import become_subreaper
 from swapyard.proxy import error_response, new_upstream_session
 from swapyard.resources.store import MeasuredStore
@@ -104,10 +105,15 @@ async def _lifespan(app: web.Application) -> AsyncIterator[None]:
     ring = live.RingHandler(state.log)
     logging.getLogger("swapyard").addHandler(ring)
     router.run()
+    if config.peers:  # issue 15: after the router, so a request routed here finds it
+        state.peers = Peers(config.peers, http, state.watches)
+        state.peers.start()
     app[STATE] = state
     try:
         yield
     finally:
+        if state.peers is not None:
+            await state.peers.stop()
         state.watches.cancel()
         deadline = state.shutdown_deadline or (time.monotonic() + config.server.shutdown_timeout)
         await router.shutdown(deadline, keep_engines=state.keep_engines)
@@ -115,6 +121,14 @@ async def _lifespan(app: web.Application) -> AsyncIterator[None]:
         if usage is not None:
             await usage.close()
         logging.getLogger("swapyard").removeHandler(ring)
+
+
+async def _host_header(request: web.Request, response: web.StreamResponse) -> None:
+    """Issue 15: the host that served a routed request, as its answer's header
+    (over the one a peer's own answer carried)."""
+    host = request.get(KEY_HOST)
+    if host is not None:
+        response.headers["X-Swapyard-Host"] = host
 
 
 def drain_time(config: Config) -> float:
@@ -153,6 +167,7 @@ def build_app(config: Config, router: RouterSurface | None = None) -> web.Applic
         app[ROUTER] = router
     app.cleanup_ctx.append(_lifespan)
     app.on_shutdown.append(_stop_admitting)
+    app.on_response_prepare.append(_host_header)
     ollama.add_routes(app)
     anthropic.add_routes(app)  # before openai's POST /v1/{tail}
     openai.add_routes(app)

@@ -33,12 +33,15 @@ from aiohttp import web
 from swapyard.api.auth import check_model_allowed
 from swapyard.api.clients import client_of
 from swapyard.api.loading import stream_with_loading_status
-from swapyard.api.state import KEY_MODELS, KEY_NAME, STATE, AppState
+from swapyard.api.state import KEY_HOST, KEY_MODELS, KEY_NAME, STATE, AppState
 from swapyard.config import Config
-from swapyard.errors import SwapyardError, UnknownModel
+from swapyard.errors import SwapyardError, UnknownModel, UpstreamUnavailable
 from swapyard.events import RequestFinished
+from swapyard.peers.choose import Option, Target, plan
+from swapyard.peers.registry import Peers
 from swapyard.proxy import StreamTranslator, Translation, forward
 from swapyard.quirks import adapt_request
+from swapyard.surface import Lease
 from swapyard.usage.meter import CHAT, Metering, Ticket, footer_wanted
 
 __all__ = [
@@ -105,11 +108,138 @@ async def serve(
     happens. A streaming chat completion for a model that is not ready gets the
     loading status first (``server.loading_status``)."""
     t0 = time.perf_counter() if t0 is None else t0
-    config = request.app[STATE].config
-    model = resolve(config, call.name, request.get(KEY_MODELS))
-    variant = config.variant(call.name)
-    check_model_allowed(request, model, None if variant is None else variant.id)
-    return await serve_local(request, call, model, translation, t0)
+    state: AppState = request.app[STATE]
+    config = state.config
+    peers = state.peers
+    allowed = request.get(KEY_MODELS)
+    # Issue 15: a key with an allow-list names this host's models only.
+    remote = peers.hosts_of(call.name) if peers is not None and allowed is None else []
+    if peers is not None and not remote and config.resolve(call.name) is None:
+        _raise_if_host_down(peers, call.name)
+    local = config.resolve(call.name) if remote else resolve(config, call.name, allowed)
+    if local is not None:
+        variant = config.variant(call.name)
+        check_model_allowed(request, local, None if variant is None else variant.id)
+    if peers is None:
+        assert local is not None
+        return await serve_local(request, call, local, translation, t0)
+    if not remote:
+        assert local is not None
+        request[KEY_HOST] = "local"
+        return await serve_local(request, call, local, translation, t0)
+    return await serve_routed(request, call, local, remote, translation, t0)
+
+
+async def serve_routed(
+    request: web.Request,
+    call: Call,
+    local: str | None,
+    remote: list[tuple[str, str]],
+    translation: Translation | None,
+    t0: float,
+) -> web.StreamResponse:
+    """``call`` on the best of the hosts that serve its name (``peers.choose``):
+    ``local`` (this host's model, if any) and ``remote`` (peer, model) pairs. A peer
+    that cannot be reached before any answer byte is marked down and the next
+    host is tried; any other failure is the answer."""
+    state: AppState = request.app[STATE]
+    peers = state.peers
+    assert peers is not None
+    views = peers.views()
+    options = [] if local is None else [_local_option(state, local)]
+    for host, model in remote:
+        pm = views[host].models.get(model)
+        load = max(peers.sent(host, model), 0 if pm is None else pm.queued + pm.in_flight)
+        options.append(Option(Target(host, model), "unknown" if pm is None else pm.state, load,
+                              None if pm is None else pm.fits,
+                              None if pm is None else pm.load_s))  # fmt: skip
+    targets = plan(options)
+    for i, target in enumerate(targets):
+        request[KEY_HOST] = target.host or "local"
+        peers.begin(target.host, target.model)
+        try:
+            if target.host is None:
+                return await serve_local(request, call, target.model, translation, t0)
+            more = i + 1 < len(targets)
+            return await serve_peer(request, call, target, translation, t0, more=more)
+        except UpstreamUnavailable as err:
+            if target.host is None or i + 1 == len(targets):
+                raise
+            peers.report_down(target.host, err.message)
+        finally:
+            peers.end(target.host, target.model)
+    raise AssertionError("unreachable: a name with hosts has targets")  # pragma: no cover
+
+
+def _raise_if_host_down(peers: Peers, name: str) -> None:
+    """A name only down peers serve fails fast, saying so (not "unknown model")."""
+    down = peers.down_hosts_of(name)
+    if down:
+        why = "; ".join(f"peer {v.name!r}: {v.error}" for v in down)
+        raise UpstreamUnavailable(name, f"every host that serves {name!r} is down ({why})")
+
+
+def _local_option(state: AppState, model: str) -> Option:
+    """This host's ``model`` as a routing option, by the router's snapshot."""
+    assert state.peers is not None
+    snap = state.router.snapshot()
+    m = snap.models[model]
+    need = m.memory.scheduled
+    room = max((d.free for d in snap.devices.values()), default=None)
+    fits = None if need is None or room is None else need <= room
+    load = max(state.peers.sent(None, model), m.queued + m.in_flight)
+    return Option(Target(None, model), str(m.state), load, fits)
+
+
+async def serve_peer(
+    request: web.Request,
+    call: Call,
+    target: Target,
+    translation: Translation | None,
+    t0: float,
+    *,
+    more: bool = False,
+) -> web.StreamResponse:
+    """``call`` sent as it is to the peer ``target.host``, which resolves the name,
+    loads the model and applies its own parameters and fixes; its answer piped
+    back (or translated). One request record here, unless the peer could not be
+    reached and ``more`` hosts are left to try (``UpstreamUnavailable`` raised)."""
+    state: AppState = request.app[STATE]
+    peers = state.peers
+    assert peers is not None and target.host is not None
+    view = peers.views()[target.host]
+    pm = view.models.get(target.model)
+    ready = pm is not None and pm.state == "ready"
+    doc = call.doc
+    stream = (
+        call.stream if call.stream is not None else (doc is not None and doc.get("stream") is True)
+    )
+    ticket = Ticket(target.model, f"peer:{target.host}", request.path, stream,
+                    request.get(KEY_NAME), not ready)  # fmt: skip
+    metering = Metering(ticket, t0)
+    lease = Lease(state.router.new_request_id(), target.model, view.url, 0.0)
+    metering.admitted(lease.request_id, 0.0)
+    record = True
+    try:
+        return await forward(
+            state.http, request, lease, call.body, metering,
+            timeouts=state.config.server.timeouts, watches=peers.watches(target.host),
+            extra_headers=peers.data_headers(target.host), path=call.path,
+            translation=translation,
+        )  # fmt: skip
+    except UpstreamUnavailable as err:
+        record = not more
+        metering.failed(err)
+        raise
+    except SwapyardError as err:
+        metering.failed(err)
+        raise
+    except asyncio.CancelledError:
+        metering.client_gone()
+        raise
+    finally:
+        if record:
+            state.bus.publish(RequestFinished(metering.final()))
 
 
 async def serve_local(

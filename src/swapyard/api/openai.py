@@ -21,6 +21,7 @@ from swapyard.api.limits import read_body
 from swapyard.api.state import KEY_MODELS, STATE, AppState
 from swapyard.config import Listed
 from swapyard.errors import InvalidJSON, MissingModel
+from swapyard.peers.listing import merged_listing
 from swapyard.process.state import EngineState
 from swapyard.resources.context import served_context
 
@@ -113,6 +114,8 @@ async def list_models(request: web.Request) -> web.Response:
     data = await asyncio.to_thread(
         lambda: [model_entry(state, item, snap.models[item.model].state) for item in items]
     )
+    if state.peers is not None and request.get(KEY_MODELS) is None:
+        data = merged_listing(data, state.peers.views())  # issue 15: every host's, once
     return web.json_response({"object": "list", "data": data})
 
 

@@ -11,6 +11,7 @@ from aiohttp import web
 
 from swapyard.config import Config
 from swapyard.events import EventBus
+from swapyard.peers.registry import Peers
 from swapyard.process.logring import LogRing
 from swapyard.surface import RouterSurface
 from swapyard.usage.feed import Broadcast
@@ -34,6 +35,7 @@ class AppState:
     keep_engines: bool = False  # SIGUSR2: shut down, leave the engines for the next swapyard
     closing: asyncio.Event = field(default_factory=asyncio.Event)  # ends live streams
     watches: Watches = field(default_factory=Watches)  # proxied requests, for shutdown
+    peers: Peers | None = None  # issue 15: other swapyards, when the config names some
 
 
 STATE = web.AppKey("swapyard_state", AppState)
@@ -41,5 +43,8 @@ STATE = web.AppKey("swapyard_state", AppState)
 # (absent: all of them).
 KEY_NAME = web.RequestKey("swapyard_key_name", str)
 KEY_MODELS = web.RequestKey("swapyard_key_models", frozenset)
+# Issue 15: the host that served the request ("local" or a peer's name), sent as
+# the X-Swapyard-Host header.
+KEY_HOST = web.RequestKey("swapyard_host", str)
 CONFIG = web.AppKey("swapyard_config", Config)
 ROUTER = web.AppKey("swapyard_router", RouterSurface)  # given instead of built (tests)

@@ -47,7 +47,8 @@ def ps_rows(doc: dict[str, Any]) -> list[list[str]]:
 def ps(url: str | None, as_json: bool) -> None:
     """Models: state, memory (scheduled, estimated, measured), devices, idle time,
     requests in flight and queued, the share swapyard told the engine; devices:
-    budget, what swapyard's models hold, what other processes hold, free."""
+    budget, what swapyard's models hold, what other processes hold, free; with
+    peers, each other host's models as it last said (or why it is down)."""
     try:
         doc = _client(url).get("/api/models")
     except ClientError as err:
@@ -66,6 +67,22 @@ def ps(url: str | None, as_json: bool) -> None:
         for h in others:
             click.echo(f"  {d}: pid {h['pid']} ({h['name']}) holds {fmt_bytes(h['used'])}, "
                        "not started by swapyard")  # fmt: skip
+    if doc.get("peers"):
+        click.echo("\n" + table(["HOST", "MODEL", "STATE", "MEMORY", "IN-FLIGHT", "QUEUED"],
+                                 peer_rows(doc["peers"])))  # fmt: skip
+
+
+def peer_rows(peers: dict[str, Any]) -> list[list[str]]:
+    """Issue 15: each peer's models as it last said; a down host in one row, with why."""
+    rows = []
+    for name, p in peers.items():
+        if not p["up"]:
+            rows.append([name, "-", f"down {fmt_secs(p['for_s'])}: {p['error']}", "-", "-", "-"])
+            continue
+        for mid, m in p["models"].items():
+            rows.append([name, mid, m["state"], fmt_bytes(m.get("memory")), str(m["in_flight"]),
+                         str(m["queued"])])  # fmt: skip
+    return rows
 
 
 def _bar(fraction: float | None, width: int = 24) -> str:

@@ -18,6 +18,7 @@ from pydantic import ValidationError
 
 from swapyard.config.macros import Hidden, secret, user_macros
 from swapyard.config.models import build_model, check_aliases
+from swapyard.config.peers import build_peers
 from swapyard.config.schema import AuthIn, ConfigIn, explain
 from swapyard.config.values import (
     AuthSpec,
@@ -73,6 +74,7 @@ def load_config(
         preload=tuple(parsed.preload),
         usage=UsageSpec(**parsed.usage.model_dump()),
         auth=_auth(source, parsed.auth, models, env),
+        peers=MappingProxyType(build_peers(source, parsed.peers, env)),
     )
     check_exposure(config, config.server.host)
     return config
@@ -135,11 +137,12 @@ def check_exposure(config: Config, host: str) -> None:
 
 def _without_keys(parsed: ConfigIn, models: Mapping[str, ModelSpec]) -> dict[str, ModelSpec]:
     """Each model with ``env_drop``: the variables its engine must not inherit
-    (issue 11) — every one ``auth`` names, and the other models' engine keys. A
+    (issue 11) — every one ``auth`` and ``peers`` name, and the other models' engine keys. A
     model's own ``api_key_env``/``admin_key_env`` stay: an engine may read its
     key from there (vLLM's ``VLLM_API_KEY``); auth's win when both name one."""
     a = parsed.auth
     named = {a.admin_key_env, *(k.key_env for k in a.keys)}
+    named |= {v for p in parsed.peers.values() for v in (p.key_env, p.admin_key_env)}
     own = {mid: {m.api_key_env, m.admin_key_env} - {None} for mid, m in parsed.models.items()}
     every = set().union(*own.values())
     return {

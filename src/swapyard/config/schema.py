@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
+from swapyard.config.peers import PeerSpec
 from swapyard.config.values import (
     DeviceSpec,
     Footer,
@@ -88,6 +89,7 @@ _USAGE = UsageSpec()
 _DEVICE = DeviceSpec(id="", memory=1)
 _MODEL = ModelSpec(id="", cmd=())
 _ENGINE = EngineFields(kind="command", model_id="")
+_PEER = PeerSpec(name="", url="")
 
 
 class Strict(BaseModel):
@@ -217,6 +219,15 @@ class AuthIn(Strict):
     admin_key_env: str | None = None
 
 
+class PeerIn(Strict):
+    """Another swapyard this one routes to (issue 15; ``config.peers.PeerSpec``)."""
+
+    url: str
+    key_env: str | None = None
+    admin_key_env: str | None = None
+    timeout: Duration = Field(_PEER.timeout, gt=0)
+
+
 class ConfigIn(Strict):
     server: ServerIn = Field(default_factory=lambda: ServerIn.model_validate({}))
     scheduler: SchedulerIn = Field(default_factory=lambda: SchedulerIn.model_validate({}))
@@ -226,6 +237,7 @@ class ConfigIn(Strict):
     preload: list[str] = []
     macros: dict[str, str | int | float] = {}
     models: dict[str, ModelIn]
+    peers: dict[str, PeerIn] = {}
 
 
 def config_json_schema() -> dict[str, Any]:

@@ -12,6 +12,7 @@ from types import MappingProxyType
 from typing import Literal
 
 from swapyard.config.params import Params, VariantSpec
+from swapyard.config.peers import PeerSpec
 from swapyard.engines import Adapter, EngineFields, adapter
 from swapyard.engines.base import EngineKind, Launch, MemoryShare
 
@@ -264,6 +265,8 @@ class Config:
     preload: tuple[str, ...] = ()
     usage: UsageSpec = UsageSpec()
     auth: AuthSpec = AuthSpec()
+    # Issue 15: other swapyards this one routes to, by name.
+    peers: Mapping[str, PeerSpec] = field(default_factory=lambda: MappingProxyType({}))
 
     @property
     def aliases(self) -> Mapping[str, str]:

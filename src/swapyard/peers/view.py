@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Protocol
+from typing import Any, Protocol
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,6 +35,14 @@ class PeerView:
     since: float
     models: Mapping[str, PeerModel] = field(default_factory=lambda: MappingProxyType({}))
     error: str | None = None  # why it is down
+    # What its clients see (its ``/v1/models`` entries, as it sent them), and each
+    # listed name (ids, aliases, variants) → the model whose engine serves it.
+    listing: tuple[Mapping[str, Any], ...] = ()
+    names: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+
+    def model_of(self, name: str) -> str | None:
+        """The model ``name`` stands for on this host (a listed name or a model id)."""
+        return self.names.get(name) or (name if name in self.models else None)
 
 
 class PeerSource(Protocol):

@@ -1,4 +1,4 @@
-"""Run swapyard on a real port on 127.0.0.1 for a test (no in-process transport:
+"""Run swapyard on a real port on a loopback address for a test (no in-process transport:
 it would buffer bodies and hide streaming and disconnects)."""
 
 from __future__ import annotations
@@ -37,13 +37,14 @@ class RunningServer:
 
 @asynccontextmanager
 async def running_server(
-    config: Config, router: RouterSurface | None = None
+    config: Config, router: RouterSurface | None = None, host: str = "127.0.0.1"
 ) -> AsyncIterator[RunningServer]:
-    """Serve ``config`` on a free loopback port (through ``router``, e.g. a
-    ``FakeRouter``, when given); stop everything on exit."""
-    port = PortAllocator().allocate()
-    runner = await start_server(config, "127.0.0.1", port, router)
+    """Serve ``config`` on a free port of ``host`` (a loopback address: 127.0.0.2
+    and others stand for other machines, issue 15), through ``router`` (e.g. a
+    ``FakeRouter``) when given; stop everything on exit."""
+    port = PortAllocator(host).allocate()
+    runner = await start_server(config, host, port, router)
     try:
-        yield RunningServer(f"http://127.0.0.1:{port}", runner.app[STATE].router)
+        yield RunningServer(f"http://{host}:{port}", runner.app[STATE].router)
     finally:
         await runner.cleanup()
