@@ -11,9 +11,11 @@ import aiohttp
 import pytest
 from test_fallbacks import CHAT, answer_of, ask, cfg, chat
 
+from swapyard.api.fallbacks import order, plan
 from swapyard.config import Listed
 from swapyard.errors import ConfigError
 from swapyard.process.state import EngineState
+from swapyard.surface import EngineView, ModelSnapshot, Snapshot
 from swapyard.testing import fake_engine_cmd, running_server
 
 
@@ -149,3 +151,29 @@ async def test_a_key_allowed_a_virtual_id_uses_its_members_only_through_it(
             assert r.status == 403
         async with http.get(srv.url + "/v1/models/any", headers=ka) as r:
             assert r.status == 403
+
+
+# -- the order, from one snapshot (pure) ------------------------------------------
+def _snap(states: dict[str, EngineState]) -> Snapshot:
+    return Snapshot({m: ModelSnapshot(m, EngineView(state=s)) for m, s in states.items()}, {})
+
+
+def test_loaded_first_orders_ready_asleep_loading_stopped_then_failed() -> None:
+    """loaded-first ranks by engine state; listed order among equals."""
+    names = ["f", "s1", "l", "z", "r", "s2"]
+    c = cfg({n: {"cmd": "x ${PORT}"} for n in names})
+    S = EngineState
+    snap = _snap({"f": S.BACKOFF, "s1": S.STOPPED, "l": S.STARTING, "z": S.SLEEPING,
+                  "r": S.READY, "s2": S.STOPPED})  # fmt: skip
+    assert order(names, "loaded-first", c, lambda: snap) == ("r", "z", "l", "s1", "s2", "f")
+    assert order(names, "in-order", c, lambda: snap) == tuple(names)
+
+
+def test_a_fallback_naming_a_virtual_id_stands_for_its_members_each_once() -> None:
+    """A model's fallbacks expand a virtual id into its members by its pick rule;
+    a name reached twice (the model itself, an alias) is tried once."""
+    models = {"a": {"cmd": "x ${PORT}", "aliases": ["ay"], "fallbacks": ["any"]},
+              "b": {"cmd": "y ${PORT}"}, "c": {"cmd": "z ${PORT}"}}  # fmt: skip
+    c = cfg(models, virtual={"any": {"models": ["ay", "c", "b"]}})
+    snap = _snap({"a": EngineState.STOPPED, "b": EngineState.READY, "c": EngineState.STOPPED})
+    assert plan(c, "a", lambda: snap).names == ("a", "b", "c")
