@@ -26,7 +26,9 @@
     │   │                                  ended without `[DONE]` (source: engine)
     │   ├── UpstreamTimeout            504 the engine went silent past `response_timeout`,
     │   │                                  `first_byte_timeout` or `idle_timeout` (source: engine)
-    │   └── UpstreamError              502 the engine answered an error after a stream began
+    │   ├── UpstreamError              502 the engine answered an error after a stream began
+    │   │                                  (or a 5xx before it, where a fallback may serve it)
+    │   └── WaitExceeded               503 not admitted within a fallback's `wait` (issue 15)
     ├── ShuttingDown                   503 swapyard is stopping; a stream still running when
     │                                      the drain ends gets it as its last event
     └── InternalError                  500 a bug: the log has the traceback under its request id
@@ -295,6 +297,16 @@ class UpstreamError(EngineError):
     status = 502
     code = "upstream_error"
     source = "engine"
+
+
+class WaitExceeded(EngineError):
+    """A request that has a fallback was not admitted to ``model``'s engine within
+    its ``fallback_on`` wait (issue 15): the next candidate serves it."""
+
+    code = "wait_exceeded"
+
+    def __init__(self, model: str, wait: float) -> None:
+        super().__init__(model, f"model {model!r} could not take the request within {wait:g} s")
 
 
 class InternalError(SwapyardError):

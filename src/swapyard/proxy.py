@@ -171,6 +171,7 @@ async def forward(
     into: web.StreamResponse | None = None,
     path: str | None = None,
     translation: Translation | None = None,
+    fail_5xx: bool = False,
 ) -> web.StreamResponse:
     """The one proxy path: send ``request`` (with ``body``) to the leased engine
     and its answer to the client, under ``timeouts`` (registered in ``watches``
@@ -186,6 +187,11 @@ async def forward(
     ``path`` (with its query) is where the engine gets it, the request's own by
     default. With ``translation`` the answer is rewritten by it, whole or piece by
     piece, and a broken stream ends with the translation's own error.
+
+    ``fail_5xx`` (issue 15: a fallback may serve the request instead): an engine
+    answer with a status of 500 or more, streamed or not, raises ``UpstreamError``
+    (with the engine's message) before anything goes to the client, instead of
+    being passed on. Not with ``into``: that answer has begun.
     """
     model = lease.model
     watch = Watch(model, timeouts)
@@ -208,6 +214,8 @@ async def forward(
         watch.head()
         metering.answered(resp.status)
         try:
+            if fail_5xx and into is None and resp.status >= 500:
+                raise await _server_error(resp, model, watch)
             route = (path or request.path).split("?", 1)[0]
             if into is None:
                 return await _pipe(request, resp, model, metering, watch, route, translation)
@@ -318,6 +326,23 @@ async def _error_as_event(
         fail = _died(model)
     metering.failed(fail)
     return sse.error_event(fail)
+
+
+async def _server_error(resp: aiohttp.ClientResponse, model: str, watch: Watch) -> SwapyardError:
+    """The engine's 5xx answer as the error that lets a fallback serve the request."""
+    try:
+        async with watch:
+            body = await _read(resp, watch)
+    except SwapyardError as exc:
+        return exc
+    except (aiohttp.ClientError, OSError):
+        return _died(model)
+    try:
+        doc = json.loads(body)
+        said = doc["error"]["message"] if isinstance(doc["error"], dict) else doc["error"]
+    except (ValueError, KeyError, TypeError):
+        said = body.decode("utf-8", "replace")
+    return UpstreamError(model, f"the engine answered HTTP {resp.status}: {str(said)[:500]}")
 
 
 def _upstream_error_event(model: str, status: int, body: bytes) -> bytes:

@@ -20,7 +20,18 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
 
-from swapyard.api import admin, anthropic, cors, limits, live, native, ollama, openai, reload
+from swapyard.api import (
+    admin,
+    anthropic,
+    cors,
+    exchange,
+    limits,
+    live,
+    native,
+    ollama,
+    openai,
+    reload,
+)
 from swapyard.api.auth import auth_middleware
 from swapyard.api.state import CONFIG, KEY_HOST, ROUTER, STATE, AppState
 from swapyard.config import Config, check_exposure
@@ -168,6 +179,7 @@ def build_app(config: Config, router: RouterSurface | None = None) -> web.Applic
     app.cleanup_ctx.append(_lifespan)
     app.on_shutdown.append(_stop_admitting)
     app.on_response_prepare.append(_host_header)
+    app.on_response_prepare.append(exchange.name_the_model)  # issue 15
     ollama.add_routes(app)
     anthropic.add_routes(app)  # before openai's POST /v1/{tail}
     openai.add_routes(app)

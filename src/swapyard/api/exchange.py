@@ -25,27 +25,36 @@ import json
 import time
 from collections.abc import Mapping
 from collections.abc import Set as AbstractSet
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from aiohttp import web
 
+from swapyard.api import fallbacks
 from swapyard.api.auth import check_model_allowed
 from swapyard.api.clients import client_of
 from swapyard.api.loading import stream_with_loading_status
 from swapyard.api.state import KEY_HOST, KEY_MODELS, KEY_NAME, STATE, AppState
 from swapyard.config import Config
-from swapyard.errors import SwapyardError, UnknownModel, UpstreamUnavailable
+from swapyard.errors import (
+    EngineError,
+    Forbidden,
+    SwapyardError,
+    UnknownModel,
+    UpstreamUnavailable,
+    WaitExceeded,
+)
 from swapyard.events import RequestFinished
 from swapyard.peers.choose import Option, Target, plan
 from swapyard.peers.registry import Peers
 from swapyard.proxy import StreamTranslator, Translation, forward
 from swapyard.quirks import adapt_request
-from swapyard.surface import Lease
+from swapyard.surface import Lease, RouterSurface
 from swapyard.usage.meter import CHAT, Metering, Ticket, footer_wanted
 
 __all__ = [
-    "Call", "StreamTranslator", "Translation", "query_model", "resolve", "serve", "with_params",
+    "Attempt", "Call", "StreamTranslator", "Translation", "name_the_model", "query_model",
+    "resolve", "serve", "serve_name", "with_params",
 ]  # fmt: skip
 
 
@@ -63,6 +72,33 @@ class Call:
     body: bytes
     doc: dict[str, Any] | None = None
     stream: bool | None = None
+    attempt: Attempt | None = None  # set by ``serve`` while a fallback remains (issue 15)
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    """A try that a fallback follows (issue 15): the request may wait at most
+    ``wait`` seconds (None: as long as the router lets it) to be admitted;
+    with ``fail_5xx`` an engine's 5xx answer raises rather than reaching the
+    client; and it gets no loading status, which would begin the answer."""
+
+    wait: float | None = None
+    fail_5xx: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Served:
+    """What the answer's headers say: the name that served it (None: none did),
+    and the names tried before that failed."""
+
+    model: str | None
+    tried: tuple[str, ...] = ()
+
+
+SERVED = web.RequestKey("swapyard_served", Served)
+BEGUN = web.RequestKey("swapyard_answer_begun", bool)  # its head went out: no fallback now
+MODEL_HEADER = "X-Swapyard-Model"
+FROM_HEADER = "X-Swapyard-Fallback-From"
 
 
 def resolve(config: Config, name: str, allowed: AbstractSet[str] | None = None) -> str:
@@ -71,7 +107,7 @@ def resolve(config: Config, name: str, allowed: AbstractSet[str] | None = None) 
     an error must not tell a key about models it may not use)."""
     model = config.resolve(name)
     if model is None:
-        raise UnknownModel(name, [item.id for item in config.listing(allowed)])
+        raise UnknownModel(name, [item.id for item in config.listing(allowed, virtual=True)])
     return model
 
 
@@ -94,6 +130,99 @@ def with_params(
 
 
 async def serve(
+    request: web.Request,
+    call: Call,
+    translation: Translation | None = None,
+    *,
+    t0: float | None = None,
+) -> web.StreamResponse:
+    """Run ``call`` on the first candidate for the name it gives that can serve it,
+    and answer ``request`` with what that engine says (issue 15).
+
+    The candidates (``fallbacks.plan``): the name, then its model's fallbacks; or
+    a virtual id's models by its pick rule. The next is tried only when one fails
+    for a reason in ``fallback_on`` before any byte of the answer went out; each
+    attempt has its own record. A fallback the key may not use, or that no one
+    serves, is passed over. The answer names the model that served it
+    (``X-Swapyard-Model``) and those it fell back from (``X-Swapyard-Fallback-From``,
+    also on an error); when every candidate fails, the last one's error is raised. A virtual id is
+    the key's to use when its allow-list names it, and its models then through it."""
+    t0 = time.perf_counter() if t0 is None else t0
+    state: AppState = request.app[STATE]
+    config = state.config
+    chain = fallbacks.plan(config, call.name, state.router.snapshot)
+    allowed = request.get(KEY_MODELS)
+    if chain.virtual is not None and allowed is not None:
+        if chain.virtual not in allowed:
+            raise Forbidden(f"the API key {request.get(KEY_NAME)!r} may not use model "
+                            f"{chain.virtual!r}")  # fmt: skip
+        request[KEY_MODELS] = allowed | {fallbacks.canonical(config, n) for n in chain.names}
+    tried: list[str] = []
+    last: SwapyardError | None = None
+    try:
+        for i, name in enumerate(chain.names):
+            more = i + 1 < len(chain.names)
+            attempt = None
+            if more:
+                attempt = Attempt(chain.on.wait, "upstream_5xx" in chain.on.conditions)
+            request[SERVED] = Served(fallbacks.canonical(config, name), tuple(tried))
+            try:
+                return await serve_name(request, _for(call, name, attempt), translation, t0=t0)
+            except (UnknownModel, Forbidden):
+                if i == 0 and chain.virtual is None:
+                    raise  # the client's own name
+            except SwapyardError as err:
+                if not more or request.get(BEGUN) or not fallbacks.moves_on(err, chain.on):
+                    raise
+                last = err
+                tried.append(name)
+        if last is None:  # every one passed over: a virtual id whose models are all gone
+            raise EngineError(call.name, f"no model of {call.name!r} is available")
+        raise last
+    except SwapyardError:
+        request[SERVED] = Served(None, tuple(tried))
+        raise
+    finally:
+        if allowed is not None:
+            request[KEY_MODELS] = allowed
+
+
+def _for(call: Call, name: str, attempt: Attempt | None) -> Call:
+    """``call`` for the candidate ``name``: its body names it, as if the client had."""
+    doc, body = call.doc, call.body
+    if name != call.name and doc is not None and "model" in doc:
+        doc = {**doc, "model": name}
+        body = json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode()
+    return replace(call, name=name, doc=doc, body=body, attempt=attempt)
+
+
+async def name_the_model(request: web.Request, response: web.StreamResponse) -> None:
+    """``on_response_prepare``: the headers that name the model that answered."""
+    request[BEGUN] = True
+    served = request.get(SERVED)
+    if served is None:
+        return
+    if served.model is not None:
+        response.headers[MODEL_HEADER] = served.model
+    if served.tried:
+        response.headers[FROM_HEADER] = ", ".join(served.tried)
+
+
+async def _acquire(
+    router: RouterSurface, model: str, client: str, attempt: Attempt | None
+) -> Lease:
+    """The router's lease for ``model``, within ``attempt``'s wait if it has one:
+    past it the request leaves the queue and ``WaitExceeded`` says so (issue 15)."""
+    if attempt is None or attempt.wait is None:
+        return await router.acquire(model, client=client)
+    try:
+        async with asyncio.timeout(attempt.wait):
+            return await router.acquire(model, client=client)
+    except TimeoutError:
+        raise WaitExceeded(model, attempt.wait) from None
+
+
+async def serve_name(
     request: web.Request,
     call: Call,
     translation: Translation | None = None,
@@ -274,6 +403,7 @@ async def serve_local(
         and not ready
         and path == CHAT
         and config.server.loading_status != "off"
+        and call.attempt is None  # issue 15: a fallback may yet serve it
     )
     ticket = Ticket(model, spec.engine, request.path, stream, request.get(KEY_NAME), not ready)
     footer = spec.footer if spec.footer is not None else config.server.footer
@@ -285,13 +415,14 @@ async def serve_local(
             return await stream_with_loading_status(
                 request, state, model, body, metering, client, path=call.path
             )
-        lease = await router.acquire(model, client=client)
+        lease = await _acquire(router, model, client, call.attempt)
         metering.admitted(lease.request_id, lease.waited)
         try:
             return await forward(
                 state.http, request, lease, body, metering, timeouts=spec.timeouts,
                 watches=state.watches, extra_headers=spec.upstream_headers,
                 path=call.path, translation=translation,
+                fail_5xx=call.attempt is not None and call.attempt.fail_5xx,
             )  # fmt: skip
         finally:
             router.release(lease)

@@ -17,13 +17,15 @@ from aiohttp import web
 
 from swapyard.api.auth import check_model_allowed
 from swapyard.api.exchange import Call, resolve, serve
+from swapyard.api.fallbacks import order
 from swapyard.api.limits import read_body
-from swapyard.api.state import KEY_MODELS, STATE, AppState
+from swapyard.api.state import KEY_MODELS, KEY_NAME, STATE, AppState
 from swapyard.config import Listed
-from swapyard.errors import InvalidJSON, MissingModel
+from swapyard.errors import Forbidden, InvalidJSON, MissingModel
 from swapyard.peers.listing import merged_listing
 from swapyard.process.state import EngineState
 from swapyard.resources.context import served_context
+from swapyard.surface import Snapshot
 
 MAX_JSON_DEPTH = 100  # arrays and objects inside one another; JSON schemas need ~20
 
@@ -109,14 +111,36 @@ async def list_models(request: web.Request) -> web.Response:
     read (``model_entry``)."""
     state: AppState = request.app[STATE]
     snap = state.router.snapshot()
-    items = state.config.listing(request.get(KEY_MODELS))
+    items = state.config.listing(request.get(KEY_MODELS), virtual=True)
     # Off the loop: the first list after a model file changes reads its GGUF header.
     data = await asyncio.to_thread(
-        lambda: [model_entry(state, item, snap.models[item.model].state) for item in items]
+        lambda: [
+            virtual_entry(state, item.id, snap)
+            if item.virtual
+            else model_entry(state, item, snap.models[item.model].state)
+            for item in items
+        ]
     )
     if state.peers is not None and request.get(KEY_MODELS) is None:
         data = merged_listing(data, state.peers.views())  # issue 15: every host's, once
     return web.json_response({"object": "list", "data": data})
+
+
+def virtual_entry(state: AppState, vid: str, snap: Snapshot) -> dict[str, Any]:
+    """A virtual id's entry (issue 15): ``virtual: true``, its ``members``, and the
+    state of the model its pick rule would try first now."""
+    v = state.config.virtual[vid]
+    first = order(v.models, v.pick, state.config, lambda: snap)[0]
+    model = state.config.resolve(first)
+    held = snap.models.get(model) if model is not None else None
+    engine = held.state if held is not None else EngineState.STOPPED
+    entry: dict[str, Any] = {
+        "id": v.id, "object": "model", "created": int(state.started_at),
+        "owned_by": "swapyard", "name": v.name or v.id, "state": str(engine),
+        "status": llamacpp_status(engine), "virtual": True, "members": list(v.models),
+        "pick": v.pick,
+    }  # fmt: skip
+    return entry
 
 
 async def get_model(request: web.Request) -> web.Response:
@@ -124,6 +148,11 @@ async def get_model(request: web.Request) -> web.Response:
     ``/v1/models`` shows it."""
     state: AppState = request.app[STATE]
     name = request.match_info["model"]
+    if name in state.config.virtual:
+        allowed = request.get(KEY_MODELS)
+        if allowed is not None and name not in allowed:
+            raise Forbidden(f"the API key {request.get(KEY_NAME)!r} may not use model {name!r}")
+        return web.json_response(virtual_entry(state, name, state.router.snapshot()))
     model = resolve(state.config, name, request.get(KEY_MODELS))
     variant = state.config.variant(name)
     check_model_allowed(request, model, None if variant is None else variant.id)

@@ -16,6 +16,7 @@ from types import MappingProxyType
 import yaml
 from pydantic import ValidationError
 
+from swapyard.config.fallbacks import build_virtual, check_fallbacks, with_fallbacks
 from swapyard.config.macros import Hidden, secret, user_macros
 from swapyard.config.models import build_model, check_aliases
 from swapyard.config.peers import build_peers
@@ -59,8 +60,13 @@ def load_config(
         mid: build_model(source, mid, m, macros, env, shown, server.timeouts)
         for mid, m in parsed.models.items()
     }
-    models = _without_keys(parsed, models)
+    models = with_fallbacks(source, parsed.models, _without_keys(parsed, models))
     check_aliases(source, models)
+    # Issue 15: with `peers:`, a name no model has here may be a peer's (checked
+    # per request: a name nobody serves then is passed over).
+    open_names = bool(parsed.peers)
+    virtual = build_virtual(source, parsed.virtual, models, open_names)
+    check_fallbacks(source, models, virtual, open_names)
     devices = _devices(source, parsed)
     _check_preload(source, parsed.preload, models)
     _check_gpus(source, models, devices)
@@ -73,8 +79,9 @@ def load_config(
         devices=devices,
         preload=tuple(parsed.preload),
         usage=UsageSpec(**parsed.usage.model_dump()),
-        auth=_auth(source, parsed.auth, models, env),
+        auth=_auth(source, parsed.auth, models, env, frozenset(virtual)),
         peers=MappingProxyType(build_peers(source, parsed.peers, env)),
+        virtual=virtual,
     )
     check_exposure(config, config.server.host)
     return config
@@ -152,16 +159,20 @@ def _without_keys(parsed: ConfigIn, models: Mapping[str, ModelSpec]) -> dict[str
 
 
 def _auth(
-    source: str, a: AuthIn, models: Mapping[str, ModelSpec], env: Mapping[str, str]
+    source: str,
+    a: AuthIn,
+    models: Mapping[str, ModelSpec],
+    env: Mapping[str, str],
+    virtual: frozenset[str] = frozenset(),
 ) -> AuthSpec:
-    """API keys (each with the models it may use) and the admin key."""
+    """API keys (each with the models it may use: ``virtual`` ids too) and the admin key."""
     keys = []
     for i, k in enumerate(a.keys):
         where = f"{source}: auth.keys[{i}]"
         value = _key(where, k.key, k.key_env, env)
         if not value:
             raise ConfigError(f"{where}: needs `key` or `key_env`")
-        allowed = None if k.models is None else _allowed(where, k.models, models)
+        allowed = None if k.models is None else _allowed(where, k.models, models, virtual)
         keys.append(KeySpec(name=k.name or f"key{i + 1}", key=value, models=allowed))
     admin = _key(f"{source}: auth.admin_key", a.admin_key, a.admin_key_env, env)
     return AuthSpec(keys=tuple(keys), admin_key=admin)
@@ -173,10 +184,16 @@ def _key(where: str, value: str | None, var: str | None, env: Mapping[str, str])
     return value if var is None else secret(var, env, where)
 
 
-def _allowed(where: str, names: list[str], models: Mapping[str, ModelSpec]) -> frozenset[str]:
+def _allowed(
+    where: str,
+    names: list[str],
+    models: Mapping[str, ModelSpec],
+    virtual: frozenset[str] = frozenset(),
+) -> frozenset[str]:
     """The model and variant ids that ``names`` (ids or aliases) refer to: a
-    model's id allows its variants too, a variant's only itself (issue 14)."""
-    ids = {mid: mid for mid in models}
+    model's id allows its variants too, a variant's only itself (issue 14); a
+    virtual id allows its models through it, not by their own names (issue 15)."""
+    ids = {mid: mid for mid in models} | {vid: vid for vid in virtual}
     for m in models.values():
         ids.update((a, m.id) for a in m.aliases)
         for v in m.variants.values():
@@ -184,6 +201,8 @@ def _allowed(where: str, names: list[str], models: Mapping[str, ModelSpec]) -> f
     allowed = set()
     for name in names:
         if name not in ids:
-            raise ConfigError(f"{where}.models: {name!r} is not a model or a variant")
+            raise ConfigError(
+                f"{where}.models: {name!r} is not a model or a variant, nor a virtual id"
+            )
         allowed.add(ids[name])
     return frozenset(allowed)

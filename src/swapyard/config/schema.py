@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
+from swapyard.config.fallbacks import Condition, Pick
 from swapyard.config.peers import PeerSpec
 from swapyard.config.values import (
     DeviceSpec,
@@ -148,6 +149,12 @@ class VariantIn(Strict):
     aliases: list[str] = []
 
 
+class FallbackOnIn(Strict):
+    """``- wait: 30s`` in a ``fallback_on`` list: move on after waiting this long."""
+
+    wait: Duration = Field(gt=0)
+
+
 class ModelIn(Strict):
     # The engine kind and its high-level fields (``EngineFields``).
     engine: EngineKind = _MODEL.engine
@@ -198,6 +205,18 @@ class ModelIn(Strict):
     # Issue 14: request parameters, and variants (ids sharing this engine).
     params: ParamsIn = Field(default_factory=lambda: ParamsIn.model_validate({}))
     variants: dict[str, VariantIn] = {}
+    # Issue 15: what to serve a request with when this model cannot, and when.
+    fallbacks: list[str] = []
+    fallback_on: list[Condition | FallbackOnIn] | None = None  # None: FallbackOn()
+
+
+class VirtualIn(Strict):
+    """An id over several models, each request served by the best available (issue 15)."""
+
+    models: list[str] = Field(min_length=1)
+    pick: Pick = "loaded-first"
+    name: str | None = None
+    fallback_on: list[Condition | FallbackOnIn] | None = None  # None: FallbackOn()
 
 
 class UsageIn(Strict):
@@ -238,6 +257,7 @@ class ConfigIn(Strict):
     macros: dict[str, str | int | float] = {}
     models: dict[str, ModelIn]
     peers: dict[str, PeerIn] = {}
+    virtual: dict[str, VirtualIn] = {}  # issue 15
 
 
 def config_json_schema() -> dict[str, Any]:

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Literal
 
+from swapyard.config.fallbacks import FallbackOn, VirtualSpec
 from swapyard.config.params import Params, VariantSpec
 from swapyard.config.peers import PeerSpec
 from swapyard.engines import Adapter, EngineFields, adapter
@@ -206,6 +207,9 @@ class ModelSpec:
     # Issue 14. Request parameters, and other ids over this engine with their own.
     params: Params = field(default_factory=Params)
     variants: Mapping[str, VariantSpec] = field(default_factory=lambda: MappingProxyType({}))
+    # Issue 15. What serves a request this model cannot serve, and when.
+    fallbacks: tuple[str, ...] = ()
+    fallback_on: FallbackOn = field(default_factory=FallbackOn)
 
     @property
     def cmd_display(self) -> str:
@@ -253,6 +257,11 @@ class Listed:
     name: str
     alias_of: str | None = None
     variant_of: str | None = None
+    members: tuple[str, ...] = ()  # a virtual id's models (``model`` is the id itself)
+
+    @property
+    def virtual(self) -> bool:
+        return bool(self.members)
 
 
 @dataclass(frozen=True, slots=True)
@@ -267,6 +276,7 @@ class Config:
     auth: AuthSpec = AuthSpec()
     # Issue 15: other swapyards this one routes to, by name.
     peers: Mapping[str, PeerSpec] = field(default_factory=lambda: MappingProxyType({}))
+    virtual: Mapping[str, VirtualSpec] = field(default_factory=lambda: MappingProxyType({}))
 
     @property
     def aliases(self) -> Mapping[str, str]:
@@ -315,14 +325,26 @@ class Config:
             return Listed(name, model, variant.name or variant.id, alias_of, variant_of=model)
         return Listed(name, model, m.name or model, None if name == model else model)
 
-    def listing(self, allowed: AbstractSet[str] | None = None) -> list[Listed]:
+    def listing(
+        self, allowed: AbstractSet[str] | None = None, *, virtual: bool = False
+    ) -> list[Listed]:
         """What every model list shows (``/v1/models``, Ollama's ``/api/tags``...), in
         config order: each model that is not ``unlisted``, then its aliases when
         ``server.list_aliases``, then its variants (even of an unlisted model: a
         model may be offered only through its presets) and their aliases.
-        ``allowed``: a key's allow-list, model and variant ids (a model's id
-        allows its variants)."""
+        ``allowed``: a key's allow-list, model, variant and virtual ids (a model's
+        id allows its variants). With ``virtual``, the virtual ids come last (issue
+        15): entries with ``members`` and no engine of their own, which only a
+        front that serves them through ``exchange.serve`` may list."""
         out: list[Listed] = []
+        if virtual:
+            out = self.listing(allowed)
+            out.extend(
+                Listed(v.id, v.id, v.name or v.id, members=v.models)
+                for v in self.virtual.values()
+                if allowed is None or v.id in allowed
+            )
+            return out
         for m in self.models.values():
             whole = allowed is None or m.id in allowed
             if whole and not m.unlisted:
