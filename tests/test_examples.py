@@ -18,6 +18,8 @@ ENV = {
     "TABBY_ADMIN_KEY": "example-admin-key",
     "SWAPYARD_ADMIN_KEY": "admin",
     "OPENWEBUI_API_KEY": "sk-webui",
+    "HYDRA_AI_KEY": "sk-front",
+    "HYDRA_AI_ADMIN_KEY": "hydra-ai-admin",
 }
 
 
@@ -52,14 +54,28 @@ def test_four_gpu_tensor_parallel_sglang() -> None:
         assert m.cmd[m.cmd.index("--tp-size") + 1] == "4"
 
 
-def test_tabbyapi_over_two_unequal_gpus_and_remote_ollamas() -> None:
-    cfg = load("hydra-tabby-tp-ollama-hosts.yaml")
+def test_tabbyapi_over_two_unequal_gpus_on_its_own_host() -> None:
+    cfg = load("hydra-ai-tabbyapi-host.yaml")
     tabby = cfg.models["llama-3.1-70b"]
     assert tabby.gpus == 2 and "--gpu-split" in tabby.cmd and "--gpu-split-auto" not in tabby.cmd
     assert dict(tabby.check_headers) == {"x-admin-key": "example-admin-key"}
     assert {d.id: d.memory for d in cfg.devices} == {"0": 32 * 10**9, "1": 24 * 10**9}
+    assert [k.key for k in cfg.auth.keys] == [ENV["HYDRA_AI_KEY"]]  # the front's key
+    assert not any(m.remote for m in cfg.models.values())
+
+
+def test_the_hydra_front_routes_to_its_peer_and_falls_back_to_the_cpu_host() -> None:
+    """Issue 15: where LiteLLM ran, one swapyard with hydra-ai as a peer, the Ollama
+    hosts as remote models, LiteLLM's fallback chain as fallbacks and a virtual id."""
+    cfg = load("hydra-front.yaml")
+    (peer,) = cfg.peers.values()
+    assert (peer.name, peer.url) == ("hydra-ai", "http://hydra-ai:8080")
     remote = [m for m in cfg.models.values() if m.remote]
     assert {m.proxy for m in remote} == {"http://hydra-compute:11434", "http://hydra-storage:11434"}
+    assert cfg.models["qwen2.5-14b"].fallbacks == ("llama3.2-cpu",)
+    chain = cfg.virtual["llama-70b"]
+    assert chain.models == ("llama-3.1-70b", "qwen2.5-14b", "llama3.2-cpu")  # the peer's first
+    assert chain.pick == "in-order" and cfg.virtual["any-chat"].pick == "loaded-first"
 
 
 def test_gb10_always_on_and_on_demand_slots() -> None:
