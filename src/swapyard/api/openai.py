@@ -135,6 +135,11 @@ def virtual_entry(state: AppState, vid: str, snap: Snapshot) -> dict[str, Any]:
     model = state.config.resolve(first)
     held = snap.models.get(model) if model is not None else None
     engine = held.state if held is not None else EngineState.STOPPED
+    if model is None and peers is not None:  # a peer's model: as its host said (issue 15)
+        said = [pm.state for v in peers.values() if v.up
+                and (pm := v.models.get(v.model_of(first) or "")) is not None]  # fmt: skip
+        known = {str(e) for e in EngineState}
+        engine = EngineState(said[0]) if said and said[0] in known else engine
     entry: dict[str, Any] = {
         "id": v.id, "object": "model", "created": int(state.started_at),
         "owned_by": "swapyard", "name": v.name or v.id, "state": str(engine),
