@@ -64,9 +64,11 @@ async def host(
     *,
     port: int | None = None,
     preload: list[str] | None = None,
+    auth: dict[str, Any] | None = None,
 ) -> AsyncIterator[Host]:
     """``swapyard serve`` on ``addr`` (a free port unless given), its own data dir,
-    until the block ends (then stopped, or killed if it was not already)."""
+    until the block ends (then stopped, or killed if it was not already); ``auth``:
+    its ``auth:`` section (its ``/health`` stays open)."""
     port = port or PortAllocator(addr).allocate()
     doc = {
         "server": {"host": addr, "port": port},
@@ -75,6 +77,7 @@ async def host(
         "devices": {"d0": {"memory": "1GiB"}},
         "preload": preload or [],
         "models": models,
+        **({} if auth is None else {"auth": auth}),
     }
     cfg = tmp / f"{name}-{port}.yaml"
     cfg.write_text(json.dumps(doc))

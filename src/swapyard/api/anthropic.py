@@ -13,6 +13,10 @@ decides how:
   engine's own chat template and tools, at the cost of reading the prompt once
   (which an engine with a prefix cache keeps for the request that follows).
 
+Each name ``exchange.serve`` tries (a fallback, a virtual id's member, issue 15)
+goes the way its own model takes (``Shape``); a name this host does not run (a
+peer's model) goes to the peer as sent, and the peer decides.
+
 Errors are Anthropic's shape, ``{"type": "error", "error": {"type", "message"}}``
 with the HTTP status, for what swapyard refuses (unknown model, bad request,
 queue full, an engine that cannot start) and, when translating, for the engine's
@@ -32,12 +36,13 @@ from aiohttp import web
 from swapyard.api.anthropic_chat import Ask, error_doc, to_chat, to_message
 from swapyard.api.anthropic_stream import EventStream
 from swapyard.api.chat_shapes import engine_message
-from swapyard.api.exchange import Call, resolve, serve
+from swapyard.api.exchange import Call, serve
 from swapyard.api.limits import read_body
 from swapyard.api.openai import parse_model
 from swapyard.api.state import STATE
+from swapyard.config import Config
 from swapyard.errors import SwapyardError, UpstreamError
-from swapyard.proxy import StreamTranslator
+from swapyard.proxy import StreamTranslator, Translation
 
 CHAT = "/v1/chat/completions"
 
@@ -107,18 +112,43 @@ async def _handle(request: web.Request, count: bool) -> web.StreamResponse:
         body = await read_body(request, server.max_body_bytes, server.body_timeout)
         name, doc = parse_model("application/json", body)
         assert doc is not None  # a JSON body, not a form
-        spec = state.config.models[resolve(state.config, name)]
-        if spec.anthropic == "native":
-            return await serve(request, Call(name, request.path_qs, body, doc), t0=t0)
-        chat, ask = to_chat(doc)
-        translation = TokenCount(ask) if count else MessagesAnswer(ask)
-        if count:  # the prompt read once, one token made: its usage is the count
-            chat = {k: chat[k] for k in ("model", "messages", "tools") if k in chat}
-            chat["max_tokens"] = 1
-        raw = json.dumps(chat, ensure_ascii=False, separators=(",", ":")).encode()
-        return await serve(request, Call(name, CHAT, raw, chat), translation, t0=t0)
+        shape = Shape(state.config, request.path_qs, body, doc, count)
+        return await serve(request, Call(name, request.path_qs, body, doc, build=shape.build),
+                           t0=t0)  # fmt: skip
     except SwapyardError as err:
         return anthropic_error(err)
+
+
+class Shape:
+    """The call for each name ``exchange.serve`` tries (issue 15): a model of this
+    host whose ``anthropic`` is ``native`` gets the request as sent, one that
+    translates gets a chat completion; a name this host does not serve (a peer's
+    model) is forwarded as sent, and the peer decides. A fallback or a virtual
+    id's member may be of another engine kind than the name the client sent."""
+
+    def __init__(
+        self, config: Config, path: str, body: bytes, doc: dict[str, Any], count: bool
+    ) -> None:
+        self.config, self.path, self.body, self.doc, self.count = config, path, body, doc, count
+        self._chat: tuple[dict[str, Any], Ask] | None = None
+
+    def build(self, name: str) -> tuple[Call, Translation | None]:
+        """The call for ``name``, as if the client had named it (``serve`` puts
+        ``name`` in its body's ``model``), and how to translate its answer."""
+        sent = self.doc["model"]
+        model = self.config.resolve(name)
+        if model is None or self.config.models[model].anthropic == "native":
+            return Call(sent, self.path, self.body, self.doc), None
+        if self._chat is None:  # translated once, whichever candidates need it
+            chat, ask = to_chat(self.doc)
+            if self.count:  # the prompt read once, one token made: its usage is the count
+                chat = {k: chat[k] for k in ("model", "messages", "tools") if k in chat}
+                chat["max_tokens"] = 1
+            self._chat = chat, ask
+        chat, ask = self._chat
+        translation = TokenCount(ask) if self.count else MessagesAnswer(ask)
+        raw = json.dumps(chat, ensure_ascii=False, separators=(",", ":")).encode()
+        return Call(sent, CHAT, raw, chat), translation
 
 
 async def messages(request: web.Request) -> web.StreamResponse:

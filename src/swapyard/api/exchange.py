@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, replace
 from typing import Any
@@ -73,6 +73,10 @@ class Call:
     doc: dict[str, Any] | None = None
     stream: bool | None = None
     attempt: Attempt | None = None  # set by ``serve`` while a fallback remains (issue 15)
+    # Issue 15: a front whose engine body depends on the model that serves it
+    # (Ollama's per-engine options, Anthropic's native or translated) builds the
+    # call and its translation for each candidate name ``serve`` tries.
+    build: Callable[[str], tuple[Call, Translation | None]] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,7 +154,8 @@ async def serve(
     t0 = time.perf_counter() if t0 is None else t0
     state: AppState = request.app[STATE]
     config = state.config
-    chain = fallbacks.plan(config, call.name, state.router.snapshot)
+    views = None if state.peers is None else state.peers.views()
+    chain = fallbacks.plan(config, call.name, state.router.snapshot, views)
     allowed = request.get(KEY_MODELS)
     if chain.virtual is not None and allowed is not None:
         if chain.virtual not in allowed:
@@ -166,8 +171,9 @@ async def serve(
             if more:
                 attempt = Attempt(chain.on.wait, "upstream_5xx" in chain.on.conditions)
             request[SERVED] = Served(fallbacks.canonical(config, name), tuple(tried))
+            each, how = (call, translation) if call.build is None else call.build(name)
             try:
-                return await serve_name(request, _for(call, name, attempt), translation, t0=t0)
+                return await serve_name(request, _for(each, name, attempt), how, t0=t0)
             except (UnknownModel, Forbidden):
                 if i == 0 and chain.virtual is None:
                     raise  # the client's own name

@@ -15,12 +15,14 @@ any byte of the answer went to the client.
   rest; listed order among equals.
 - ``in-order``: as listed.
 
-A name this swapyard does not serve itself (a peer's) ranks as "not known yet".
+A name a peer serves ranks by what its up peers last said (``PeerView``), the
+best host's rank when this swapyard serves it too; a name no host is known to
+serve ranks as "not known yet".
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from swapyard.config import Config
@@ -37,6 +39,7 @@ from swapyard.errors import (
     UpstreamUnavailable,
     WaitExceeded,
 )
+from swapyard.peers.view import PeerModel, PeerView
 from swapyard.process.state import EngineState
 from swapyard.surface import ModelSnapshot, Snapshot
 
@@ -54,13 +57,18 @@ class Plan:
     virtual: str | None = None
 
 
-def plan(config: Config, name: str, snapshot: Callable[[], Snapshot]) -> Plan:
+def plan(
+    config: Config,
+    name: str,
+    snapshot: Callable[[], Snapshot],
+    peers: Mapping[str, PeerView] | None = None,
+) -> Plan:
     """The candidates for a request naming ``name`` (see the module's docstring);
     ``snapshot`` is called only when a pick rule needs it (a plain request pays
-    nothing for it)."""
+    nothing for it); ``peers``: what the peers last said, if any."""
     v = config.virtual.get(name)
     if v is not None:
-        return Plan(order(v.models, v.pick, config, snapshot), v.fallback_on, v.id)
+        return Plan(order(v.models, v.pick, config, snapshot, peers), v.fallback_on, v.id)
     model = config.resolve(name)
     if model is None:  # unknown here: ``serve_name`` says so (or a peer serves it)
         return Plan((name,))
@@ -68,7 +76,7 @@ def plan(config: Config, name: str, snapshot: Callable[[], Snapshot]) -> Plan:
     names = [name]
     for f in spec.fallbacks:
         fv = config.virtual.get(f)
-        names.extend(order(fv.models, fv.pick, config, snapshot) if fv is not None else (f,))
+        names.extend(order(fv.models, fv.pick, config, snapshot, peers) if fv else (f,))
     seen: set[str] = set()
     unique = []
     for n in names:  # a name twice (by way of a virtual id) is tried once
@@ -88,15 +96,55 @@ def canonical(config: Config, name: str) -> str:
 
 
 def order(
-    names: Sequence[str], pick: Pick, config: Config, snapshot: Callable[[], Snapshot]
+    names: Sequence[str],
+    pick: Pick,
+    config: Config,
+    snapshot: Callable[[], Snapshot],
+    peers: Mapping[str, PeerView] | None = None,
 ) -> tuple[str, ...]:
-    """``names`` in the order ``pick`` tries them, as things stand in ``snapshot()``."""
+    """``names`` in the order ``pick`` tries them, as things stand in ``snapshot()``
+    and ``peers``."""
     if pick == "in-order":
         return tuple(names)
     snap = snapshot()
     rank = _loaded_rank if pick == "loaded-first" else _fits_rank
-    ranks = {n: rank(config, snap, n) for n in names}
+    on_peers = _peer_rank_loaded if pick == "loaded-first" else _peer_rank_fits
+    ranks = {}
+    for n in names:
+        held = [pm for v in (peers or {}).values() if v.up
+                and (pm := v.models.get(v.model_of(n) or "")) is not None]  # fmt: skip
+        mine = [rank(config, snap, n)] if config.resolve(n) is not None or not held else []
+        ranks[n] = min(mine + [on_peers(pm) for pm in held])
     return tuple(sorted(names, key=lambda n: ranks[n]))  # sorted is stable
+
+
+def _peer_state(pm: PeerModel) -> EngineState | None:
+    try:
+        return EngineState(pm.state)
+    except ValueError:
+        return None
+
+
+def _peer_rank_loaded(pm: PeerModel) -> int:
+    """A peer's model ranked as ``_loaded_rank`` ranks a local one."""
+    state = _peer_state(pm)
+    if state is EngineState.READY:
+        return 0
+    if state is EngineState.SLEEPING:
+        return 1
+    if state in _LOADING:
+        return 2
+    return 4 if state in _BROKEN else 3
+
+
+def _peer_rank_fits(pm: PeerModel) -> int:
+    """A peer's model ranked as ``_fits_rank`` ranks a local one (its host's ``fits``)."""
+    state = _peer_state(pm)
+    if state is EngineState.READY:
+        return 0
+    if state in _BROKEN:
+        return 4
+    return 2 if pm.fits is None else 1 if pm.fits else 3
 
 
 def _model(config: Config, snap: Snapshot, name: str) -> ModelSnapshot | None:

@@ -16,6 +16,10 @@ Apps written for Ollama point at swapyard as they would at Ollama
   once the request is done: 0 stops the model once idle, a duration is its idle
   TTL, a negative one (or one past Ollama's largest, 292 years) keeps it loaded;
   one that is no finite number is a 400.
+- Issue 15: a virtual id and a peer's model are names as good as this host's,
+  in the lists (``ollama_hosts``) and in requests: each name ``exchange.serve``
+  tries (fallbacks, a virtual id's members, a peer) gets the body its engine
+  takes (``ollama_shape``). A key with an allow-list sees this host's names only.
 - ``/api/pull``, ``/api/push``, ``/api/delete``, ``/api/copy``, ``/api/create``:
   501, saying how models are added.
 
@@ -30,39 +34,33 @@ import asyncio
 import json
 import math
 import time
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
-from typing import Any, Literal
+from typing import Any
 
 from aiohttp import web
 
 from swapyard import __version__
 from swapyard.api.auth import OLLAMA_ROUTES, check_model_allowed
 from swapyard.api.clients import client_of
-from swapyard.api.exchange import Call, resolve, serve
+from swapyard.api.exchange import SERVED, Call, resolve, serve
 from swapyard.api.limits import read_body
-from swapyard.api.ollama_convert import (
-    COMPLETIONS,
-    INFILL,
-    KEPT_FOR,
-    KEPT_SECONDS,
-    chat_body,
-    generate_body,
-    keep_alive_seconds,
-)
+from swapyard.api.ollama_convert import KEPT_FOR, KEPT_SECONDS, keep_alive_seconds
+from swapyard.api.ollama_hosts import first_name, peer_ps, peer_show, peer_tags, virtual_tags
 from swapyard.api.ollama_info import EPOCH, capabilities, facts, iso
-from swapyard.api.ollama_reply import Clock, Embed, Mode, Reply, now_iso
+from swapyard.api.ollama_reply import Clock, Embed, now_iso
+from swapyard.api.ollama_shape import Kind, Shape, load_time
 from swapyard.api.openai import parse_model
-from swapyard.api.state import KEY_MODELS, STATE, AppState
+from swapyard.api.state import KEY_HOST, KEY_MODELS, STATE, AppState
 from swapyard.errors import InvalidJSON, MissingModel, UnknownModel
+from swapyard.peers.listing import LOCAL
 from swapyard.process.state import EngineState
 from swapyard.resources.context import served_context
-from swapyard.surface import RouterSurface
 
 Handler = Any
 # The Ollama release whose API this front follows; clients compare versions.
 OLLAMA_VERSION = "0.12.6"
 REFUSED = ("/api/pull", "/api/push", "/api/delete", "/api/copy", "/api/create")
-Kind = Literal["chat", "generate"]
 
 
 def find(request: web.Request, name: str) -> tuple[str, str]:
@@ -72,8 +70,7 @@ def find(request: web.Request, name: str) -> tuple[str, str]:
     as ``exchange.serve`` makes them (issue 14: a key allowed only a variant was
     refused it). An unknown name lists only what the key may use."""
     config = _state(request).config
-    if name.endswith(":latest") and config.resolve(name) is None:
-        name = name.removesuffix(":latest")
+    name = _untagged(_state(request), name)
     try:
         model = resolve(config, name)
     except UnknownModel:  # listing what this key may use, not every model
@@ -82,6 +79,38 @@ def find(request: web.Request, name: str) -> tuple[str, str]:
     variant = config.variant(name)
     check_model_allowed(request, model, None if variant is None else variant.id)
     return model, name
+
+
+def _known(state: AppState, name: str) -> bool:
+    """Whether ``name`` is a model's name here, a virtual id, or a peer's (issue 15)."""
+    config, peers = state.config, state.peers
+    if config.resolve(name) is not None or name in config.virtual:
+        return True
+    return peers is not None and bool(peers.hosts_of(name) or peers.down_hosts_of(name))
+
+
+def _untagged(state: AppState, name: str) -> str:
+    """``name`` without Ollama's default tag ``:latest`` unless the name with it is known."""
+    if name.endswith(":latest") and not _known(state, name):
+        return name.removesuffix(":latest")
+    return name
+
+
+def _target(request: web.Request, doc: dict[str, Any]) -> tuple[str | None, str]:
+    """(this host's model, or None for a virtual id or a peer's model, issue 15;
+    the name to send on). Those two are checked by ``exchange.serve`` (a peer's
+    model is no name for a key with an allow-list); this host's by ``find``."""
+    name = doc.get("model") or doc.get("name")  # /api/show took `name` before `model`
+    if not isinstance(name, str) or not name:
+        raise MissingModel()
+    state = _state(request)
+    sent = _untagged(state, name)
+    if state.config.resolve(sent) is None and (
+        sent in state.config.virtual
+        or (request.get(KEY_MODELS) is None and state.peers is not None and _known(state, sent))
+    ):
+        return None, sent
+    return find(request, sent)
 
 
 def expires_at(wall: datetime, ttl: float, idle: float) -> datetime:
@@ -112,22 +141,6 @@ def _state(request: web.Request) -> AppState:
     return request.app[STATE]
 
 
-def _model_of(request: web.Request, doc: dict[str, Any]) -> tuple[str, str]:
-    name = doc.get("model") or doc.get("name")  # /api/show took `name` before `model`
-    if not isinstance(name, str) or not name:
-        raise MissingModel()
-    return find(request, name)
-
-
-def _load_time(router: RouterSurface, model: str, t0: float) -> float:
-    """How long this request waited for ``model`` to load: since ``t0`` until it
-    became ready, if it did after ``t0``."""
-    engine = router.model(model).engine
-    if engine.state is EngineState.READY and engine.state_since > t0:
-        return engine.state_since - t0
-    return 0.0
-
-
 # -- reads --------------------------------------------------------------------------
 async def version(request: web.Request) -> web.Response:
     return web.json_response({"version": OLLAMA_VERSION, "swapyard": __version__})
@@ -136,7 +149,9 @@ async def version(request: web.Request) -> web.Response:
 async def tags(request: web.Request) -> web.Response:
     state = _state(request)
     cfg, started = state.config, datetime.fromtimestamp(state.started_at, UTC)
-    listed = cfg.listing(request.get(KEY_MODELS))
+    allowed = request.get(KEY_MODELS)
+    everything = cfg.listing(allowed, virtual=True)
+    listed = [i for i in everything if not i.virtual]
     found = await asyncio.to_thread(lambda: {i.model: facts(cfg.models[i.model]) for i in listed})
     models = []
     for item in listed:
@@ -146,6 +161,9 @@ async def tags(request: web.Request) -> web.Response:
             "modified_at": iso(f.modified if f.modified != EPOCH else started),
             "size": f.size, "digest": f.digest, "details": f.details(),
         })  # fmt: skip
+    models += virtual_tags(everything, started)  # issue 15
+    if allowed is None:
+        models += peer_tags(state, {i.id for i in everything}, started)
     return web.json_response({"models": models})
 
 
@@ -174,13 +192,24 @@ async def ps(request: web.Request) -> web.Response:
             "size_vram": size if on_gpu else 0,
             "context_length": served_context(cfg.models[item.model])[0] or f.context_length,
         })  # fmt: skip
+    if request.get(KEY_MODELS) is None:  # issue 15: what the peers said they have loaded
+        models += peer_ps(state, {i.id for i in cfg.listing(virtual=True)}, wall)
     return web.json_response({"models": models})
 
 
 async def show(request: web.Request) -> web.Response:
     doc = await _doc(request, need_model=False)
-    model, _ = _model_of(request, doc)
+    model, sent = _target(request, doc)
     state = _state(request)
+    if model is None:  # issue 15: a virtual id's first member, or the peer's answer
+        name = first_name(request, sent)
+        model = state.config.resolve(name)
+        if model is None:
+            assert state.peers is not None
+            hosts = state.peers.hosts_of(name)
+            if not hosts:
+                find(request, name)  # raises UnknownModel
+            return await peer_show(state, hosts[0][0], name, sent)
     spec = state.config.models[model]
     f = await asyncio.to_thread(facts, spec)
     started = datetime.fromtimestamp(state.started_at, UTC)
@@ -206,39 +235,49 @@ async def generate(request: web.Request) -> web.StreamResponse:
 async def _complete(request: web.Request, kind: Kind) -> web.StreamResponse:
     t0p, t0 = time.perf_counter(), time.monotonic()
     doc = await _doc(request)
-    model, sent = _model_of(request, doc)
+    model, sent = _target(request, doc)
     keep = keep_alive_seconds(doc.get("keep_alive"))
     state = _state(request)
-    router, spec = state.router, state.config.models[model]
     stream = doc.get("stream") is not False  # Ollama streams unless told not to
-    if kind == "chat":
-        if not doc.get("messages"):
-            return await _load(request, model, doc["model"], keep, kind)
-        path, body = "/v1/chat/completions", chat_body(doc, sent, spec.engine, stream)
-    else:
-        if not (doc.get("prompt") or doc.get("images") or doc.get("suffix")):
-            return await _load(request, model, doc["model"], keep, kind)
-        path, body = generate_body(doc, sent, spec.engine, stream)
-    modes: dict[str, Mode] = {COMPLETIONS: "completion", INFILL: "infill"}
-    mode = modes.get(path, kind)
-    clock = Clock(t0, lambda: _load_time(router, model, t0))
-    think = doc.get("think")
-    reply = Reply(doc["model"], mode, stream, clock, think if isinstance(think, bool) else None)
-    raw = json.dumps(body, ensure_ascii=False).encode()
+    if kind == "chat" and not doc.get("messages"):
+        return await _load(request, model, sent, doc["model"], keep, kind)
+    if kind == "generate" and not (doc.get("prompt") or doc.get("images") or doc.get("suffix")):
+        return await _load(request, model, sent, doc["model"], keep, kind)
+    shape = Shape(state, doc, sent, kind, stream, t0)
+    first, reply = shape.build(sent)  # a request the engine cannot take is a 400 here
     try:
-        return await serve(request, Call(sent, path, raw, body, stream=stream), reply, t0=t0p)
+        return await serve(request, replace(first, build=shape.build), reply, t0=t0p)
     finally:
         if keep is not None:
-            router.keep_alive(model, keep)
+            _keep_alive(request, model, keep)
+
+
+def _keep_alive(request: web.Request, model: str | None, keep: float) -> None:
+    """``keep_alive`` for the model of this host that served the request (a
+    fallback's, a virtual id's member), else the one the client named, if any (a
+    peer's model keeps its own host's TTL: issue 15)."""
+    state = _state(request)
+    served = request.get(SERVED)
+    if served is not None and served.model is not None:
+        if request.get(KEY_HOST, LOCAL) != LOCAL:
+            return
+        model = state.config.resolve(served.model)
+    if model is not None:
+        state.router.keep_alive(model, keep)
 
 
 async def _load(
-    request: web.Request, model: str, name: str, keep: float | None, kind: Kind
+    request: web.Request, model: str | None, sent: str, name: str, keep: float | None, kind: Kind
 ) -> web.Response:
     """Ollama's idiom for loading a model (no messages, no prompt), or unloading it
-    with ``keep_alive: 0``."""
+    with ``keep_alive: 0``. A virtual id loads its first member when this host
+    runs it; a peer's model is left to its host (it loads at the first request)."""
     router = _state(request).router
-    if keep == 0:
+    if model is None:
+        model = _state(request).config.resolve(first_name(request, sent))
+    if model is None:
+        reason = "unload" if keep == 0 else "load"
+    elif keep == 0:
         router.keep_alive(model, 0)
         reason = "unload"
     else:
@@ -265,7 +304,7 @@ async def embeddings(request: web.Request) -> web.StreamResponse:
 async def _embed(request: web.Request, *, legacy: bool) -> web.StreamResponse:
     t0p, t0 = time.perf_counter(), time.monotonic()
     doc = await _doc(request)
-    model, sent = _model_of(request, doc)
+    model, sent = _target(request, doc)
     keep = keep_alive_seconds(doc.get("keep_alive"))
     text = doc.get("prompt") if legacy else doc.get("input")
     ok = isinstance(text, str) or (isinstance(text, list) and all(isinstance(t, str) for t in text))
@@ -273,21 +312,21 @@ async def _embed(request: web.Request, *, legacy: bool) -> web.StreamResponse:
         field = "prompt" if legacy else "input"
         raise InvalidJSON(f"`{field}` must be a string or a list of strings")
     if not text:  # nothing to embed: Ollama loads the model
-        await _load(request, model, doc["model"], keep, "generate")
+        await _load(request, model, sent, doc["model"], keep, "generate")
         return web.json_response({"embedding": []} if legacy
                                  else {"model": doc["model"], "embeddings": []})  # fmt: skip
     body: dict[str, Any] = {"model": sent, "input": text}
     if isinstance(doc.get("dimensions"), int):
         body["dimensions"] = doc["dimensions"]
     router = _state(request).router
-    translation = Embed(doc["model"], Clock(t0, lambda: _load_time(router, model, t0)), legacy)
+    translation = Embed(doc["model"], Clock(t0, lambda: load_time(router, model, t0)), legacy)
     raw = json.dumps(body, ensure_ascii=False).encode()
     try:
         return await serve(request, Call(sent, "/v1/embeddings", raw, body, stream=False),
                            translation, t0=t0p)  # fmt: skip
     finally:
         if keep is not None:
-            router.keep_alive(model, keep)
+            _keep_alive(request, model, keep)
 
 
 async def refused(request: web.Request) -> web.Response:

@@ -46,6 +46,9 @@ VLLM_LIKE = {"top_k": "top_k", "min_p": "min_p", "repeat_penalty": "repetition_p
 EXTENDED = {"llamacpp": LLAMACPP, "command": LLAMACPP, "vllm": VLLM_LIKE,
             "sglang": VLLM_LIKE, "tabbyapi": VLLM_LIKE}  # fmt: skip
 CHAT, COMPLETIONS, INFILL = "/v1/chat/completions", "/v1/completions", "/infill"
+# The kind whose body any OpenAI-compatible server takes: the standard fields only
+# (issue 15: for a model this swapyard does not run, such as a peer's).
+GENERIC = "openai"
 # Fill in the middle: llama-server's /v1/completions ignores OpenAI's `suffix`
 # (its answer continues the prefix alone); its own /infill takes both.
 INFILL_ENGINES = frozenset({"llamacpp", "command"})

@@ -22,7 +22,7 @@ from swapyard.api.limits import read_body
 from swapyard.api.state import KEY_MODELS, KEY_NAME, STATE, AppState
 from swapyard.config import Listed
 from swapyard.errors import Forbidden, InvalidJSON, MissingModel
-from swapyard.peers.listing import merged_listing
+from swapyard.peers.listing import merged_listing, peer_entry
 from swapyard.process.state import EngineState
 from swapyard.resources.context import served_context
 from swapyard.surface import Snapshot
@@ -130,10 +130,16 @@ def virtual_entry(state: AppState, vid: str, snap: Snapshot) -> dict[str, Any]:
     """A virtual id's entry (issue 15): ``virtual: true``, its ``members``, and the
     state of the model its pick rule would try first now."""
     v = state.config.virtual[vid]
-    first = order(v.models, v.pick, state.config, lambda: snap)[0]
+    peers = None if state.peers is None else state.peers.views()
+    first = order(v.models, v.pick, state.config, lambda: snap, peers)[0]
     model = state.config.resolve(first)
     held = snap.models.get(model) if model is not None else None
     engine = held.state if held is not None else EngineState.STOPPED
+    if model is None and peers is not None:  # a peer's model: as its host said (issue 15)
+        said = [pm.state for v in peers.values() if v.up
+                and (pm := v.models.get(v.model_of(first) or "")) is not None]  # fmt: skip
+        known = {str(e) for e in EngineState}
+        engine = EngineState(said[0]) if said and said[0] in known else engine
     entry: dict[str, Any] = {
         "id": v.id, "object": "model", "created": int(state.started_at),
         "owned_by": "swapyard", "name": v.name or v.id, "state": str(engine),
@@ -145,21 +151,33 @@ def virtual_entry(state: AppState, vid: str, snap: Snapshot) -> dict[str, Any]:
 
 async def get_model(request: web.Request) -> web.Response:
     """The entry of the model or variant a name (an id or an alias) stands for, as
-    ``/v1/models`` shows it."""
+    ``/v1/models`` shows it: with peers (issue 15) and a key without an allow-list,
+    its ``hosts``, and a name only peers serve as they list it."""
     state: AppState = request.app[STATE]
     name = request.match_info["model"]
+    allowed = request.get(KEY_MODELS)
+    peers = None if state.peers is None or allowed is not None else state.peers.views()
     if name in state.config.virtual:
-        allowed = request.get(KEY_MODELS)
         if allowed is not None and name not in allowed:
             raise Forbidden(f"the API key {request.get(KEY_NAME)!r} may not use model {name!r}")
-        return web.json_response(virtual_entry(state, name, state.router.snapshot()))
-    model = resolve(state.config, name, request.get(KEY_MODELS))
-    variant = state.config.variant(name)
-    check_model_allowed(request, model, None if variant is None else variant.id)
-    item = state.config.listed(model if variant is None else variant.id)
-    assert item is not None  # resolve() found it
-    engine = state.router.model(model).state
-    return web.json_response(await asyncio.to_thread(model_entry, state, item, engine))
+        entry = virtual_entry(state, name, state.router.snapshot())
+    elif peers is not None and state.config.resolve(name) is None:
+        found = peer_entry(peers, name)
+        if found is None:
+            resolve(state.config, name)  # raises UnknownModel, naming the listed ones
+        assert found is not None
+        return web.json_response(found)
+    else:
+        model = resolve(state.config, name, allowed)
+        variant = state.config.variant(name)
+        check_model_allowed(request, model, None if variant is None else variant.id)
+        item = state.config.listed(model if variant is None else variant.id)
+        assert item is not None  # resolve() found it
+        engine = state.router.model(model).state
+        entry = await asyncio.to_thread(model_entry, state, item, engine)
+    if peers is not None:
+        entry = merged_listing([entry], peers)[0]  # ``hosts``, as /v1/models says them
+    return web.json_response(entry)
 
 
 def model_entry(state: AppState, item: Listed, engine: EngineState) -> dict[str, Any]:
