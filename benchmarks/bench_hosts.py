@@ -264,11 +264,11 @@ async def until(cond: Any, limit: float, every: float = 0.02) -> bool:
 
 async def failover_rep(
     http: aiohttp.ClientSession, front: Host, peers: dict[str, Host], doc: dict[str, Any],
-    event: str, timeout: float,
+    event: str, timeout: float, clients: int,
 ) -> Rep:  # fmt: skip
     samples: list[Sample] = []
     stop = asyncio.Event()
-    loop = asyncio.ensure_future(client(http, front.url, samples, stop))
+    loops = [asyncio.ensure_future(client(http, front.url, samples, stop)) for _ in range(clients)]
     try:
         await asyncio.sleep(0.5)
         served = [s.host for s in samples if s.ok]
@@ -311,7 +311,7 @@ async def failover_rep(
         await until(lambda: any(s.host == victim.name and s.sent > t_back for s in samples), 30)
     finally:
         stop.set()
-        await loop
+        await asyncio.gather(*loops)
     outage = [s for s in samples if s.done > t_event and s.sent < t_back]
     bad = [s for s in outage if not s.ok]
     after = max([t_event] + [s.done for s in bad])
@@ -332,7 +332,7 @@ async def failover_rep(
 
 
 async def section_failover(
-    http: aiohttp.ClientSession, tmp: Path, reps: int, timeout: float
+    http: aiohttp.ClientSession, tmp: Path, reps: int, timeout: float, clients: int
 ) -> dict[str, Any]:
     doc = peer_doc({"shared": {"cmd": fake_engine_cmd("shared", **FAST)}}, ["shared"])
     peers = {n: Host(n, a, PortAllocator(a).allocate(), tmp) for n, a in (("b", B), ("c", C))}
@@ -346,7 +346,7 @@ async def section_failover(
         await front.start(http, front_doc(list(peers.values()), timeout))
         for event in order:
             await front_sees(http, front, "shared", *peers)
-            rep = await failover_rep(http, front, peers, doc, event, timeout)
+            rep = await failover_rep(http, front, peers, doc, event, timeout, clients)
             print(f"  {event} {rep.victim}: failed {rep.failed}, hung {rep.hung_until_back}, "
                   f"recovered {fmt_s(rep.recovered_s)} s, longest {rep.longest_s:.3f} s, "
                   f"down after {fmt_s(rep.marked_down_s)} s ({rep.down_why}), "
@@ -356,8 +356,8 @@ async def section_failover(
         await front.stop()
         for h in peers.values():
             await h.stop()
-    res = {"timeout_s": timeout, "reps": [asdict(r) for r in out]}
-    print(failover_table(out, timeout))
+    res = {"timeout_s": timeout, "clients": clients, "reps": [asdict(r) for r in out]}
+    print(failover_table(out, timeout, clients))
     return res
 
 
@@ -374,9 +374,9 @@ def med_max(xs: list[float | None], ms: bool = False) -> str:
     return f"{statistics.median(ys) * k:{f}} / {max(ys) * k:{f}}{missing}"
 
 
-def failover_table(reps: list[Rep], timeout: float) -> str:
-    out = [f"### Failover: one of two replicas taken away (peer `timeout` {timeout:g} s, "
-           f"{len(reps) // 2} events each)", "",
+def failover_table(reps: list[Rep], timeout: float, clients: int) -> str:
+    out = [f"### Failover: one of two replicas taken away ({clients} client(s) back to back, "
+           f"peer `timeout` {timeout:g} s, {len(reps) // 2} events each)", "",
            "| event | failed requests (per event) | requests answered only once the host "
            "was back | first good answer after the event, s (median / max) | longest "
            "request, ms (median / max) | front marked it down after, ms (median / max) "
@@ -421,7 +421,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             res["latency"] = await section_latency(http, tmp, args.requests)
             res["loadavg_after_latency"] = os.getloadavg()
         if "failover" in only:
-            res["failover"] = await section_failover(http, tmp, args.reps, args.timeout)
+            res["failover"] = await section_failover(
+                http, tmp, args.reps, args.timeout, args.clients
+            )
     res["loadavg_after"] = os.getloadavg()
     print(f"\nload average (1, 5, 15 min): before {fmt_load(res['loadavg_before'])}, "
           f"after {fmt_load(res['loadavg_after'])}")  # fmt: skip
@@ -437,6 +439,7 @@ def main() -> None:
     p.add_argument("--requests", type=int, default=300, help="per target, latency section")
     p.add_argument("--reps", type=int, default=5, help="events of each kind, failover section")
     p.add_argument("--timeout", type=float, default=2.0, help="the front's peers' `timeout`")
+    p.add_argument("--clients", type=int, default=1, help="client loops, failover section")
     p.add_argument("--only", default="latency,failover")
     p.add_argument("--json", type=Path)
     a = p.parse_args()
