@@ -65,10 +65,12 @@ async def host(
     port: int | None = None,
     preload: list[str] | None = None,
     auth: dict[str, Any] | None = None,
+    **top: Any,
 ) -> AsyncIterator[Host]:
     """``swapyard serve`` on ``addr`` (a free port unless given), its own data dir,
     until the block ends (then stopped, or killed if it was not already); ``auth``:
-    its ``auth:`` section (its ``/health`` stays open)."""
+    its ``auth:`` section (its ``/health`` stays open); ``top``: other top-level
+    sections (``virtual``, its own ``peers``)."""
     port = port or PortAllocator(addr).allocate()
     doc = {
         "server": {"host": addr, "port": port},
@@ -78,6 +80,7 @@ async def host(
         "preload": preload or [],
         "models": models,
         **({} if auth is None else {"auth": auth}),
+        **top,
     }
     cfg = tmp / f"{name}-{port}.yaml"
     cfg.write_text(json.dumps(doc))

@@ -28,7 +28,12 @@
     │   │                                  `first_byte_timeout` or `idle_timeout` (source: engine)
     │   ├── UpstreamError              502 the engine answered an error after a stream began
     │   │                                  (or a 5xx before it, where a fallback may serve it)
-    │   └── WaitExceeded               503 not admitted within a fallback's `wait` (issue 15)
+    │   ├── WaitExceeded               503 not admitted within a fallback's `wait` (issue 15)
+    │   ├── PeerRefused                502 a peer's error answer (429/5xx) to a try a fallback
+    │   │                                  follows: its own envelope, its fallback conditions
+    │   └── NotKnownYet                503 a name no host serves while a peer is not yet
+    │                                      contacted; Retry-After (issue 15)
+    ├── LoopDetected                   508 a request came back to the swapyard it went through
     ├── ShuttingDown                   503 swapyard is stopping; a stream still running when
     │                                      the drain ends gets it as its last event
     └── InternalError                  500 a bug: the log has the traceback under its request id
@@ -307,6 +312,51 @@ class WaitExceeded(EngineError):
 
     def __init__(self, model: str, wait: float) -> None:
         super().__init__(model, f"model {model!r} could not take the request within {wait:g} s")
+
+
+class PeerRefused(EngineError):
+    """A peer answered an error (429, 5xx) before the first byte of a try that a
+    fallback follows (issue 15); ``conditions``: the fallback conditions its
+    ``code`` stands for. Rendered as the peer's own envelope."""
+
+    code = "peer_refused"
+    source = "engine"
+    status = 502
+
+    def __init__(self, model: str, envelope: dict[str, Any], conditions: frozenset[str]) -> None:
+        said = envelope.get("error")
+        message = said.get("message") if isinstance(said, dict) else said
+        super().__init__(model, str(message)[:500])
+        self.envelope = envelope
+        self.conditions = conditions
+
+    def to_openai(self) -> dict[str, Any]:
+        return self.envelope
+
+
+class NotKnownYet(EngineError):
+    """A name neither this swapyard nor any peer it reached serves, while some
+    peer has not been contacted yet (its first moments): retry shortly (issue 15)."""
+
+    code = "model_not_known_yet"
+
+    def __init__(self, model: str, peers: Sequence[str], retry_after: float) -> None:
+        names = ", ".join(repr(p) for p in peers)
+        super().__init__(
+            model,
+            f"model {clip(model)!r} is not served here, and peers {names} have not been "
+            f"contacted yet: retry in {retry_after:g} s",
+        )
+        self.retry_after = retry_after
+
+
+class LoopDetected(SwapyardError):
+    """A request carries this swapyard's own id in ``X-Swapyard-Via``: it went
+    round a loop of peers back to where it passed (issue 15)."""
+
+    status = 508
+    type = "invalid_request_error"
+    code = "loop_detected"
 
 
 class InternalError(SwapyardError):

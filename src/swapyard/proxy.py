@@ -96,6 +96,18 @@ class Translation(Protocol):
     def stream(self) -> StreamTranslator: ...
 
 
+class HeadCheck(Protocol):
+    """Issue 15: a caller's look at an upstream answer's head before any of it
+    reaches the client (a peer's answer to a try that a fallback follows)."""
+
+    def refuses(self, status: int, headers: Mapping[str, str]) -> bool:
+        """Whether this answer must not reach the client: its body is read and
+        ``error`` raised instead."""
+        ...
+
+    def error(self, status: int, body: bytes) -> SwapyardError: ...
+
+
 def new_upstream_session() -> aiohttp.ClientSession:
     """The one client session for all engine traffic."""
     return aiohttp.ClientSession(
@@ -172,6 +184,7 @@ async def forward(
     path: str | None = None,
     translation: Translation | None = None,
     fail_5xx: bool = False,
+    head: HeadCheck | None = None,
 ) -> web.StreamResponse:
     """The one proxy path: send ``request`` (with ``body``) to the leased engine
     and its answer to the client, under ``timeouts`` (registered in ``watches``
@@ -191,7 +204,8 @@ async def forward(
     ``fail_5xx`` (issue 15: a fallback may serve the request instead): an engine
     answer with a status of 500 or more, streamed or not, raises ``UpstreamError``
     (with the engine's message) before anything goes to the client, instead of
-    being passed on. Not with ``into``: that answer has begun.
+    being passed on. Not with ``into``: that answer has begun. ``head`` sees the
+    answer's head first and may refuse it the same way, with its own error.
     """
     model = lease.model
     watch = Watch(model, timeouts)
@@ -216,6 +230,8 @@ async def forward(
         try:
             if fail_5xx and into is None and resp.status >= 500:
                 raise await _server_error(resp, model, watch)
+            if head is not None and into is None and head.refuses(resp.status, resp.headers):
+                raise await _server_error(resp, model, watch, head)
             route = (path or request.path).split("?", 1)[0]
             if into is None:
                 return await _pipe(request, resp, model, metering, watch, route, translation)
@@ -328,8 +344,11 @@ async def _error_as_event(
     return sse.error_event(fail)
 
 
-async def _server_error(resp: aiohttp.ClientResponse, model: str, watch: Watch) -> SwapyardError:
-    """The engine's 5xx answer as the error that lets a fallback serve the request."""
+async def _server_error(
+    resp: aiohttp.ClientResponse, model: str, watch: Watch, head: HeadCheck | None = None
+) -> SwapyardError:
+    """The engine's 5xx answer as the error that lets a fallback serve the request
+    (``head``'s, when given)."""
     try:
         async with watch:
             body = await _read(resp, watch)
@@ -337,6 +356,8 @@ async def _server_error(resp: aiohttp.ClientResponse, model: str, watch: Watch) 
         return exc
     except (aiohttp.ClientError, OSError):
         return _died(model)
+    if head is not None:
+        return head.error(resp.status, body)
     try:
         doc = json.loads(body)
         said = doc["error"]["message"] if isinstance(doc["error"], dict) else doc["error"]

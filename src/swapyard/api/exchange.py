@@ -23,30 +23,28 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, replace
 from typing import Any
 
 from aiohttp import web
 
-from swapyard.api import fallbacks
+from swapyard.api import fallbacks, routing
 from swapyard.api.auth import check_model_allowed
 from swapyard.api.clients import client_of
 from swapyard.api.loading import stream_with_loading_status
-from swapyard.api.state import KEY_HOST, KEY_MODELS, KEY_NAME, STATE, AppState
+from swapyard.api.routing import FROM_HEADER, MODEL_HEADER, PEER_SAID, Recorded
+from swapyard.api.state import BEGUN, KEY_HOST, KEY_MODELS, KEY_NAME, STATE, AppState
 from swapyard.config import Config
 from swapyard.errors import (
     EngineError,
     Forbidden,
+    NotKnownYet,
     SwapyardError,
     UnknownModel,
-    UpstreamUnavailable,
     WaitExceeded,
 )
-from swapyard.events import RequestFinished
-from swapyard.peers.choose import Option, Target, plan
-from swapyard.peers.registry import Peers
 from swapyard.proxy import StreamTranslator, Translation, forward
 from swapyard.quirks import adapt_request
 from swapyard.surface import Lease, RouterSurface
@@ -100,9 +98,6 @@ class Served:
 
 
 SERVED = web.RequestKey("swapyard_served", Served)
-BEGUN = web.RequestKey("swapyard_answer_begun", bool)  # its head went out: no fallback now
-MODEL_HEADER = "X-Swapyard-Model"
-FROM_HEADER = "X-Swapyard-Fallback-From"
 
 
 def resolve(config: Config, name: str, allowed: AbstractSet[str] | None = None) -> str:
@@ -154,7 +149,11 @@ async def serve(
     t0 = time.perf_counter() if t0 is None else t0
     state: AppState = request.app[STATE]
     config = state.config
-    views = None if state.peers is None else state.peers.views()
+    routing.check_hops(request, state)
+    hopped = routing.forwarded(request)  # from a peer: this host's engines only
+    # A try the front's fallback follows: its last candidate is a try too.
+    last_try = Attempt(routing.attempt_wait(request)) if routing.is_attempt(request) else None
+    views = None if state.peers is None or hopped else state.peers.views()
     chain = fallbacks.plan(config, call.name, state.router.snapshot, views)
     allowed = request.get(KEY_MODELS)
     if chain.virtual is not None and allowed is not None:
@@ -167,14 +166,15 @@ async def serve(
     try:
         for i, name in enumerate(chain.names):
             more = i + 1 < len(chain.names)
-            attempt = None
+            attempt = last_try
             if more:
                 attempt = Attempt(chain.on.wait, "upstream_5xx" in chain.on.conditions)
             request[SERVED] = Served(fallbacks.canonical(config, name), tuple(tried))
+            request.pop(PEER_SAID, None)
             each, how = (call, translation) if call.build is None else call.build(name)
             try:
                 return await serve_name(request, _for(each, name, attempt), how, t0=t0)
-            except (UnknownModel, Forbidden):
+            except (UnknownModel, Forbidden, NotKnownYet):
                 if i == 0 and chain.virtual is None:
                     raise  # the client's own name
             except SwapyardError as err:
@@ -208,10 +208,14 @@ async def name_the_model(request: web.Request, response: web.StreamResponse) -> 
     served = request.get(SERVED)
     if served is None:
         return
-    if served.model is not None:
-        response.headers[MODEL_HEADER] = served.model
-    if served.tried:
-        response.headers[FROM_HEADER] = ", ".join(served.tried)
+    model, tried = served.model, served.tried
+    said = request.get(PEER_SAID)
+    if said is not None and model is not None:  # issue 15: the peer knows what served it
+        model, tried = said.model or model, tried + said.tried
+    if model is not None:
+        response.headers[MODEL_HEADER] = model
+    if tried:
+        response.headers[FROM_HEADER] = ", ".join(tried)
 
 
 async def _acquire(
@@ -245,136 +249,29 @@ async def serve_name(
     t0 = time.perf_counter() if t0 is None else t0
     state: AppState = request.app[STATE]
     config = state.config
-    peers = state.peers
+    peers = None if routing.forwarded(request) else state.peers
     allowed = request.get(KEY_MODELS)
-    # Issue 15: a key with an allow-list names this host's models only.
-    remote = peers.hosts_of(call.name) if peers is not None and allowed is None else []
-    if peers is not None and not remote and config.resolve(call.name) is None:
-        _raise_if_host_down(peers, call.name)
+    # Issue 15: a key with an allow-list reaches a peer's model only by a name
+    # the list holds (``serve`` adds a virtual id's models it may use); any other
+    # name it asks for gets the same 404 whether the peers serving it are up or not.
+    may = allowed is None or call.name in allowed
+    remote = routing.hosts_of(peers, call.name) if peers is not None and may else []
+    if peers is not None and may and not remote and config.resolve(call.name) is None:
+        routing.raise_if_unserved(peers, call.name)
     local = config.resolve(call.name) if remote else resolve(config, call.name, allowed)
     if local is not None:
         variant = config.variant(call.name)
         check_model_allowed(request, local, None if variant is None else variant.id)
-    if peers is None:
-        assert local is not None
-        return await serve_local(request, call, local, translation, t0)
     if not remote:
         assert local is not None
-        request[KEY_HOST] = "local"
+        if peers is not None:
+            request[KEY_HOST] = "local"
         return await serve_local(request, call, local, translation, t0)
-    return await serve_routed(request, call, local, remote, translation, t0)
 
+    def here(model: str) -> Awaitable[web.StreamResponse]:
+        return serve_local(request, call, model, translation, t0)
 
-async def serve_routed(
-    request: web.Request,
-    call: Call,
-    local: str | None,
-    remote: list[tuple[str, str]],
-    translation: Translation | None,
-    t0: float,
-) -> web.StreamResponse:
-    """``call`` on the best of the hosts that serve its name (``peers.choose``):
-    ``local`` (this host's model, if any) and ``remote`` (peer, model) pairs. A peer
-    that cannot be reached before any answer byte is marked down and the next
-    host is tried; any other failure is the answer."""
-    state: AppState = request.app[STATE]
-    peers = state.peers
-    assert peers is not None
-    views = peers.views()
-    options = [] if local is None else [_local_option(state, local)]
-    for host, model in remote:
-        pm = views[host].models.get(model)
-        load = max(peers.sent(host, model), 0 if pm is None else pm.queued + pm.in_flight)
-        options.append(Option(Target(host, model), "unknown" if pm is None else pm.state, load,
-                              None if pm is None else pm.fits,
-                              None if pm is None else pm.load_s))  # fmt: skip
-    targets = plan(options)
-    for i, target in enumerate(targets):
-        request[KEY_HOST] = target.host or "local"
-        peers.begin(target.host, target.model)
-        try:
-            if target.host is None:
-                return await serve_local(request, call, target.model, translation, t0)
-            more = i + 1 < len(targets)
-            return await serve_peer(request, call, target, translation, t0, more=more)
-        except UpstreamUnavailable as err:
-            if target.host is None or i + 1 == len(targets):
-                raise
-            peers.report_down(target.host, err.message)
-        finally:
-            peers.end(target.host, target.model)
-    raise AssertionError("unreachable: a name with hosts has targets")  # pragma: no cover
-
-
-def _raise_if_host_down(peers: Peers, name: str) -> None:
-    """A name only down peers serve fails fast, saying so (not "unknown model")."""
-    down = peers.down_hosts_of(name)
-    if down:
-        why = "; ".join(f"peer {v.name!r}: {v.error}" for v in down)
-        raise UpstreamUnavailable(name, f"every host that serves {name!r} is down ({why})")
-
-
-def _local_option(state: AppState, model: str) -> Option:
-    """This host's ``model`` as a routing option, by the router's snapshot."""
-    assert state.peers is not None
-    snap = state.router.snapshot()
-    m = snap.models[model]
-    need = m.memory.scheduled
-    room = max((d.free for d in snap.devices.values()), default=None)
-    fits = None if need is None or room is None else need <= room
-    load = max(state.peers.sent(None, model), m.queued + m.in_flight)
-    return Option(Target(None, model), str(m.state), load, fits)
-
-
-async def serve_peer(
-    request: web.Request,
-    call: Call,
-    target: Target,
-    translation: Translation | None,
-    t0: float,
-    *,
-    more: bool = False,
-) -> web.StreamResponse:
-    """``call`` sent as it is to the peer ``target.host``, which resolves the name,
-    loads the model and applies its own parameters and fixes; its answer piped
-    back (or translated). One request record here, unless the peer could not be
-    reached and ``more`` hosts are left to try (``UpstreamUnavailable`` raised)."""
-    state: AppState = request.app[STATE]
-    peers = state.peers
-    assert peers is not None and target.host is not None
-    view = peers.views()[target.host]
-    pm = view.models.get(target.model)
-    ready = pm is not None and pm.state == "ready"
-    doc = call.doc
-    stream = (
-        call.stream if call.stream is not None else (doc is not None and doc.get("stream") is True)
-    )
-    ticket = Ticket(target.model, f"peer:{target.host}", request.path, stream,
-                    request.get(KEY_NAME), not ready)  # fmt: skip
-    metering = Metering(ticket, t0)
-    lease = Lease(state.router.new_request_id(), target.model, view.url, 0.0)
-    metering.admitted(lease.request_id, 0.0)
-    record = True
-    try:
-        return await forward(
-            state.http, request, lease, call.body, metering,
-            timeouts=state.config.server.timeouts, watches=peers.watches(target.host),
-            extra_headers=peers.data_headers(target.host), path=call.path,
-            translation=translation,
-        )  # fmt: skip
-    except UpstreamUnavailable as err:
-        record = not more
-        metering.failed(err)
-        raise
-    except SwapyardError as err:
-        metering.failed(err)
-        raise
-    except asyncio.CancelledError:
-        metering.client_gone()
-        raise
-    finally:
-        if record:
-            state.bus.publish(RequestFinished(metering.final()))
+    return await routing.serve_routed(request, call, local, remote, translation, t0, here)
 
 
 async def serve_local(
@@ -416,7 +313,7 @@ async def serve_local(
     wanted = translation is None and footer_wanted(footer, path, doc)
     metering = Metering(ticket, t0, wanted, fix)
     client = client_of(request, doc)
-    try:
+    with Recorded(state.bus, metering):
         if use_status:
             return await stream_with_loading_status(
                 request, state, model, body, metering, client, path=call.path
@@ -432,14 +329,6 @@ async def serve_local(
             )  # fmt: skip
         finally:
             router.release(lease)
-    except SwapyardError as err:
-        metering.failed(err)
-        raise
-    except asyncio.CancelledError:
-        metering.client_gone()
-        raise
-    finally:
-        state.bus.publish(RequestFinished(metering.final()))
 
 
 def query_model(request: web.Request, doc: Mapping[str, Any] | None) -> str | None:

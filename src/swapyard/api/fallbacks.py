@@ -33,8 +33,10 @@ from swapyard.errors import (
     EngineOutOfMemory,
     EngineStartError,
     InsufficientMemory,
+    PeerRefused,
     QueueFull,
     SwapyardError,
+    UpstreamDied,
     UpstreamError,
     UpstreamUnavailable,
     WaitExceeded,
@@ -190,12 +192,16 @@ def conditions_of(err: SwapyardError) -> frozenset[Condition | str]:
         found.add("no_memory")
     if isinstance(err, QueueFull):
         found.add("queue_full")
-    if isinstance(err, UpstreamUnavailable):
+    # Issue 15: ``serve`` asks only before the answer began, so an upstream that
+    # died (a peer hung, then ended by its watcher) sent nothing: as if down.
+    if isinstance(err, UpstreamUnavailable | UpstreamDied):
         found.add("host_down")
     if isinstance(err, UpstreamError):
         found.add("upstream_5xx")
     if isinstance(err, WaitExceeded):
         found.add("wait")
+    if isinstance(err, PeerRefused):  # a peer's answer: the conditions its code stands for
+        found |= err.conditions
     return frozenset(found)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from dataclasses import dataclass, field
 
 import aiohttp
@@ -36,6 +37,9 @@ class AppState:
     closing: asyncio.Event = field(default_factory=asyncio.Event)  # ends live streams
     watches: Watches = field(default_factory=Watches)  # proxied requests, for shutdown
     peers: Peers | None = None  # issue 15: other swapyards, when the config names some
+    # Issue 15: this running swapyard's id in the X-Swapyard-Via of requests it
+    # sends to peers (a request that comes back with it went round a loop).
+    instance: str = field(default_factory=lambda: uuid.uuid4().hex[:16])
 
 
 STATE = web.AppKey("swapyard_state", AppState)
@@ -46,5 +50,7 @@ KEY_MODELS = web.RequestKey("swapyard_key_models", frozenset)
 # Issue 15: the host that served the request ("local" or a peer's name), sent as
 # the X-Swapyard-Host header.
 KEY_HOST = web.RequestKey("swapyard_host", str)
+# Issue 15: the answer's head went out (no fallback, no failover from now on).
+BEGUN = web.RequestKey("swapyard_answer_begun", bool)
 CONFIG = web.AppKey("swapyard_config", Config)
 ROUTER = web.AppKey("swapyard_router", RouterSurface)  # given instead of built (tests)
