@@ -65,10 +65,11 @@ async def host(
     port: int | None = None,
     preload: list[str] | None = None,
     auth: dict[str, Any] | None = None,
+    peers: dict[str, Any] | None = None,
 ) -> AsyncIterator[Host]:
     """``swapyard serve`` on ``addr`` (a free port unless given), its own data dir,
     until the block ends (then stopped, or killed if it was not already); ``auth``:
-    its ``auth:`` section (its ``/health`` stays open)."""
+    its ``auth:`` section (its ``/health`` stays open); ``peers``: its ``peers:``."""
     port = port or PortAllocator(addr).allocate()
     doc = {
         "server": {"host": addr, "port": port},
@@ -78,6 +79,7 @@ async def host(
         "preload": preload or [],
         "models": models,
         **({} if auth is None else {"auth": auth}),
+        **({} if peers is None else {"peers": peers}),
     }
     cfg = tmp / f"{name}-{port}.yaml"
     cfg.write_text(json.dumps(doc))

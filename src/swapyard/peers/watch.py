@@ -28,6 +28,7 @@ from typing import Any
 import aiohttp
 
 from swapyard.config.peers import PeerSpec
+from swapyard.peers.listing import LOCAL
 from swapyard.peers.view import PeerModel, PeerView
 
 log = logging.getLogger("swapyard.peers")
@@ -65,15 +66,31 @@ def models_of(doc: Mapping[str, Any]) -> dict[str, PeerModel]:
 
 
 def names_of(doc: Mapping[str, Any]) -> tuple[tuple[Mapping[str, Any], ...], dict[str, str]]:
-    """A host's ``GET /v1/models`` answer: its entries, and each listed name → the
-    model whose engine serves it (a variant's model, an alias's target)."""
-    entries = tuple(e for e in doc.get("data") or () if isinstance(e, dict) and "id" in e)
+    """A host's ``GET /v1/models`` answer: the entries of what it serves itself,
+    and each listed name → the model whose engine serves it (a variant's model, an
+    alias's target).
+
+    Only its own: an entry whose ``hosts`` (the host's own peers, when it has
+    some) does not name ``local`` is served only by its peers. Routing on those
+    would send a request back and forth between two hosts that are each other's
+    peers, each listing what it learned from the other, once the host that
+    served the name is gone."""
+    entries = tuple(
+        e for e in doc.get("data") or ()
+        if isinstance(e, dict) and "id" in e and _own(e.get("hosts"))
+    )  # fmt: skip
     names: dict[str, str] = {}
     for e in entries:
         names[e["id"]] = e.get("variant_of") or e.get("alias_of") or e["id"]
     for e in entries:  # an alias of a variant: the variant's model
         names[e["id"]] = names.get(names[e["id"]], names[e["id"]])
     return entries, names
+
+
+def _own(hosts: object) -> bool:
+    """Whether a ``/v1/models`` entry's ``hosts`` says its host serves it itself
+    (no ``hosts``: a host without peers, or a key with an allow-list)."""
+    return hosts is None or (isinstance(hosts, list) and LOCAL in hosts)
 
 
 class PeerWatch:
