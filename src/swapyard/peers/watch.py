@@ -8,10 +8,13 @@ stream (issue 15). The task is the only writer of its peer's ``PeerView``.
 
 Detection is bounded: a host that dies closes its connections, and its event
 stream ends at once; a host that hangs (its sockets open, nothing answering)
-misses a ``/health`` probe, found within about ``2 × timeout`` (``PeerSpec``,
-default 2 s, so 4 s), and then the requests still streaming from it are ended
-with an error event (``on_hung``), never left to hang. The event stream's own
-read timeout (the host's keep-alive comment comes every 15 s) is a second bound.
+misses a ``/health`` probe (or a snapshot read times out first), found within
+about ``2 × timeout`` (``PeerSpec``, default 2 s, so 4 s), and then the requests
+on it that show no sign of life are ended (``on_hung``: ``registry._Hung``),
+never left to hang. The event stream's own read timeout (the host's keep-alive
+comment comes every 15 s) is a second bound. A session that ends by a timeout,
+whichever read it was, counts as hung; one that ends by a refused or reset
+connection does not (the requests on it see their own connection end).
 """
 
 from __future__ import annotations
@@ -41,6 +44,10 @@ REFRESH_GAP = 0.05  # at most one snapshot read per this many seconds, however b
 
 class PeerLost(Exception):
     """The host stopped answering as it should; the message says how."""
+
+
+class PeerHung(PeerLost):
+    """The host missed its ``/health`` probe."""
 
 
 def models_of(doc: Mapping[str, Any]) -> dict[str, PeerModel]:
@@ -129,6 +136,8 @@ class PeerWatch:
             if why is None:
                 exc = self._session.exception() if not self._session.cancelled() else None
                 why = _describe(exc)
+                if isinstance(exc, PeerHung | TimeoutError):  # whichever read noticed it
+                    self._on_hung(why)
             self.down(why)
             backoff = BACKOFF_FIRST if self._reached else min(backoff * 2, BACKOFF_MAX)
             await asyncio.sleep(backoff)
@@ -183,8 +192,7 @@ class PeerWatch:
                 await self._get("/health", self.spec.admin_headers())
             except (aiohttp.ClientError, OSError, TimeoutError, PeerLost) as exc:
                 why = f"no answer to GET /health within {t:g} s ({_describe(exc)})"
-                self._on_hung(why)
-                raise PeerLost(why) from exc
+                raise PeerHung(why) from exc
 
     async def _refresh(self) -> None:
         snap, listing = await asyncio.gather(
