@@ -65,12 +65,13 @@ async def host(
     port: int | None = None,
     preload: list[str] | None = None,
     auth: dict[str, Any] | None = None,
+    peers: dict[str, Any] | None = None,
     **top: Any,
 ) -> AsyncIterator[Host]:
     """``swapyard serve`` on ``addr`` (a free port unless given), its own data dir,
     until the block ends (then stopped, or killed if it was not already); ``auth``:
-    its ``auth:`` section (its ``/health`` stays open); ``top``: other top-level
-    sections (``virtual``, its own ``peers``)."""
+    its ``auth:`` section (its ``/health`` stays open); ``peers``: its ``peers:``;
+    ``top``: other top-level sections (``virtual``)."""
     port = port or PortAllocator(addr).allocate()
     doc = {
         "server": {"host": addr, "port": port},
@@ -80,6 +81,7 @@ async def host(
         "preload": preload or [],
         "models": models,
         **({} if auth is None else {"auth": auth}),
+        **({} if peers is None else {"peers": peers}),
         **top,
     }
     cfg = tmp / f"{name}-{port}.yaml"

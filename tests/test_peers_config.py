@@ -47,6 +47,8 @@ def test_peer_without_keys_sends_none() -> None:
         ("local: {url: 'http://h:1'}", "not 'local'"),
         ("b: {url: 'http://h:1', keys: x}", "unknown key 'keys'"),
         ("b: {url: 'http://h:1', timeout: 0}", "peers.b.timeout"),
+        ("b: {url: 'http://user:pw@h:1'}", "peers.b.url: credentials in the URL"),
+        ("b: {url: 'http://tok@h:1'}", "peers.b.url: credentials in the URL"),
     ],
 )
 def test_bad_peer_is_refused_naming_the_key(text: str, says: str) -> None:

@@ -21,6 +21,9 @@ from swapyard.testing import running_server
 B = "127.0.0.2"
 DATA_KEY = "sk-peer-data-4f1c9a7e2b"
 ADMIN_KEY = "sk-peer-admin-8d3e6b0a51"
+FRONT_ADMIN = (
+    "sk-front-admin-3c7f1e9b26"  # the front lends a peer's admin key only to its own admin
+)
 HI = [{"role": "user", "content": "hi"}]
 
 
@@ -32,24 +35,26 @@ async def test_front_uses_a_peers_keys_and_shows_them_nowhere(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     """With the peer's keys in the front's environment, the front lists and serves
-    the peer's models and loads one there through its admin route (which the data
-    key may not do); neither key is in the front's /health, model lists, log, or
-    its own engine's environment."""
+    the peer's models and, for a caller with its own admin key, loads one there
+    through its admin route (which the data key may not do); no key is in the
+    front's /health, model lists, log, or its own engine's environment."""
     caplog.set_level(logging.DEBUG)
     monkeypatch.setenv("PEER_B_KEY", DATA_KEY)
     monkeypatch.setenv("PEER_B_ADMIN", ADMIN_KEY)
+    monkeypatch.setenv("FRONT_ADMIN", FRONT_ADMIN)
     auth = {"keys": [{"name": "front", "key": DATA_KEY}], "admin_key": ADMIN_KEY}
     models = {"alpha": engine("alpha"), "beta": engine("beta")}
     async with host(tmp_path, "b", B, models, preload=["alpha"], auth=auth) as b:
         doc = {
             "scheduler": {"learn_memory": False},
             "models": {"gamma": engine("gamma")},
+            "auth": {"admin_key_env": "FRONT_ADMIN"},
             "peers": {"b": {"url": b.url, "key_env": "PEER_B_KEY",
                             "admin_key_env": "PEER_B_ADMIN", "timeout": 1}},
         }  # fmt: skip
         async with (
             running_server(load_config(json.dumps(doc))) as a,
-            aiohttp.ClientSession() as http,
+            aiohttp.ClientSession(headers=bearer(FRONT_ADMIN)) as http,
         ):
             async with http.get(b.url + "/v1/models") as r:
                 assert r.status == 401  # the peer does want a key
@@ -85,9 +90,10 @@ async def test_front_uses_a_peers_keys_and_shows_them_nowhere(
             assert pid is not None
             raw = await asyncio.to_thread(Path(f"/proc/{pid}/environ").read_bytes)
             environ = raw.decode(errors="replace")
-            for key in (DATA_KEY, ADMIN_KEY):
+            for key in (DATA_KEY, ADMIN_KEY, FRONT_ADMIN):
                 assert all(key not in text for text in shown)
                 assert key not in caplog.text
                 assert key not in environ
             assert "alpha" in shown[1] and "PEER_B_KEY" not in environ
+            assert "FRONT_ADMIN" not in environ
             assert "gamma" in caplog.text  # the log was captured: its engine's start

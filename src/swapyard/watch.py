@@ -51,6 +51,11 @@ class Watch:
         self._cancel_timer()
         self._arm()
 
+    @property
+    def head_at(self) -> float | None:
+        """When the response head arrived (``now()``'s clock); None: not yet."""
+        return self._head
+
     def stop(self, err: SwapyardError) -> None:
         """End the request now with ``err`` (raised from its current or next phase)."""
         if self._why is None:

@@ -4,21 +4,26 @@
 line, no upstream URL (a remote engine's may carry a ``${env.*}`` secret), and
 for the last failure only its code (issue 11). The keyed ``/api/models`` shows
 each failure whole, its last log lines included. Load, unload, pin and logs of a
-model only a peer serves are that peer's, asked with its admin key (issue 15)."""
+model only a peer serves are that peer's, asked with its admin key — for a
+caller with this host's own admin key only (issue 15)."""
 
 from __future__ import annotations
 
 import contextlib
+import hmac
 import time
 
 import aiohttp
 from aiohttp import web
 
+from swapyard.api.auth import presented_key
 from swapyard.api.live import ring_response
 from swapyard.api.state import STATE
-from swapyard.errors import UnknownModel, UpstreamUnavailable
+from swapyard.config import Timeouts
+from swapyard.errors import Forbidden, SwapyardError, UnknownModel, UpstreamUnavailable
 from swapyard.peers.listing import peer_json
 from swapyard.process.state import EngineState
+from swapyard.watch import Watch
 
 _HEALTH_KEYS = ("state", "pid", "state_for_s", "fast_swap", "in_flight", "queued")
 
@@ -116,36 +121,107 @@ def _peer_of(request: web.Request) -> str | None:
     return None
 
 
-async def _to_peer(request: web.Request, peer: str) -> web.StreamResponse:
-    """The same admin call on ``peer``, with its admin key; its answer (a log
-    follow included) piped back as it comes."""
+def _check_lending(request: web.Request, peer: str) -> None:
+    """Issue 15 review: this host sends an admin call to ``peer`` with the key it
+    holds for it only for a caller who showed this host's own admin key; without
+    one (``allow_unauthenticated``, loopback without an admin key) anyone could
+    use the peer's admin rights. A peer this host holds no key for gets the call
+    as the caller sent it (no key): nothing is lent."""
     state = request.app[STATE]
     assert state.peers is not None
-    url = state.peers.specs[peer].url + request.path_qs
-    headers = {**state.peers.admin_headers(peer)}
+    if not state.peers.admin_headers(peer):
+        return
+    mine = state.config.auth.admin_key
+    if mine is None:
+        raise Forbidden(
+            f"{request.path} is served by peer {peer!r}, and this swapyard forwards "
+            "admin calls with the peer's key only to a caller presenting its own admin "
+            "key: none is configured here (set auth.admin_key_env)"
+        )
+    key = presented_key(request)
+    if key is None or not hmac.compare_digest(_raw(key), _raw(mine)):
+        raise Forbidden(f"{request.path} is served by peer {peer!r}: this swapyard's "
+                        "admin key is required to forward it")  # fmt: skip
+
+
+def _raw(text: str) -> bytes:
+    return text.encode("utf-8", "surrogatepass")
+
+
+async def _to_peer(request: web.Request, peer: str) -> web.StreamResponse:
+    """The same admin call on ``peer``, with its admin key (``_check_lending``);
+    its answer piped back: a log follow as it comes, anything else whole.
+
+    Bounded as a data request to the peer is (issue 15 review): by this host's
+    ``server`` response/first-byte/idle timeouts (a log follow: only its head),
+    and by the peer's watcher: a peer found hung ends the call (``UpstreamUnavailable``,
+    502, before its answer began; a follow just ends)."""
+    state = request.app[STATE]
+    peers = state.peers
+    assert peers is not None
+    _check_lending(request, peer)
+    name = request.match_info["model"]
+    url = peers.specs[peer].url + request.path_qs
+    headers = {**peers.admin_headers(peer)}
     if "Accept" in request.headers:
         headers["Accept"] = request.headers["Accept"]
+    body = await request.read()
+    limits = state.config.server.timeouts
+    follow = request.path.endswith("/logs") and request.query.get("follow") in ("1", "true")
+    if follow:
+        limits = Timeouts(response=limits.response, first_byte=0, idle=0)
+    watch = Watch(name, limits)
+    watches = peers.watches(peer)
+    watches.add(watch)
     try:
-        resp = await state.http.request(request.method, url, headers=headers,
-                                        data=await request.read())  # fmt: skip
-    except (aiohttp.ClientError, OSError) as exc:
-        state.peers.report_down(peer, str(exc) or type(exc).__name__)
-        name = request.match_info["model"]
-        raise UpstreamUnavailable(name, f"cannot reach peer {peer!r}: {exc}") from exc
-    try:
-        out = web.StreamResponse(status=resp.status)
-        for key in ("Content-Type", "Content-Encoding", "Cache-Control"):
-            if key in resp.headers:
-                out.headers[key] = resp.headers[key]
-        out.headers["X-Swapyard-Host"] = peer
-        await out.prepare(request)
-        with contextlib.suppress(aiohttp.ClientError, OSError):
-            async for chunk in resp.content.iter_any():
-                await out.write(chunk)
-        await out.write_eof()
-        return out
+        try:
+            async with watch:
+                resp = await state.http.request(request.method, url, headers=headers, data=body)
+        except (aiohttp.ClientError, OSError) as exc:
+            peers.report_down(peer, str(exc) or type(exc).__name__)
+            raise UpstreamUnavailable(name, f"cannot reach peer {peer!r}: {exc}") from exc
+        watch.head()
+        try:
+            whole = None if follow else await _read(resp, watch, name, peer)
+            out = web.StreamResponse(status=resp.status)
+            for key in ("Content-Type", "Content-Encoding", "Cache-Control"):
+                if key in resp.headers:
+                    out.headers[key] = resp.headers[key]
+            out.headers["X-Swapyard-Host"] = peer
+            await out.prepare(request)
+            if whole is not None:
+                await out.write(whole)
+            else:  # the follow ends where the peer's does, or when it is found hung
+                with contextlib.suppress(aiohttp.ClientError, OSError, SwapyardError):
+                    while True:
+                        async with watch:
+                            chunk = await resp.content.readany()
+                        if not chunk:
+                            break
+                        watch.last = watch.now()
+                        await out.write(chunk)
+            await out.write_eof()
+            return out
+        finally:
+            resp.close()
     finally:
-        resp.close()
+        watch.close()
+        watches.discard(watch)
+
+
+async def _read(resp: aiohttp.ClientResponse, watch: Watch, name: str, peer: str) -> bytes:
+    """A peer's whole answer, under ``watch``'s deadlines."""
+    parts: list[bytes] = []
+    try:
+        while True:
+            async with watch:
+                chunk = await resp.content.readany()
+            if not chunk:
+                return b"".join(parts)
+            watch.last = watch.now()
+            parts.append(chunk)
+    except (aiohttp.ClientError, OSError) as exc:
+        raise UpstreamUnavailable(name, f"peer {peer!r} broke off its answer: {exc}") from exc
 
 
 async def load(request: web.Request) -> web.StreamResponse:

@@ -6,8 +6,9 @@ file, key, why — is logged, published and returned). A valid one is handed to
 the router, whose task applies it (``swapyard.reload``): unchanged models keep
 running, changed ones are drained and restarted, removed ones drained and
 stopped, new ones added; scheduler settings, keys and devices apply at once.
-``server.host``/``port``/``header_timeout``/``max_connections`` need a restart
-(said in the log when they change); ``body_timeout`` applies at once.
+``server.host``/``port``/``header_timeout``/``max_connections`` and ``peers``
+need a restart (said in the log when they change, and in the answer's
+``restart_needed``); ``body_timeout`` applies at once.
 """
 
 from __future__ import annotations
@@ -46,13 +47,28 @@ async def reload_config(state: AppState) -> dict[str, list[str]]:
         state.bus.publish(ConfigReloaded(source, error=err.message))
         raise ReloadRefused(err.message) from err
     old = state.config
-    if _listening(new) != _listening(old):
-        log.warning("server.host/port/header_timeout/max_connections changed in %s: they "
-                    "apply at the next restart", source)  # fmt: skip
+    later = _at_restart(old, new)
+    if later:
+        log.warning("%s changed in %s: they apply at the next restart", ", ".join(later),
+                    source)  # fmt: skip
     d = await state.router.reload(new)
     state.config = new
-    return {"added": list(d.added), "changed": list(d.changed), "removed": list(d.removed),
-            "unchanged": list(d.unchanged)}  # fmt: skip
+    out = {"added": list(d.added), "changed": list(d.changed), "removed": list(d.removed),
+           "unchanged": list(d.unchanged)}  # fmt: skip
+    if later:
+        out["restart_needed"] = later
+    return out
+
+
+def _at_restart(old: Config, new: Config) -> list[str]:
+    """The settings that changed but apply only at the next restart: the server's
+    listening ones, and ``peers`` (each peer's watcher is started with swapyard)."""
+    out = []
+    if _listening(new) != _listening(old):
+        out.append("server.host/port/header_timeout/max_connections")
+    if new.peers != old.peers:
+        out.append("peers")
+    return out
 
 
 def _listening(config: Config) -> tuple[object, ...]:

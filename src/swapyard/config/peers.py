@@ -58,6 +58,10 @@ def build_peers(
         if not _NAME.match(name) or name == "local":
             raise ConfigError(f"{where}: a peer's name is letters, digits, '-', '_' or '.', "
                               "and not 'local' (this host's own name in answers)")  # fmt: skip
+        if "@" in p.url:  # it would be shown (GET /api/models) and logged: use key_env
+            raise ConfigError(f"{where}.url: credentials in the URL are not taken (they "
+                              "would be shown); give the peer's keys with key_env and "
+                              "admin_key_env")  # fmt: skip
         if not _URL.match(p.url):
             raise ConfigError(f"{where}.url: expected http://host:port (no path), got {p.url!r}")
         out[name] = PeerSpec(

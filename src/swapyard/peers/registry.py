@@ -13,14 +13,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from types import MappingProxyType
 
 import aiohttp
 
 from swapyard.config.peers import PeerSpec
-from swapyard.errors import UpstreamDied
+from swapyard.errors import UpstreamDied, UpstreamUnavailable
 from swapyard.peers.view import PeerView
 from swapyard.peers.watch import PeerWatch
 from swapyard.watch import Watch, Watches
@@ -35,14 +36,21 @@ class _PeerWatches(Watches):
     def __init__(self, parent: Watches) -> None:
         super().__init__()
         self._parent = parent
+        self._mine: set[Watch] = set()
 
     def add(self, watch: Watch) -> None:
         super().add(watch)
+        self._mine.add(watch)
         self._parent.add(watch)
 
     def discard(self, watch: Watch) -> None:
         super().discard(watch)
+        self._mine.discard(watch)
         self._parent.discard(watch)
+
+    def live(self) -> list[Watch]:
+        """The requests in progress on this peer now."""
+        return list(self._mine)
 
 
 class Peers:
@@ -54,8 +62,12 @@ class Peers:
         self.specs = specs
         self._views: dict[str, PeerView] = {}
         self._watches = {name: _PeerWatches(watches) for name in specs}
+        self._hung = {
+            name: _Hung(self._watches[name], name, spec.timeout, self._down_now(name))
+            for name, spec in specs.items()
+        }
         self._watchers = {
-            name: PeerWatch(spec, http, self._publish, self._hung_for(name))
+            name: PeerWatch(spec, http, self._publish, self._hung[name])
             for name, spec in specs.items()
         }
         self._tasks: list[asyncio.Task[None]] = []
@@ -72,6 +84,8 @@ class Peers:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks = []
+        for hung in self._hung.values():
+            hung.cancel()
 
     # -- PeerSource --
     def views(self) -> Mapping[str, PeerView]:
@@ -91,7 +105,9 @@ class Peers:
     # -- the request path --
     def watches(self, peer: str) -> Watches:
         """Where a request to ``peer`` registers its ``Watch``: a peer found hung
-        ends them all with an error (an error event for a stream)."""
+        ends those that show no sign of life (``_Hung``): one still waiting for
+        its response head with ``UpstreamUnavailable``, one silent mid-answer with
+        ``UpstreamDied`` (an error event for a stream)."""
         return self._watches[peer]
 
     def hosts_of(self, name: str) -> list[tuple[str, str]]:
@@ -122,15 +138,57 @@ class Peers:
     def _publish(self, view: PeerView) -> None:
         self._views[view.name] = view
 
-    def _hung_for(self, peer: str) -> _Hung:
-        return _Hung(self._watches[peer], peer)
+    def _down_now(self, peer: str) -> Callable[[], bool]:
+        return lambda: not self._views[peer].up
 
 
 class _Hung:
-    """A peer stopped answering: end the requests still running on it."""
+    """A peer missed its ``/health`` probe: end its requests that show no sign of
+    life, so that none hangs on a hung host.
 
-    def __init__(self, watches: Watches, peer: str) -> None:
-        self._watches, self._peer = watches, peer
+    - one still waiting for its response head: ``UpstreamUnavailable`` (nothing
+      went to the client; the request path may try another host);
+    - one whose answer has sent nothing for the peer's ``timeout`` (``silence``):
+      ``UpstreamDied`` (a stream ends with an error event);
+    - one still moving is left to run: a probe may be slow on a busy host that
+      is alive. It is looked at again once it has been silent for ``silence``,
+      for as long as the peer stays down (a hung host's streams all go silent).
+    """
+
+    def __init__(
+        self, watches: _PeerWatches, peer: str, silence: float, is_down: Callable[[], bool]
+    ) -> None:
+        self._watches, self._peer, self._silence, self._is_down = watches, peer, silence, is_down
+        self._why = ""
+        self._timer: asyncio.TimerHandle | None = None
 
     def __call__(self, why: str) -> None:
-        self._watches.stop_all(UpstreamDied(self._peer, f"peer {self._peer!r} is down: {why}"))
+        self._why = why
+        self.cancel()
+        self._sweep()
+
+    def cancel(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _recheck(self) -> None:
+        self._timer = None
+        if self._is_down():
+            self._sweep()
+
+    def _sweep(self) -> None:
+        loop = asyncio.get_running_loop()
+        now, due = loop.time(), math.inf
+        said = f"peer {self._peer!r} is down: {self._why}"
+        for watch in self._watches.live():
+            if watch.head_at is None:
+                watch.stop(UpstreamUnavailable(watch.model, said))
+                continue
+            heard = max(watch.head_at, watch.last or watch.head_at)
+            if now - heard >= self._silence:
+                watch.stop(UpstreamDied(watch.model, said))
+            else:
+                due = min(due, heard + self._silence)
+        if due != math.inf:
+            self._timer = loop.call_at(due, self._recheck)

@@ -8,10 +8,13 @@ stream (issue 15). The task is the only writer of its peer's ``PeerView``.
 
 Detection is bounded: a host that dies closes its connections, and its event
 stream ends at once; a host that hangs (its sockets open, nothing answering)
-misses a ``/health`` probe, found within about ``2 × timeout`` (``PeerSpec``,
-default 2 s, so 4 s), and then the requests still streaming from it are ended
-with an error event (``on_hung``), never left to hang. The event stream's own
-read timeout (the host's keep-alive comment comes every 15 s) is a second bound.
+misses a ``/health`` probe (or a snapshot read times out first), found within
+about ``2 × timeout`` (``PeerSpec``, default 2 s, so 4 s), and then the requests
+on it that show no sign of life are ended (``on_hung``: ``registry._Hung``),
+never left to hang. The event stream's own read timeout (the host's keep-alive
+comment comes every 15 s) is a second bound. A session that ends by a timeout,
+whichever read it was, counts as hung; one that ends by a refused or reset
+connection does not (the requests on it see their own connection end).
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from typing import Any
 import aiohttp
 
 from swapyard.config.peers import PeerSpec
+from swapyard.peers.listing import LOCAL
 from swapyard.peers.view import PeerModel, PeerView
 
 log = logging.getLogger("swapyard.peers")
@@ -40,6 +44,10 @@ REFRESH_GAP = 0.05  # at most one snapshot read per this many seconds, however b
 
 class PeerLost(Exception):
     """The host stopped answering as it should; the message says how."""
+
+
+class PeerHung(PeerLost):
+    """The host missed its ``/health`` probe."""
 
 
 def models_of(doc: Mapping[str, Any]) -> dict[str, PeerModel]:
@@ -65,15 +73,31 @@ def models_of(doc: Mapping[str, Any]) -> dict[str, PeerModel]:
 
 
 def names_of(doc: Mapping[str, Any]) -> tuple[tuple[Mapping[str, Any], ...], dict[str, str]]:
-    """A host's ``GET /v1/models`` answer: its entries, and each listed name → the
-    model whose engine serves it (a variant's model, an alias's target)."""
-    entries = tuple(e for e in doc.get("data") or () if isinstance(e, dict) and "id" in e)
+    """A host's ``GET /v1/models`` answer: the entries of what it serves itself,
+    and each listed name → the model whose engine serves it (a variant's model, an
+    alias's target).
+
+    Only its own: an entry whose ``hosts`` (the host's own peers, when it has
+    some) does not name ``local`` is served only by its peers. Routing on those
+    would send a request back and forth between two hosts that are each other's
+    peers, each listing what it learned from the other, once the host that
+    served the name is gone."""
+    entries = tuple(
+        e for e in doc.get("data") or ()
+        if isinstance(e, dict) and "id" in e and _own(e.get("hosts"))
+    )  # fmt: skip
     names: dict[str, str] = {}
     for e in entries:
         names[e["id"]] = e.get("variant_of") or e.get("alias_of") or e["id"]
     for e in entries:  # an alias of a variant: the variant's model
         names[e["id"]] = names.get(names[e["id"]], names[e["id"]])
     return entries, names
+
+
+def _own(hosts: object) -> bool:
+    """Whether a ``/v1/models`` entry's ``hosts`` says its host serves it itself
+    (no ``hosts``: a host without peers, or a key with an allow-list)."""
+    return hosts is None or (isinstance(hosts, list) and LOCAL in hosts)
 
 
 class PeerWatch:
@@ -112,6 +136,8 @@ class PeerWatch:
             if why is None:
                 exc = self._session.exception() if not self._session.cancelled() else None
                 why = _describe(exc)
+                if isinstance(exc, PeerHung | TimeoutError):  # whichever read noticed it
+                    self._on_hung(why)
             self.down(why)
             backoff = BACKOFF_FIRST if self._reached else min(backoff * 2, BACKOFF_MAX)
             await asyncio.sleep(backoff)
@@ -166,8 +192,7 @@ class PeerWatch:
                 await self._get("/health", self.spec.admin_headers())
             except (aiohttp.ClientError, OSError, TimeoutError, PeerLost) as exc:
                 why = f"no answer to GET /health within {t:g} s ({_describe(exc)})"
-                self._on_hung(why)
-                raise PeerLost(why) from exc
+                raise PeerHung(why) from exc
 
     async def _refresh(self) -> None:
         snap, listing = await asyncio.gather(
