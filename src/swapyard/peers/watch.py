@@ -133,12 +133,16 @@ class PeerWatch:
             finally:
                 self._session.cancel()
             why = self._lost
+            hung = False
             if why is None:
                 exc = self._session.exception() if not self._session.cancelled() else None
                 why = _describe(exc)
-                if isinstance(exc, PeerHung | TimeoutError):  # whichever read noticed it
-                    self._on_hung(why)
+                hung = isinstance(exc, PeerHung | TimeoutError)  # whichever read noticed it
+            # Down first: no new request may go to the host once its running ones end
+            # (a client that retries at once would otherwise be sent back to it).
             self.down(why)
+            if hung:
+                self._on_hung(why)
             backoff = BACKOFF_FIRST if self._reached else min(backoff * 2, BACKOFF_MAX)
             await asyncio.sleep(backoff)
 
