@@ -21,6 +21,7 @@ from typing import Any
 
 from swapyard import sse
 from swapyard.api.anthropic_chat import Ask, error_doc, new_id, obj, stop_reason, usage_of
+from swapyard.api.chat_shapes import stream_error, stream_event
 from swapyard.errors import SwapyardError
 
 
@@ -87,21 +88,11 @@ class EventStream:
 
     # -- one engine event ------------------------------------------------------------
     def _event(self, raw: bytes) -> bytes:
-        data = b"\n".join(
-            ln[5:].removeprefix(b" ") for ln in raw.split(b"\n") if ln.startswith(b"data:")
-        )
-        if not data or data.strip() == b"[DONE]":
+        doc = stream_event(raw)
+        if doc is None:
             return b""
-        try:
-            doc = json.loads(data)
-        except ValueError:
-            return b""
-        if not isinstance(doc, dict):
-            return b""
-        if "error" in doc and not doc.get("choices"):  # an engine's error event (vLLM)
+        if (message := stream_error(doc)) is not None:  # an engine's error event (vLLM)
             self._over = True
-            err = doc["error"]
-            message = err.get("message") if isinstance(err, dict) else err
             return error_event(502, f"the engine failed mid-answer: {message}")
         out = [self._start()]
         if isinstance(doc.get("usage"), dict):

@@ -1,7 +1,7 @@
 """What the client fronts that translate (Ollama's, Anthropic's) read out of an
 engine's OpenAI-style answer (issue 14): the first choice of a completion, a tool
-call's arguments, and the message of an error answer. One reading for both fronts,
-and a forgiving one: an engine's answer may be anything, and what is not a
+call's arguments, the message of an error answer, each event of a stream. One
+reading for both fronts, and a forgiving one: an engine's answer may be anything, and what is not a
 completion is an ``UpstreamError`` (502) in the front's own shape, never a 500.
 """
 
@@ -65,3 +65,28 @@ def engine_message(status: int, body: bytes) -> str:
                 return clip(said, 500)
     text = body.decode("utf-8", "replace").strip()
     return clip(f"HTTP {status}: {text}" if text else f"HTTP {status}", 500)
+
+
+def stream_event(raw: bytes) -> dict[str, Any] | None:
+    """One SSE event of an engine's stream as its JSON object (its ``data:`` lines
+    joined as SSE joins them); None for ``[DONE]``, a comment, or anything else."""
+    data = b"\n".join(
+        ln[5:].removeprefix(b" ") for ln in raw.split(b"\n") if ln.startswith(b"data:")
+    ).strip()
+    if not data or data == b"[DONE]":
+        return None
+    try:
+        doc = json.loads(data)
+    except ValueError:
+        return None
+    return doc if isinstance(doc, dict) else None
+
+
+def stream_error(doc: dict[str, Any]) -> str | None:
+    """What an engine's error event says (vLLM sends one mid-stream), or None when
+    ``doc`` is not one (a chunk with choices is never one)."""
+    err = doc.get("error")
+    if err is None or doc.get("choices"):
+        return None
+    said = obj(err).get("message") if isinstance(err, dict) else err
+    return str(said) if said else "the engine reported an error"

@@ -32,6 +32,8 @@ from swapyard.api.chat_shapes import (
     engine_message,
     first_choice,
     obj,
+    stream_error,
+    stream_event,
     tool_arguments,
 )
 from swapyard.errors import SwapyardError, UpstreamError
@@ -244,20 +246,12 @@ class Stream:
         return line({"error": err.message})
 
     def _event(self, raw: bytes) -> bytes:
-        data = b"".join(ln[5:].strip() for ln in raw.split(b"\n") if ln.startswith(b"data:"))
-        if not data or data == b"[DONE]":
+        doc = stream_event(raw)
+        if doc is None:
             return b""
-        try:
-            doc = json.loads(data)
-        except ValueError:
-            return b""
-        if not isinstance(doc, dict):
-            return b""
-        if "error" in doc:  # the engine's own error event
-            err = doc["error"]
+        if (message := stream_error(doc)) is not None:  # the engine's own error event
             self.failed = True
-            msg = err.get("message") if isinstance(err, dict) else err
-            return line({"error": str(msg or "the engine reported an error")})
+            return line({"error": message})
         if isinstance(doc.get("usage"), dict):
             self.usage = doc["usage"]
         if isinstance(doc.get("timings"), dict):
