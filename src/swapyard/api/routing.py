@@ -57,7 +57,6 @@ FROM_HEADER = "X-Swapyard-Fallback-From"
 VIA_HEADER = "X-Swapyard-Via"
 ATTEMPT_HEADER = "X-Swapyard-Attempt"
 # What ``PeerWatch`` says of a peer before its first contact has an outcome.
-NOT_CONTACTED = "not contacted yet"
 
 # A peer's error ``code`` → the fallback conditions it meets (else upstream_5xx).
 _CONDITIONS: Mapping[str, frozenset[str]] = {
@@ -165,7 +164,7 @@ def raise_if_unserved(peers: Peers, name: str) -> None:
     if down:
         why = "; ".join(f"peer {v.name!r}: {v.error}" for v in down)
         raise UpstreamUnavailable(name, f"every host that serves {name!r} is down ({why})")
-    waiting = [v.name for v in peers.views().values() if not v.up and v.error == NOT_CONTACTED]
+    waiting = [v.name for v in peers.views().values() if not v.contacted]
     if waiting:
         raise NotKnownYet(name, waiting, max(peers.specs[n].timeout for n in waiting))
 

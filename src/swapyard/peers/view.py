@@ -24,6 +24,9 @@ class PeerModel:
     load_s: float | None = None  # its last load on that host, when the host measured one
 
 
+NOT_CONTACTED = "not contacted yet"  # a view's ``error`` until the host first answered
+
+
 @dataclass(frozen=True, slots=True)
 class PeerView:
     """One peer host: ``up`` is False from the first failed contact until its admin
@@ -35,6 +38,12 @@ class PeerView:
     since: float
     models: Mapping[str, PeerModel] = field(default_factory=lambda: MappingProxyType({}))
     error: str | None = None  # why it is down
+
+    @property
+    def contacted(self) -> bool:
+        """Whether the host has answered since this swapyard started."""
+        return self.up or self.error != NOT_CONTACTED
+
     # What its clients see (its ``/v1/models`` entries, as it sent them), and each
     # listed name (ids, aliases, variants) → the model whose engine serves it.
     listing: tuple[Mapping[str, Any], ...] = ()

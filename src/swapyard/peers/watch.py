@@ -32,7 +32,7 @@ import aiohttp
 
 from swapyard.config.peers import PeerSpec
 from swapyard.peers.listing import LOCAL
-from swapyard.peers.view import PeerModel, PeerView
+from swapyard.peers.view import NOT_CONTACTED, PeerModel, PeerView
 
 log = logging.getLogger("swapyard.peers")
 
@@ -119,7 +119,7 @@ class PeerWatch:
         self._lost: str | None = None
         self._reached = False  # this session got the host's snapshot
         self.view = PeerView(spec.name, spec.url, up=False, since=time.monotonic(),
-                             error="not contacted yet")  # fmt: skip
+                             error=NOT_CONTACTED)  # fmt: skip
         publish(self.view)
 
     async def run(self) -> None:
